@@ -1,0 +1,75 @@
+"""agentflow: durable, streamable LLM and agent workflows for Django, executed on Celery workers.
+
+Importing this package does not import Django, so components and workflows can be defined (and unit
+tested) anywhere. The Django-side functions ``start``, ``get_run`` and ``wait`` are imported lazily.
+"""
+
+from typing import Any
+
+from .core.api import map, publish, status, stream_output
+from .core.component import Component, component
+from .core.errors import (
+    AgentflowError,
+    ConfigurationError,
+    InvalidInput,
+    LeaseLost,
+    NotInWorkflow,
+    Retry,
+    RunCancelled,
+    RunFailed,
+    RunInterrupted,
+    RunNotFound,
+    RunTimeout,
+    SerializationError,
+    StepFailed,
+    StepTimeout,
+    WorkflowDivergence,
+    WorkflowNotFound,
+)
+from .core.retry import RetryPolicy
+from .core.workflow import Workflow, registry, workflow
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AgentflowError",
+    "Component",
+    "ConfigurationError",
+    "InvalidInput",
+    "LeaseLost",
+    "NotInWorkflow",
+    "Retry",
+    "RetryPolicy",
+    "RunCancelled",
+    "RunFailed",
+    "RunInterrupted",
+    "RunNotFound",
+    "RunTimeout",
+    "SerializationError",
+    "StepFailed",
+    "StepTimeout",
+    "Workflow",
+    "WorkflowDivergence",
+    "WorkflowNotFound",
+    "component",
+    "get_run",
+    "map",
+    "publish",
+    "registry",
+    "start",
+    "status",
+    "stream_output",
+    "wait",
+    "workflow",
+]
+
+_LAZY = {"start": "agentflow.runs", "get_run": "agentflow.runs", "wait": "agentflow.runs"}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so `import agentflow` works before Django is configured.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'agentflow' has no attribute {name!r}")

@@ -1,0 +1,78 @@
+"""What workflow code calls while it runs: progress, data and output events, and concurrent fan-out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from . import events as ev
+from .component import Component
+from .context import current_run, require_run
+from .serialization import to_jsonable
+
+T = TypeVar("T")
+
+
+def status(text: str, progress: float | None = None) -> None:
+    """Tell the run's subscribers what is happening: a ``status`` event (``progress`` from 0 to 1)."""
+    if not isinstance(text, str):
+        raise TypeError(f"status text must be a str, not {type(text).__name__}")
+    if progress is not None and (
+        not isinstance(progress, int | float) or isinstance(progress, bool) or not 0 <= progress <= 1
+    ):
+        raise TypeError(f"progress must be a number from 0 to 1 or None, not {progress!r}")
+    data: dict[str, Any] = {"text": text}
+    if progress is not None:
+        data["progress"] = progress
+    require_run("status").emit_content(ev.STATUS, data)
+
+
+def publish(label: str, data: Any) -> None:
+    """Publish a labelled, JSON-able object to the run's subscribers: a ``data`` event."""
+    if not isinstance(label, str) or not label:
+        raise TypeError(f"publish label must be a non-empty str, not {label!r}")
+    require_run("publish").emit_content(ev.DATA, {"label": label, "value": to_jsonable(data, what="published data")})
+
+
+def stream_output(chunk: str) -> None:
+    """Append a chunk of streamed output (tokens): an ``output.delta`` event."""
+    if not isinstance(chunk, str):
+        raise TypeError(f"stream_output takes a str chunk, not {type(chunk).__name__}")
+    require_run("stream_output").emit_content(ev.OUTPUT_DELTA, {"text": chunk})
+
+
+async def map(
+    comp: Component[..., Any], items: Iterable[Any], *, concurrency: int | None = None
+) -> list[Any]:
+    """Call ``comp(item)`` for every item, at most ``concurrency`` at a time; results in item order.
+
+    Step ids are assigned in item order before anything runs, so they are the same in every incarnation.
+    Sync components run in threads. Every item is attempted; if any failed, the first failure (in item
+    order) is raised once all have finished, so no call is left running behind the caller's back.
+    Outside a workflow it simply calls the function for each item.
+    """
+    if not isinstance(comp, Component):
+        raise TypeError(f"agentflow.map needs a component, not {comp!r}")
+    if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
+        raise TypeError(f"concurrency must be an int >= 1 or None, not {concurrency!r}")
+    ctx = current_run()
+    items = list(items)
+    if ctx is None:
+        if comp.is_async:
+            return list(await asyncio.gather(*(comp.fn(item) for item in items)))
+        return [comp.fn(item) for item in items]
+    calls = [comp.prepare(ctx, item) for item in items]
+    limit = asyncio.Semaphore(concurrency or len(calls) or 1)
+
+    async def one(call: Any) -> Any:
+        async with limit:
+            if comp.is_async:
+                return await call.run_async()
+            return await asyncio.to_thread(call.run_sync)
+
+    results = await asyncio.gather(*(one(call) for call in calls), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results

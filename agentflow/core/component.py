@@ -1,0 +1,383 @@
+"""Components: plain functions that become durable, retried, cached and timed steps inside a workflow.
+
+Outside a running workflow a component is just its function. Inside one, every call is a step: it gets a
+deterministic id, an error and retry boundary, a time-out, an optional cache and a checkpoint. Configuration
+is fluent and immutable: each method returns a new component and leaves the original as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import functools
+import inspect
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, ParamSpec, TypeVar, get_type_hints, overload
+
+from . import events as ev
+from .context import COMPLETED, FAILED, MISSING, Checkpoint, RunContext, StepRecord, _frame, _run
+from .context import Frame as _Frame
+from .errors import RunInterrupted, StepFailed, StepTimeout, WorkflowDivergence
+from .retry import NO_RETRY, RetryPolicy
+from .serialization import from_jsonable, stable_hash, to_jsonable
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
+
+
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise TypeError(
+            f"component name must be a non-empty string of letters, digits and _.:- "
+            f"(no '/' or '#': they separate step ids), not {name!r}"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    ttl_seconds: float | None
+    key: Callable[..., str] | None
+
+
+class Component(Generic[P, R]):
+    """A function wrapped by :func:`component`. Call it like the function."""
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str,
+        retry_policy: RetryPolicy = NO_RETRY,
+        cache_policy: CachePolicy | None = None,
+        timeout_seconds: float | None = None,
+    ) -> None:
+        self.fn = fn
+        self.name = _check_name(name)
+        self.retry_policy = retry_policy
+        self.cache_policy = cache_policy
+        self.timeout_seconds = timeout_seconds
+        self.is_async = inspect.iscoroutinefunction(fn)
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"<Component {self.name}>"
+
+    # -- fluent configuration ----------------------------------------------------------------------------
+
+    def _copy(self, **changes: Any) -> Component[P, R]:
+        options = {
+            "name": self.name,
+            "retry_policy": self.retry_policy,
+            "cache_policy": self.cache_policy,
+            "timeout_seconds": self.timeout_seconds,
+        }
+        options.update(changes)
+        return Component(self.fn, **options)
+
+    def retry(
+        self,
+        *,
+        max_attempts: int | None = None,
+        backoff: float | None = None,
+        initial_delay_seconds: float | None = None,
+        max_delay_seconds: float | None = None,
+        jitter: bool | None = None,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+        give_up_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+    ) -> Component[P, R]:
+        """A copy with this retry policy (options not given keep their current value).
+
+        ``max_attempts`` defaults to 3 when a component without retries is given one without it.
+        """
+        changes = {
+            key: value
+            for key, value in {
+                "max_attempts": max_attempts,
+                "backoff": backoff,
+                "initial_delay_seconds": initial_delay_seconds,
+                "max_delay_seconds": max_delay_seconds,
+                "jitter": jitter,
+                "retry_on": retry_on,
+                "give_up_on": give_up_on,
+            }.items()
+            if value is not None
+        }
+        if max_attempts is None and self.retry_policy.max_attempts == 1:
+            changes["max_attempts"] = 3
+        return self._copy(retry_policy=self.retry_policy.updated(**changes))
+
+    def cache(self, *, ttl_seconds: float | None = None, key: Callable[..., str] | None = None) -> Component[P, R]:
+        """A copy whose results are cached, keyed on the component's name and its arguments.
+
+        ``key(*args, **kwargs)`` may build the key instead; ``ttl_seconds=None`` keeps entries as long as the
+        cache backend's default time-out.
+        """
+        if ttl_seconds is not None and (not isinstance(ttl_seconds, int | float) or ttl_seconds <= 0):
+            raise TypeError(f"ttl_seconds must be a positive number or None, not {ttl_seconds!r}")
+        if key is not None and not callable(key):
+            raise TypeError(f"key must be a callable returning a string, not {key!r}")
+        return self._copy(cache_policy=CachePolicy(ttl_seconds=ttl_seconds, key=key))
+
+    def timeout(self, seconds: float | None) -> Component[P, R]:
+        """A copy whose every attempt fails with ``StepTimeout`` after ``seconds`` (``None``: no limit)."""
+        if seconds is not None and (
+            not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds <= 0
+        ):
+            raise TypeError(f"timeout seconds must be a positive number or None, not {seconds!r}")
+        return self._copy(timeout_seconds=seconds)
+
+    def named(self, name: str) -> Component[P, R]:
+        """A copy under another name: its steps get other ids and another cache namespace."""
+        return self._copy(name=name)
+
+    # -- calling -----------------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def _return_annotation(self) -> Any:
+        try:
+            hint = get_type_hints(self.fn).get("return", Any)
+        except Exception:  # unresolvable forward references: replay hands back plain JSON
+            return Any
+        return hint
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        ctx = _run.get()
+        if ctx is None:
+            return self.fn(*args, **kwargs)
+        call = StepCall(ctx, self, args, kwargs)
+        if self.is_async:
+            return call.run_async()  # type: ignore[return-value]
+        return call.run_sync()
+
+    def prepare(self, ctx: RunContext, *args: Any, **kwargs: Any) -> StepCall:
+        """Assign a step id now and return the call, to run later (``agentflow.map`` uses this)."""
+        return StepCall(ctx, self, args, kwargs)
+
+
+class StepCall:
+    """One call of a component inside a run: the step's whole life, from replay check to checkpoint."""
+
+    __slots__ = ("args", "component", "ctx", "input", "input_hash", "kwargs", "parent_id", "started_at", "step_id")
+
+    def __init__(self, ctx: RunContext, component: Component[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]):
+        parent = _frame.get() or ctx.root
+        self.ctx = ctx
+        self.component = component
+        self.args = args
+        self.kwargs = kwargs
+        self.parent_id = parent.step_id
+        self.step_id = parent.next_child_id(component.name)
+        self.input: Any = None
+        self.input_hash = ""
+        self.started_at = 0.0
+
+    # The shared lifecycle; run_sync and run_async differ only in how they wait and call.
+
+    def _begin(self) -> Any:
+        """The step's result if it needs no execution (checkpoint or cache), else ``MISSING``."""
+        ctx = self.ctx
+        ctx.check_interrupt()
+        self.input = to_jsonable({"args": list(self.args), "kwargs": self.kwargs}, what=f"input of {self.step_id}")
+        self.input_hash = stable_hash(self.input)
+        checkpoint = ctx.checkpoints.get(self.step_id)
+        if checkpoint is not None:
+            if checkpoint.input_hash is not None and checkpoint.input_hash != self.input_hash:
+                raise WorkflowDivergence(
+                    f"step {self.step_id!r} is replayed with other arguments than it was recorded with: the "
+                    "workflow code between steps must be deterministic",
+                    details={"step": self.step_id},
+                )
+            ctx.steps_replayed += 1
+            return self._replay(checkpoint)
+        self.started_at = time.time()
+        policy = self.component.cache_policy
+        if policy is not None and ctx.cache is not None:
+            cached = ctx.cache.get(self._cache_key(policy), MISSING)
+            if cached is not MISSING:
+                self._checkpoint(COMPLETED, output=cached, attempts=0, cached=True)
+                ctx.emit(ev.STEP_COMPLETED, self._step_data(cached=True), step=self.step_id, attempt=0)
+                return from_jsonable(cached, self.component._return_annotation)
+        return MISSING
+
+    def _replay(self, checkpoint: Checkpoint) -> Any:
+        if checkpoint.status == COMPLETED:
+            return from_jsonable(checkpoint.output, self.component._return_annotation)
+        error = checkpoint.error or {}
+        raise StepFailed(
+            self.step_id,
+            attempts=checkpoint.attempts,
+            error_type=error.get("type", "Error"),
+            error_message=error.get("message", ""),
+        )
+
+    def _cache_key(self, policy: CachePolicy) -> str:
+        if policy.key is not None:
+            key = policy.key(*self.args, **self.kwargs)
+            if not isinstance(key, str):
+                raise TypeError(f"cache key function of {self.component.name!r} must return a str, not {key!r}")
+        else:
+            key = self.input_hash
+        return f"{self.ctx.cache_prefix}{self.component.name}:{key}"
+
+    def _step_data(self, **extra: Any) -> dict[str, Any]:
+        return {"component": self.component.name, "parent": self.parent_id, **extra}
+
+    def _start_attempt(self, attempt: int) -> contextvars.Token[_Frame | None]:
+        if attempt > 1:
+            self.ctx.check_interrupt()
+        self.ctx.emit(ev.STEP_STARTED, self._step_data(), step=self.step_id, attempt=attempt)
+        return _frame.set(_Frame(step_id=self.step_id, attempt=attempt))
+
+    def _failed_attempt(self, exc: Exception, attempt: int) -> float:
+        """Seconds to wait before the next attempt; raise ``StepFailed`` when there is none."""
+        if isinstance(exc, TimeoutError) and not isinstance(exc, StepTimeout):
+            exc = StepTimeout(f"attempt {attempt} of {self.step_id!r} exceeded {self.component.timeout_seconds}s")
+        policy = self.component.retry_policy
+        error = {"type": type(exc).__name__, "message": str(exc)}
+        if policy.should_retry(exc, attempt):
+            delay = policy.delay_seconds(exc, attempt)
+            self.ctx.discard_failed_below(self.step_id)
+            self.ctx.emit(
+                ev.STEP_RETRYING,
+                {"error": error, "delay_seconds": round(delay, 3), "next_attempt": attempt + 1},
+                step=self.step_id,
+                attempt=attempt,
+            )
+            return delay
+        self._checkpoint(FAILED, error=error, attempts=attempt)
+        self.ctx.emit(ev.STEP_FAILED, self._step_data(error=error), step=self.step_id, attempt=attempt)
+        raise StepFailed(
+            self.step_id, attempts=attempt, error_type=error["type"], error_message=error["message"], cause=exc
+        ) from exc
+
+    def _succeeded(self, result: Any, attempt: int) -> Any:
+        output = to_jsonable(result, what=f"result of step {self.step_id!r}")
+        self._checkpoint(COMPLETED, output=output, attempts=attempt)
+        policy = self.component.cache_policy
+        if policy is not None and self.ctx.cache is not None:
+            self.ctx.cache.set(self._cache_key(policy), output, policy.ttl_seconds)
+        self.ctx.emit(ev.STEP_COMPLETED, self._step_data(), step=self.step_id, attempt=attempt)
+        return result
+
+    def _checkpoint(
+        self, status: str, *, output: Any = None, error: dict[str, Any] | None = None, attempts: int, cached: bool = False
+    ) -> None:
+        ctx = self.ctx
+        ctx.store.save_step(
+            StepRecord(
+                step_id=self.step_id,
+                parent_id=self.parent_id,
+                component=self.component.name,
+                status=status,
+                input=self.input,
+                input_hash=self.input_hash,
+                output=output,
+                error=error,
+                attempts=attempts,
+                started_at=self.started_at,
+                finished_at=time.time(),
+                cached=cached,
+            )
+        )
+        ctx.checkpoints[self.step_id] = Checkpoint(status, output, error, attempts, self.input_hash)
+        ctx.steps_executed += 1
+
+    def run_sync(self) -> Any:
+        result = self._begin()
+        if result is not MISSING:
+            return result
+        fn, timeout = self.component.fn, self.component.timeout_seconds
+        attempt = 0
+        while True:
+            attempt += 1
+            token = self._start_attempt(attempt)
+            try:
+                result = fn(*self.args, **self.kwargs) if timeout is None else self._call_with_timeout(timeout)
+            except RunInterrupted:
+                raise
+            except Exception as exc:
+                _frame.reset(token)
+                delay = self._failed_attempt(exc, attempt)
+                if delay > 0:
+                    time.sleep(delay)
+                continue
+            _frame.reset(token)
+            return self._succeeded(result, attempt)
+
+    def _call_with_timeout(self, timeout: float) -> Any:
+        # A thread cannot be stopped: on time-out the attempt is abandoned and left to finish in the background.
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentflow-step")
+        context = contextvars.copy_context()
+        future = pool.submit(context.run, self.component.fn, *self.args, **self.kwargs)
+        pool.shutdown(wait=False)
+        try:
+            return future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            raise StepTimeout(f"attempt of {self.step_id!r} exceeded {timeout}s") from None
+
+    async def run_async(self) -> Any:
+        result = self._begin()
+        if result is not MISSING:
+            return result
+        fn, timeout = self.component.fn, self.component.timeout_seconds
+        attempt = 0
+        while True:
+            attempt += 1
+            token = self._start_attempt(attempt)
+            try:
+                awaitable: Awaitable[Any] = fn(*self.args, **self.kwargs)
+                result = await (awaitable if timeout is None else asyncio.wait_for(awaitable, timeout))
+            except RunInterrupted:
+                raise
+            except Exception as exc:
+                _frame.reset(token)
+                delay = self._failed_attempt(exc, attempt)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                continue
+            _frame.reset(token)
+            return self._succeeded(result, attempt)
+
+
+@overload
+def component(fn: Callable[P, R], /) -> Component[P, R]: ...
+
+
+@overload
+def component(
+    *, name: str | None = None, retry: RetryPolicy | None = None, timeout_seconds: float | None = None
+) -> Callable[[Callable[P, R]], Component[P, R]]: ...
+
+
+def component(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+    timeout_seconds: float | None = None,
+) -> Any:
+    """Make ``fn`` a component: ``@component`` or ``@component(name=..., retry=RetryPolicy(...))``."""
+
+    def wrap(func: Callable[..., Any]) -> Component[Any, Any]:
+        if isinstance(func, Component):
+            raise TypeError(f"{func!r} is already a component")
+        if not callable(func):
+            raise TypeError(f"@component needs a function, not {func!r}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy, not {retry!r}; or use .retry(...) on the component")
+        made: Component[Any, Any] = Component(
+            func, name=name or func.__name__, retry_policy=retry or NO_RETRY, cache_policy=None
+        )
+        return made.timeout(timeout_seconds) if timeout_seconds is not None else made
+
+    if fn is not None:
+        return wrap(fn)
+    return wrap

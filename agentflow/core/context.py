@@ -1,0 +1,174 @@
+"""The state of one incarnation of a run: checkpoints, step ids, events, and the current step.
+
+A run executes its workflow function from the top in every incarnation (first start, recovery, resume).
+Each component call is matched to its checkpoint by a deterministic step id: the parent step's id, the
+component's name and the call's index among the parent's calls of that component (``outline#0/research#2``).
+Ids are assigned when the call is made, before it runs, so concurrent calls (``asyncio.gather``,
+``agentflow.map``) get the same ids in every incarnation.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import events as ev
+from .errors import LeaseLost, NotInWorkflow
+
+COMPLETED = "completed"
+FAILED = "failed"
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """What the store remembers of a finished step."""
+
+    status: str  # COMPLETED or FAILED
+    output: Any = None
+    error: dict[str, Any] | None = None
+    attempts: int = 1
+    input_hash: str | None = None
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """One step's checkpoint, as written to the store."""
+
+    step_id: str
+    parent_id: str | None
+    component: str
+    status: str
+    input: Any
+    input_hash: str
+    output: Any
+    error: dict[str, Any] | None
+    attempts: int
+    started_at: float  # epoch seconds
+    finished_at: float
+    cached: bool = False
+
+
+class RunStore(Protocol):
+    def save_step(self, record: StepRecord) -> None:
+        """Persist a checkpoint; raise ``LeaseLost`` when this incarnation's epoch is stale."""
+
+
+class Cache(Protocol):
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+    def set(self, key: str, value: Any, timeout: float | None = None) -> None: ...
+
+
+class _Missing:
+    __slots__ = ()
+
+
+MISSING: Any = _Missing()
+
+
+@dataclass(slots=True)
+class Frame:
+    """The step (or the workflow body, ``step_id=None``) whose code is running."""
+
+    step_id: str | None
+    attempt: int | None
+    counters: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def next_child_id(self, name: str) -> str:
+        # A lock, because sync components fanned out by agentflow.map run in threads.
+        with self.lock:
+            index = self.counters.get(name, 0)
+            self.counters[name] = index + 1
+        return f"{name}#{index}" if self.step_id is None else f"{self.step_id}/{name}#{index}"
+
+
+_run: ContextVar[RunContext | None] = ContextVar("agentflow_run", default=None)
+_frame: ContextVar[Frame | None] = ContextVar("agentflow_frame", default=None)
+
+
+def current_run() -> RunContext | None:
+    return _run.get()
+
+
+def current_frame() -> Frame | None:
+    return _frame.get()
+
+
+class RunContext:
+    """Everything one incarnation of a run needs; the runner builds it and the engine uses it.
+
+    ``workflow_content_seen`` is how many workflow-level content events (``status``, ``data`` and
+    ``output.delta`` emitted by the workflow body itself) earlier incarnations appended: replaying the
+    deterministic workflow body re-emits them in the same order, so the first that many are suppressed.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        epoch: int,
+        store: RunStore,
+        sink: ev.EventSink,
+        checkpoints: dict[str, Checkpoint] | None = None,
+        cache: Cache | None = None,
+        cache_prefix: str = "agentflow:cache:",
+        workflow_content_seen: int = 0,
+        interrupt: Callable[[], None] | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.epoch = epoch
+        self.store = store
+        self.sink = sink
+        self.checkpoints: dict[str, Checkpoint] = checkpoints or {}
+        self.cache = cache
+        self.cache_prefix = cache_prefix
+        self.workflow_content_seen = workflow_content_seen
+        self.workflow_content_emitted = 0
+        self._interrupt = interrupt
+        self.root = Frame(step_id=None, attempt=None)
+        self.steps_executed = 0
+        self.steps_replayed = 0
+        self._emit_lock = threading.Lock()
+
+    # -- events ------------------------------------------------------------------------------------------
+
+    def emit(self, type: str, data: dict[str, Any] | None = None, *, step: str | None, attempt: int | None) -> None:
+        self.sink.emit(ev.envelope(type, self.run_id, step=step, attempt=attempt, epoch=self.epoch, data=data))
+
+    def emit_content(self, type: str, data: dict[str, Any]) -> None:
+        """Emit a content event from user code, attributed to the step whose code is running."""
+        frame = _frame.get() or self.root
+        if frame.step_id is None:
+            with self._emit_lock:
+                self.workflow_content_emitted += 1
+                if self.workflow_content_emitted <= self.workflow_content_seen:
+                    return  # replay: an earlier incarnation appended this very event already
+                self.emit(type, data, step=None, attempt=None)
+        else:
+            self.emit(type, data, step=frame.step_id, attempt=frame.attempt)
+
+    # -- control -----------------------------------------------------------------------------------------
+
+    def check_interrupt(self) -> None:
+        """Raise ``RunInterrupted`` if the run was cancelled or this worker lost it. Called at boundaries."""
+        if self.sink.fenced:
+            raise LeaseLost(f"run {self.run_id} moved to a newer epoch than {self.epoch}")
+        if self._interrupt is not None:
+            self._interrupt()
+
+    def discard_failed_below(self, step_id: str) -> None:
+        """Forget failed checkpoints under ``step_id``, so its next attempt runs those children again."""
+        prefix = step_id + "/"
+        for key in [k for k, cp in self.checkpoints.items() if k.startswith(prefix) and cp.status == FAILED]:
+            del self.checkpoints[key]
+
+
+def require_run(api: str) -> RunContext:
+    ctx = _run.get()
+    if ctx is None:
+        raise NotInWorkflow(f"agentflow.{api}() can only be called while a workflow runs")
+    return ctx

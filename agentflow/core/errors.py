@@ -1,0 +1,147 @@
+"""Every exception agentflow raises, rooted in :class:`AgentflowError`.
+
+Each class carries a stable ``code``; the REST API maps codes to HTTP statuses. Control flow that user code
+must not swallow (cancellation, a lost lease) derives from ``BaseException`` so ``except Exception`` in a
+component cannot hide it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AgentflowError(Exception):
+    code = "agentflow_error"
+
+    def __init__(self, message: str = "", *, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+class ConfigurationError(AgentflowError):
+    code = "configuration_error"
+
+
+class WorkflowNotFound(AgentflowError):
+    code = "workflow_not_found"
+
+
+class WorkflowAlreadyRegistered(ConfigurationError):
+    code = "workflow_already_registered"
+
+
+class InvalidInput(AgentflowError):
+    """The input of a run does not match the workflow's signature; ``details`` lists field errors."""
+
+    code = "invalid_input"
+
+
+class SerializationError(AgentflowError, TypeError):
+    """A step's arguments or result cannot be stored as JSON."""
+
+    code = "not_serializable"
+
+
+class RunNotFound(AgentflowError):
+    code = "run_not_found"
+
+
+class RunTimeout(AgentflowError):
+    """Waiting for a run's result took longer than allowed. The run itself goes on."""
+
+    code = "run_timeout"
+
+
+class RunFailed(AgentflowError):
+    """Raised by ``wait()`` when the awaited run ended failed or cancelled."""
+
+    code = "run_failed"
+
+
+class NotInWorkflow(AgentflowError):
+    """An API that needs a running workflow (``status``, ``publish``, ...) was called outside one."""
+
+    code = "not_in_workflow"
+
+
+class WorkflowDivergence(AgentflowError):
+    """Replaying a run met a step whose recorded arguments differ: the workflow code is not deterministic."""
+
+    code = "workflow_divergence"
+
+
+class StepError(AgentflowError):
+    code = "step_error"
+
+
+class StepTimeout(StepError, TimeoutError):
+    """One attempt of a step ran longer than its ``.timeout()``; retried like any other error."""
+
+    code = "step_timeout"
+
+
+class StepFailed(StepError):
+    """A step exhausted its retries (or gave up). Workflows may catch it and recover.
+
+    ``error_type`` and ``error_message`` describe the last attempt's exception; ``cause`` holds the exception
+    itself when the failure happened in this process (it is ``None`` when the failure is replayed from a
+    checkpoint).
+    """
+
+    code = "step_failed"
+
+    def __init__(
+        self,
+        step_id: str,
+        *,
+        attempts: int,
+        error_type: str,
+        error_message: str,
+        cause: BaseException | None = None,
+    ) -> None:
+        super().__init__(
+            f"step {step_id!r} failed after {attempts} attempt(s): {error_type}: {error_message}",
+            details={"step": step_id, "attempts": attempts, "type": error_type, "error": error_message},
+        )
+        self.step_id = step_id
+        self.attempts = attempts
+        self.error_type = error_type
+        self.error_message = error_message
+        self.cause = cause
+
+
+class Retry(AgentflowError):  # noqa: N818 - it is a request, not an error
+    """Raise inside a component to ask for another attempt after ``delay_seconds``.
+
+    The attempt still counts against ``max_attempts``. ``delay_seconds=None`` uses the policy's backoff.
+    """
+
+    code = "retry"
+
+    def __init__(self, delay_seconds: float | None = None, reason: str = "") -> None:
+        super().__init__(reason or "retry requested")
+        if delay_seconds is not None and delay_seconds < 0:
+            raise ValueError("delay_seconds must be >= 0")
+        self.delay_seconds = delay_seconds
+
+
+class RunInterrupted(BaseException):  # noqa: N818
+    """Base of control flow that stops a run's execution in this process; never swallow it."""
+
+    code = "run_interrupted"
+
+
+class RunCancelled(RunInterrupted):
+    """The run was cancelled. Raised at the next step boundary or heartbeat."""
+
+    code = "run_cancelled"
+
+
+class LeaseLost(RunInterrupted):
+    """This worker no longer owns the run (its epoch is stale): it must stop writing at once."""
+
+    code = "lease_lost"

@@ -1,0 +1,12 @@
+"""Every Redis key agentflow uses. ``{run_id}`` is a hash tag: a run's keys share one Redis Cluster slot."""
+
+
+def events(prefix: str, run_id: str) -> str:
+    """The run's event stream."""
+    return f"{prefix}run:{{{run_id}}}:events"
+
+
+def meta(prefix: str, run_id: str) -> str:
+    """Hash beside the stream: ``epoch`` (the only incarnation allowed to append), ``seq`` (last appended
+    sequence number, for idempotent retries), ``wfc`` (workflow-level content events appended)."""
+    return f"{prefix}run:{{{run_id}}}:meta"

@@ -1,0 +1,201 @@
+"""Workflows: plain functions composed of components, registered by name, with typed input and output.
+
+The input of a run is a JSON object whose keys are the workflow function's parameters; its schema, and the
+output's, come from the type hints through pydantic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar, get_type_hints, overload
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from .context import RunContext, _frame, _run
+from .errors import InvalidInput, WorkflowAlreadyRegistered, WorkflowNotFound
+from .serialization import adapter_for, to_jsonable
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
+
+
+def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
+    """pydantic's errors as stable, JSON-able field errors: ``[{"field": "a.b", "code", "message"}]``."""
+    return [
+        {"field": ".".join(str(part) for part in err["loc"]), "code": err["type"], "message": err["msg"]}
+        for err in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]
+
+
+class Workflow(Generic[P, R]):
+    """A function wrapped by :func:`workflow`. Calling it runs the function directly (handy in tests)."""
+
+    def __init__(self, fn: Callable[P, R], *, name: str, description: str) -> None:
+        if not _NAME_RE.match(name):
+            raise TypeError(
+                f"workflow name must be 1-100 lowercase letters, digits, '_', '.' or '-' "
+                f"(it is part of URLs), not {name!r}"
+            )
+        self.fn = fn
+        self.name = name
+        self.description = description
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.input_model = self._build_input_model(fn)
+        hints = get_type_hints(fn)
+        self.output_annotation: Any = hints.get("return", Any)
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    @staticmethod
+    def _build_input_model(fn: Callable[..., Any]) -> type[BaseModel]:
+        hints = get_type_hints(fn)
+        fields: dict[str, Any] = {}
+        for param in inspect.signature(fn).parameters.values():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                raise TypeError(
+                    f"workflow {fn.__qualname__} takes *{param.name}: a workflow's input is a JSON object, so "
+                    "every parameter needs a name"
+                )
+            if param.kind is param.POSITIONAL_ONLY:
+                raise TypeError(f"workflow {fn.__qualname__}: parameter {param.name!r} cannot be positional-only")
+            annotation = hints.get(param.name, Any)
+            default = ... if param.default is param.empty else param.default
+            fields[param.name] = (annotation, default)
+        model_name = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]", fn.__name__)) + "Input"
+        return create_model(  # type: ignore[call-overload,no-any-return]
+            model_name, __config__=ConfigDict(extra="forbid"), **fields
+        )
+
+    # -- input and output --------------------------------------------------------------------------------
+
+    def validate_input(self, data: Any) -> dict[str, Any]:
+        """``data`` checked and normalised to JSON; raises ``InvalidInput`` with field errors."""
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise InvalidInput(
+                f"the input of workflow {self.name!r} must be a JSON object, not {type(data).__name__}",
+                details=[{"field": "", "code": "object_type", "message": "Input should be an object"}],
+            )
+        try:
+            model = self.input_model.model_validate(data)
+        except ValidationError as exc:
+            raise InvalidInput(f"invalid input for workflow {self.name!r}", details=validation_details(exc)) from None
+        return model.model_dump(mode="json")
+
+    def bind(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Keyword arguments for the function, typed as its hints say, from stored (validated) input."""
+        model = self.input_model.model_validate(data)
+        return {name: getattr(model, name) for name in type(model).model_fields}
+
+    def dump_output(self, value: Any) -> Any:
+        return to_jsonable(value, what=f"output of workflow {self.name!r}")
+
+    def input_schema(self) -> dict[str, Any]:
+        return self.input_model.model_json_schema()
+
+    def output_schema(self) -> dict[str, Any]:
+        if self.output_annotation is Any:
+            return {}
+        return adapter_for(self.output_annotation).json_schema()
+
+    # -- execution ---------------------------------------------------------------------------------------
+
+    def execute(self, input: dict[str, Any], ctx: RunContext) -> Any:
+        """Run the workflow body under ``ctx`` (replaying checkpointed steps) and return its JSON output."""
+        kwargs = self.bind(input)
+        run_token = _run.set(ctx)
+        frame_token = _frame.set(ctx.root)
+        try:
+            if self.is_async:
+                result = asyncio.run(self.fn(**kwargs))  # type: ignore[arg-type]
+            else:
+                result = self.fn(**kwargs)
+        finally:
+            _frame.reset(frame_token)
+            _run.reset(run_token)
+        return self.dump_output(result)
+
+
+class Registry:
+    """Workflows by name. ``agentflow`` discovers ``workflows.py`` modules of installed apps into it."""
+
+    def __init__(self) -> None:
+        self._workflows: dict[str, Workflow[Any, Any]] = {}
+        self._lock = threading.Lock()
+
+    def register(self, wf: Workflow[Any, Any]) -> None:
+        with self._lock:
+            existing = self._workflows.get(wf.name)
+            if existing is not None and _qualified(existing.fn) != _qualified(wf.fn):
+                raise WorkflowAlreadyRegistered(
+                    f"two workflows are named {wf.name!r}: {_qualified(existing.fn)} and {_qualified(wf.fn)}"
+                )
+            self._workflows[wf.name] = wf
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            self._workflows.pop(name, None)
+
+    def get(self, name: str) -> Workflow[Any, Any]:
+        try:
+            return self._workflows[name]
+        except KeyError:
+            raise WorkflowNotFound(f"no workflow is named {name!r}", details={"workflow": name}) from None
+
+    def all(self) -> list[Workflow[Any, Any]]:
+        return sorted(self._workflows.values(), key=lambda wf: wf.name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._workflows
+
+
+def _qualified(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+registry = Registry()
+
+
+@overload
+def workflow(fn: Callable[P, R], /) -> Workflow[P, R]: ...
+
+
+@overload
+def workflow(
+    *, name: str | None = None, description: str | None = None
+) -> Callable[[Callable[P, R]], Workflow[P, R]]: ...
+
+
+def workflow(
+    fn: Callable[..., Any] | None = None, /, *, name: str | None = None, description: str | None = None
+) -> Any:
+    """Register ``fn`` as a workflow: ``@workflow`` or ``@workflow(name="blog-post", description=...)``.
+
+    The name defaults to the function's name with ``_`` as ``-``; the description to its docstring.
+    """
+
+    def wrap(func: Callable[..., Any]) -> Workflow[Any, Any]:
+        if isinstance(func, Workflow) or not callable(func):
+            raise TypeError(f"@workflow needs a plain function, not {func!r}")
+        wf: Workflow[Any, Any] = Workflow(
+            func,
+            name=name or func.__name__.replace("_", "-"),
+            description=description if description is not None else inspect.cleandoc(func.__doc__ or ""),
+        )
+        registry.register(wf)
+        return wf
+
+    if fn is not None:
+        return wrap(fn)
+    return wrap
