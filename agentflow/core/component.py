@@ -237,8 +237,10 @@ class StepCall:
 
     def _failed_attempt(self, exc: Exception, attempt: int) -> float:
         """Seconds to wait before the next attempt; raise ``StepFailed`` when there is none."""
-        if isinstance(exc, TimeoutError) and not isinstance(exc, StepTimeout):
-            exc = StepTimeout(f"attempt {attempt} of {self.step_id!r} exceeded {self.component.timeout_seconds}s")
+        # Only asyncio.wait_for's bare TimeoutError is ours; without a time-out it is the component's own error.
+        timeout = self.component.timeout_seconds
+        if isinstance(exc, TimeoutError) and not isinstance(exc, StepTimeout) and timeout is not None:
+            exc = StepTimeout(f"attempt {attempt} of {self.step_id!r} exceeded {timeout}s")
         policy = self.component.retry_policy
         error = {"type": type(exc).__name__, "message": str(exc)}
         if policy.should_retry(exc, attempt):

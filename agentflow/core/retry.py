@@ -71,7 +71,11 @@ class RetryPolicy:
 
     def delay_seconds(self, exc: BaseException, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt ``attempt`` before the next one."""
-        ceiling = min(self.max_delay_seconds, self.initial_delay_seconds * self.backoff ** (attempt - 1))
+        try:
+            growth = self.initial_delay_seconds * self.backoff ** (attempt - 1)
+        except OverflowError:  # a float power past ~1e308, after a thousand-odd attempts: long capped already
+            growth = self.max_delay_seconds if self.initial_delay_seconds else 0.0
+        ceiling = min(self.max_delay_seconds, growth)
         delay = (rng or random).uniform(0, ceiling) if self.jitter else ceiling
         asked = requested_delay_seconds(exc)
         return max(delay, asked) if asked is not None else delay

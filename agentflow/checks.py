@@ -1,0 +1,82 @@
+"""System checks of the AGENTFLOW setting. Ids are stable: docs/reference/checks.md lists them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.utils.module_loading import import_string
+
+from .conf import DEFAULTS, REMOVED
+
+_POSITIVE_NUMBERS = (
+    "STREAM_TTL_SECONDS",
+    "HEARTBEAT_INTERVAL_SECONDS",
+    "LEASE_SECONDS",
+    "QUEUED_TIMEOUT_SECONDS",
+    "WAIT_TIMEOUT_SECONDS",
+)
+_STRINGS = ("KEY_PREFIX", "TASK_QUEUE", "MONITOR_QUEUE", "CACHE_ALIAS")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    user = getattr(settings, "AGENTFLOW", {})
+    if not isinstance(user, dict):
+        return [Error("AGENTFLOW must be a dict.", id="agentflow.E001", obj="AGENTFLOW")]
+    errors: list[CheckMessage] = []
+    for key in user:
+        if key in REMOVED:
+            errors.append(Error(f"AGENTFLOW[{key!r}] was removed: {REMOVED[key]}", id="agentflow.E003"))
+        elif key not in DEFAULTS:
+            close = [k for k in DEFAULTS if k.replace("_", "") == str(key).upper().replace("_", "")]
+            hint = f"Did you mean {close[0]!r}?" if close else f"Valid keys: {', '.join(sorted(DEFAULTS))}."
+            errors.append(Error(f"AGENTFLOW has an unknown key {key!r}.", hint=hint, id="agentflow.E002"))
+    merged = {**DEFAULTS, **{k: v for k, v in user.items() if k in DEFAULTS}}
+
+    for key in _POSITIVE_NUMBERS:
+        if not _is_number(merged[key]) or merged[key] <= 0:
+            errors.append(Error(f"AGENTFLOW[{key!r}] must be a positive number of seconds.", id="agentflow.E004"))
+    for key in ("STREAM_MAXLEN", "MAX_RECOVERIES"):
+        value = merged[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "STREAM_MAXLEN" else 0):
+            errors.append(Error(f"AGENTFLOW[{key!r}] must be a whole number >= 1.", id="agentflow.E005"))
+    for key in _STRINGS:
+        if not isinstance(merged[key], str) or not merged[key]:
+            errors.append(Error(f"AGENTFLOW[{key!r}] must be a non-empty string.", id="agentflow.E006"))
+    if merged["REDIS_URL"] is not None and (
+        not isinstance(merged["REDIS_URL"], str) or not merged["REDIS_URL"].startswith(("redis://", "rediss://", "unix://"))
+    ):
+        errors.append(
+            Error("AGENTFLOW['REDIS_URL'] must be a redis://, rediss:// or unix:// URL.", id="agentflow.E007")
+        )
+    if isinstance(merged["EXECUTOR"], str):
+        try:
+            import_string(merged["EXECUTOR"])
+        except ImportError as exc:
+            errors.append(
+                Error(f"AGENTFLOW['EXECUTOR'] cannot be imported: {exc}", id="agentflow.E008", obj="AGENTFLOW")
+            )
+    else:
+        errors.append(Error("AGENTFLOW['EXECUTOR'] must be an import path string.", id="agentflow.E008"))
+    if isinstance(merged["CACHE_ALIAS"], str) and merged["CACHE_ALIAS"] not in settings.CACHES:
+        errors.append(
+            Error(f"AGENTFLOW['CACHE_ALIAS'] names no cache in CACHES: {merged['CACHE_ALIAS']!r}.", id="agentflow.E009")
+        )
+    if not isinstance(merged["ARCHIVE_EVENTS"], bool):
+        errors.append(Error("AGENTFLOW['ARCHIVE_EVENTS'] must be True or False.", id="agentflow.E010"))
+    lease, beat = merged["LEASE_SECONDS"], merged["HEARTBEAT_INTERVAL_SECONDS"]
+    if _is_number(lease) and _is_number(beat) and beat > 0 and lease < 2 * beat:
+        errors.append(
+            Warning(
+                "AGENTFLOW['LEASE_SECONDS'] is less than twice HEARTBEAT_INTERVAL_SECONDS: one late heartbeat "
+                "would make the monitor take a healthy run away from its worker.",
+                id="agentflow.W001",
+            )
+        )
+    return errors

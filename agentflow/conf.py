@@ -1,0 +1,90 @@
+"""agentflow's settings: one ``AGENTFLOW = {...}`` dict, read lazily so ``override_settings`` works.
+
+    from agentflow.conf import agentflow_settings
+    agentflow_settings.stream_maxlen
+
+Every key, its default and its meaning is in docs/reference/settings.md; ``agentflow.checks`` validates them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+
+DEFAULTS: dict[str, Any] = {
+    # Redis holding the run streams. None: $REDIS_URL, else redis://127.0.0.1:6379/0.
+    "REDIS_URL": None,
+    # Prefix of every Redis key (streams, leases, cache entries of components).
+    "KEY_PREFIX": "agentflow:",
+    # Import path of the executor class that runs workflows ("...CeleryExecutor" or "...InProcessExecutor").
+    "EXECUTOR": "agentflow.executors.CeleryExecutor",
+    # Celery queue of run tasks, and of the monitor's task (its own, so a backlog of runs cannot starve it).
+    "TASK_QUEUE": "agentflow",
+    "MONITOR_QUEUE": "agentflow-monitor",
+    # Django cache alias used by component.cache().
+    "CACHE_ALIAS": "default",
+    # Approximate cap on each run stream's length (XADD MAXLEN ~).
+    "STREAM_MAXLEN": 100_000,
+    # How long a finished run's stream stays in Redis; its events are archived to the DB before.
+    "STREAM_TTL_SECONDS": 24 * 3600,
+    # Copy a finished run's events into the DB (RunEvent), so history outlives the stream.
+    "ARCHIVE_EVENTS": True,
+    # A worker renews its lease on a run every HEARTBEAT_INTERVAL_SECONDS; a run whose lease is older than
+    # LEASE_SECONDS is taken over by the monitor.
+    "HEARTBEAT_INTERVAL_SECONDS": 5.0,
+    "LEASE_SECONDS": 30.0,
+    # A run recovered more often than this is failed instead (a crash loop is not retried forever).
+    "MAX_RECOVERIES": 5,
+    # A run still queued this long after it was accepted is enqueued again by the monitor.
+    "QUEUED_TIMEOUT_SECONDS": 300.0,
+    # Default bound of agentflow.wait() and of synchronous API runs.
+    "WAIT_TIMEOUT_SECONDS": 300.0,
+}
+
+REMOVED: dict[str, str] = {}
+
+
+class AgentflowSettings:
+    """Attribute access to ``settings.AGENTFLOW`` merged over :data:`DEFAULTS` (``stream_maxlen`` ...)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        value = getattr(settings, "AGENTFLOW", {})
+        return value if isinstance(value, dict) else {}
+
+    def __getattr__(self, name: str) -> Any:
+        key = name.upper()
+        if name.startswith("_") or key not in DEFAULTS:
+            raise AttributeError(f"agentflow has no setting {name!r}")
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        value = self.user_settings.get(key, DEFAULTS[key])
+        if key == "REDIS_URL" and not value:
+            value = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+        self._cache[key] = value
+        return value
+
+    def reload(self) -> None:
+        self._cache.clear()
+
+
+agentflow_settings = AgentflowSettings()
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == "AGENTFLOW":
+        agentflow_settings.reload()
+        from . import streams
+
+        streams.reset_clients()
+
+
+setting_changed.connect(_reload)

@@ -1,0 +1,167 @@
+"""Durable run records: the database is the source of truth for a run's state and its checkpoints."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    WAITING = "waiting", "Waiting"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING)
+FINISHED_STATUSES = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class WorkflowRun(models.Model):
+    """One run of a workflow, across all its incarnations (``epoch`` counts them)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workflow = models.CharField(max_length=100)
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    input = models.JSONField(default=dict, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True, help_text="{type, message, step} of the failure.")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="agentflow_runs"
+    )
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Fencing token: bumped by every (re)start; writes from an older epoch are refused.
+    epoch = models.PositiveIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=255, blank=True, default="", help_text="Worker holding the lease.")
+    recoveries = models.PositiveIntegerField(default=0)
+    cancel_requested = models.BooleanField(default=False)
+    last_event_id = models.CharField(max_length=64, blank=True, default="")
+    step_count = models.PositiveIntegerField(default=0)
+    usage = models.JSONField(default=dict, blank=True, help_text="Totals: tokens, cost, ...")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="agentflow_run_owner_created"),
+            models.Index(fields=["workflow", "-created_at"], name="agentflow_run_wf_created"),
+            models.Index(fields=["status", "heartbeat_at"], name="agentflow_run_status_hb"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "workflow", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="agentflow_run_idempotency",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow} {self.id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at
+        if end is None:
+            from django.utils import timezone
+
+            end = timezone.now()
+        return (end - self.started_at).total_seconds()
+
+    def wait(self, timeout_seconds: float | None = None) -> Any:
+        """Block until the run ends and return its output; see :func:`agentflow.wait`."""
+        from .runs import wait
+
+        return wait(self, timeout_seconds=timeout_seconds)
+
+
+class StepStatus(models.TextChoices):
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+
+
+class StepRun(models.Model):
+    """A step's checkpoint: written once the step completed or failed for good."""
+
+    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="steps")
+    step_id = models.CharField(max_length=500)
+    parent_id = models.CharField(max_length=500, null=True, blank=True)
+    component = models.CharField(max_length=200)
+    status = models.CharField(max_length=16, choices=StepStatus.choices)
+    input = models.JSONField(null=True, blank=True)
+    input_hash = models.CharField(max_length=64, blank=True, default="")
+    output = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=1)
+    cached = models.BooleanField(default=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    epoch = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["run", "id"]
+        constraints = [models.UniqueConstraint(fields=["run", "step_id"], name="agentflow_step_run_step")]
+
+    def __str__(self) -> str:
+        return f"{self.step_id} ({self.status})"
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+    @property
+    def depth(self) -> int:
+        return self.step_id.count("/")
+
+
+class RunEvent(models.Model):
+    """An archived stream event; ``stream_id`` keeps the Redis entry id so ``after=<id>`` works unchanged."""
+
+    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="events")
+    stream_id = models.CharField(max_length=64)
+    # The two halves of the Redis id, for ordering and range queries ("ms-seq" does not sort as text).
+    stream_ms = models.BigIntegerField()
+    stream_seq = models.BigIntegerField()
+    type = models.CharField(max_length=40)
+    step = models.CharField(max_length=500, null=True, blank=True)
+    attempt = models.PositiveIntegerField(null=True, blank=True)
+    epoch = models.PositiveIntegerField(default=0)
+    ts = models.CharField(max_length=40)
+    data = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["run", "stream_ms", "stream_seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "stream_ms", "stream_seq"], name="agentflow_event_run_id")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.stream_id} {self.type}"
+
+    def as_event(self) -> dict[str, Any]:
+        return {
+            "id": self.stream_id,
+            "type": self.type,
+            "run": str(self.run_id),
+            "step": self.step,
+            "attempt": self.attempt,
+            "epoch": self.epoch,
+            "ts": self.ts,
+            "data": self.data,
+        }

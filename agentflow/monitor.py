@@ -1,0 +1,132 @@
+"""The monitor: keeps every run moving. Run it from Celery beat (``agentflow.monitor``) or
+``manage.py agentflow_monitor``; running several at once is safe (every change is a conditional UPDATE).
+
+- a running run whose lease expired (its worker died) is enqueued again with its current epoch; the new
+  incarnation takes it over as epoch + 1 and emits ``run.recovered``;
+- after ``MAX_RECOVERIES`` such recoveries the run is failed instead, and ``run_abandoned`` is sent;
+- a run accepted but not started after ``QUEUED_TIMEOUT_SECONDS`` is enqueued again;
+- a finished run whose stream lacks its terminal event (the worker died between the commit and the append)
+  gets it, so no subscriber waits forever.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import F, Q
+from django.dispatch import Signal
+from django.utils import timezone
+
+from . import streams
+from .conf import agentflow_settings
+from .core import events as ev
+from .models import FINISHED_STATUSES, RunStatus, WorkflowRun
+
+logger = logging.getLogger("agentflow.monitor")
+
+#: Sent when the monitor gives up on a run (too many recoveries). ``sender`` is WorkflowRun, ``run`` the run.
+run_abandoned = Signal()
+
+
+@dataclass
+class MonitorReport:
+    recovered: int = 0
+    abandoned: int = 0
+    requeued: int = 0
+    terminals_repaired: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def check_runs(now: Any = None) -> MonitorReport:
+    from .runs import enqueue
+
+    now = now or timezone.now()
+    report = MonitorReport()
+    lease_cutoff = now - timedelta(seconds=agentflow_settings.lease_seconds)
+    stale = WorkflowRun.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=lease_cutoff)
+    for run_id, epoch, recoveries in stale.values_list("id", "epoch", "recoveries")[:500]:
+        if recoveries >= agentflow_settings.max_recoveries:
+            if _abandon(run_id, epoch, recoveries):
+                report.abandoned += 1
+            continue
+        # Conditional on the epoch and the old heartbeat, so two monitors never recover the same lease twice.
+        if WorkflowRun.objects.filter(id=run_id, epoch=epoch, heartbeat_at__lt=lease_cutoff).update(
+            recoveries=F("recoveries") + 1, heartbeat_at=now
+        ):
+            logger.warning("run %s: lease of epoch %s expired; enqueueing it again", run_id, epoch)
+            enqueue(str(run_id), epoch)
+            report.recovered += 1
+
+    queued_cutoff = now - timedelta(seconds=agentflow_settings.queued_timeout_seconds)
+    # heartbeat_at of a queued run is when the monitor last enqueued it again.
+    never_started = WorkflowRun.objects.filter(status=RunStatus.QUEUED, created_at__lt=queued_cutoff).filter(
+        Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=queued_cutoff)
+    )
+    for run_id, epoch in never_started.values_list("id", "epoch")[:500]:
+        if WorkflowRun.objects.filter(id=run_id, epoch=epoch, status=RunStatus.QUEUED).update(heartbeat_at=now):
+            logger.warning("run %s: queued but never started; enqueueing it again", run_id)
+            enqueue(str(run_id), epoch)
+            report.requeued += 1
+
+    # Grace of one lease: a live worker appends the terminal event right after committing the status.
+    unfinished_streams = WorkflowRun.objects.filter(
+        status__in=FINISHED_STATUSES, last_event_id="", finished_at__lt=lease_cutoff
+    )
+    for run in unfinished_streams[:500]:
+        if append_terminal(run):
+            report.terminals_repaired += 1
+    return report
+
+
+def _abandon(run_id: Any, epoch: int, recoveries: int) -> bool:
+    error = {
+        "type": "RunAbandoned",
+        "code": "run_abandoned",
+        "message": f"the run's worker was lost {recoveries + 1} times; giving up after {recoveries} recoveries",
+    }
+    updated = WorkflowRun.objects.filter(id=run_id, epoch=epoch, status=RunStatus.RUNNING).update(
+        status=RunStatus.FAILED, error=error, finished_at=timezone.now(), epoch=epoch + 1
+    )
+    if not updated:
+        return False
+    run = WorkflowRun.objects.get(id=run_id)
+    logger.error("run %s abandoned: %s", run_id, error["message"])
+    append_terminal(run)
+    run_abandoned.send(sender=WorkflowRun, run=run)
+    return True
+
+
+def append_terminal(run: WorkflowRun) -> bool:
+    """Give a finished run its terminal event if its stream lacks one, then archive and expire it."""
+    from .runner import finalize_stream
+
+    run_id = str(run.id)
+    last = streams.get_client().xrevrange(streams.stream_key(run_id), count=1)
+    last_event = streams.parse_entry(*last[0]) if last else None
+    repaired = False
+    if last_event is None or last_event["type"] not in ev.TERMINAL_TYPES:
+        terminal = {
+            RunStatus.COMPLETED: ev.RUN_COMPLETED,
+            RunStatus.FAILED: ev.RUN_FAILED,
+            RunStatus.CANCELLED: ev.RUN_CANCELLED,
+        }[RunStatus(run.status)]
+        data: dict[str, Any] = {"error": run.error} if run.status == RunStatus.FAILED else {}
+        claim = streams.claim(run_id, run.epoch)
+        sink = streams.RedisSink(run_id, run.epoch, claim)
+        try:
+            if run.status == RunStatus.COMPLETED:
+                sink.emit(ev.envelope(ev.OUTPUT, run_id, step=None, attempt=None, epoch=run.epoch, data={"value": run.output}))
+            sink.emit(ev.envelope(terminal, run_id, step=None, attempt=None, epoch=run.epoch, data=data))
+        finally:
+            sink.close(timeout_seconds=30)
+        last_id = sink.last_id
+        repaired = True
+    else:
+        last_id = last_event["id"]
+    finalize_stream(run_id, last_id)
+    return repaired

@@ -1,0 +1,201 @@
+"""Executes one incarnation of a run: claim it, replay and run its workflow, record how it ended.
+
+This is what the Celery task (or the in-process executor) calls with ``(run_id, epoch)``. Claiming bumps the
+run's epoch with a conditional UPDATE, so a duplicate or stale message for the same run does nothing, and
+everything the previous incarnation might still try to write is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import traceback
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from . import streams
+from .conf import agentflow_settings
+from .core import events as ev
+from .core.context import RunContext
+from .core.errors import AgentflowError, LeaseLost, RunCancelled, StepFailed, WorkflowNotFound
+from .core.workflow import registry
+from .models import ACTIVE_STATUSES, RunStatus, StepRun, WorkflowRun
+from .store import DjangoRunStore, Lease, load_checkpoints
+
+logger = logging.getLogger("agentflow.runner")
+
+WORKER_NAME = f"{socket.gethostname()}:{__import__('os').getpid()}"
+
+
+def _error_dict(exc: BaseException) -> dict[str, Any]:
+    error: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    if isinstance(exc, StepFailed):
+        error.update(type="StepFailed", step=exc.step_id, cause={"type": exc.error_type, "message": exc.error_message})
+    elif isinstance(exc, AgentflowError):
+        error["code"] = exc.code
+    else:
+        error["traceback"] = "".join(traceback.format_exception(exc, limit=-20))[-8000:]
+    return error
+
+
+def _claim(run_id: str, epoch: int, worker: str) -> tuple[WorkflowRun, str] | None:
+    """Take the run over as epoch + 1, or return None when this message is stale or the run is over."""
+    now = timezone.now()
+    with transaction.atomic():
+        run = WorkflowRun.objects.select_for_update().filter(id=run_id).first()
+        if run is None:
+            logger.warning("run %s does not exist; dropping its task", run_id)
+            return None
+        if run.epoch != epoch or run.status not in ACTIVE_STATUSES:
+            logger.info("run %s: stale task (epoch %s, run at %s, %s); dropping", run_id, epoch, run.epoch, run.status)
+            return None
+        previous = run.status
+        run.epoch = epoch + 1
+        run.status = RunStatus.RUNNING
+        run.started_at = run.started_at or now
+        run.heartbeat_at = now
+        run.worker = worker
+        run.save(update_fields=["epoch", "status", "started_at", "heartbeat_at", "worker"])
+    return run, previous
+
+
+def _void_steps(run_id: str, since: str) -> list[str]:
+    """Steps the crashed incarnation started but did not finish: their content events are void."""
+    open_steps: dict[str, None] = {}
+    for event in streams.read_events(run_id, since=since or None):
+        if event["type"] == ev.STEP_STARTED:
+            open_steps[event["step"]] = None
+        elif event["type"] in (ev.STEP_COMPLETED, ev.STEP_FAILED):
+            open_steps.pop(event["step"], None)
+    return list(open_steps)
+
+
+def execute_run(run_id: str, epoch: int, *, worker: str = WORKER_NAME) -> str | None:
+    """Run one incarnation of ``run_id`` if ``epoch`` is current. Returns the status it left the run in."""
+    claimed = _claim(str(run_id), int(epoch), worker)
+    if claimed is None:
+        return None
+    run, previous_status = claimed
+    run_id, epoch = str(run.id), run.epoch
+    try:
+        wf = registry.get(run.workflow)
+    except WorkflowNotFound as exc:
+        return _finish_early(run, exc)
+
+    claim = streams.claim(run_id, epoch)
+    sink = streams.RedisSink(run_id, epoch, claim)
+    store = DjangoRunStore(run_id, epoch)
+    lease = Lease(run_id, epoch, agentflow_settings.heartbeat_interval_seconds)
+    try:
+        if previous_status == RunStatus.RUNNING:
+            # The previous incarnation died (the monitor handed the run to us): void what it left unfinished.
+            sink.emit(
+                ev.envelope(
+                    ev.RUN_RECOVERED,
+                    run_id,
+                    step=None,
+                    attempt=None,
+                    epoch=epoch,
+                    data={"void_steps": _void_steps(run_id, claim.start), "recoveries": run.recoveries},
+                )
+            )
+        else:
+            sink.emit(ev.envelope(ev.RUN_STARTED, run_id, step=None, attempt=None, epoch=epoch, data={}))
+        sink.flush()
+        # A later recovery scans the stream from here for steps this incarnation leaves unfinished.
+        streams.mark_incarnation_start(run_id, sink.first_id or "")
+        lease.start()
+        ctx = RunContext(
+            run_id=run_id,
+            epoch=epoch,
+            store=store,
+            sink=sink,
+            checkpoints=load_checkpoints(run_id),
+            cache=_cache(),
+            cache_prefix=f"{agentflow_settings.key_prefix}cache:",
+            workflow_content_seen=claim.workflow_content,
+            interrupt=lease.check,
+        )
+        status, output, error = RunStatus.COMPLETED, None, None
+        try:
+            output = wf.execute(run.input, ctx)
+        except LeaseLost:
+            logger.warning("run %s: lost epoch %s mid-run; another worker has it", run_id, epoch)
+            return None
+        except RunCancelled:
+            status = RunStatus.CANCELLED
+        except Exception as exc:
+            logger.info("run %s failed: %s", run_id, exc, exc_info=not isinstance(exc, AgentflowError))
+            status, error = RunStatus.FAILED, _error_dict(exc)
+        lease.stop()
+        sink.flush()
+        return _finish(run, sink, status, output, error)
+    except LeaseLost:
+        logger.warning("run %s: epoch %s is stale; this worker stops writing", run_id, epoch)
+        return None
+    finally:
+        lease.stop()
+        store.close()
+        try:
+            sink.close(timeout_seconds=30)
+        except (LeaseLost, TimeoutError):
+            pass
+
+
+def _cache() -> Any:
+    from django.core.cache import caches
+
+    return caches[agentflow_settings.cache_alias]
+
+
+def _finish(
+    run: WorkflowRun, sink: streams.RedisSink, status: str, output: Any, error: dict[str, Any] | None
+) -> str | None:
+    """Commit the final status (the DB is the source of truth), then append the terminal event."""
+    run_id = str(run.id)
+    now = timezone.now()
+    updated = WorkflowRun.objects.filter(id=run_id, epoch=run.epoch).update(
+        status=status,
+        output=output,
+        error=error,
+        finished_at=now,
+        step_count=StepRun.objects.filter(run_id=run_id).count(),
+    )
+    if not updated:
+        logger.warning("run %s: epoch %s went stale before it could finish", run_id, run.epoch)
+        return None
+    duration = (now - run.started_at).total_seconds() if run.started_at else None
+    if status == RunStatus.COMPLETED:
+        sink.emit(ev.envelope(ev.OUTPUT, run_id, step=None, attempt=None, epoch=run.epoch, data={"value": output}))
+        terminal, data = ev.RUN_COMPLETED, {"duration_seconds": duration}
+    elif status == RunStatus.CANCELLED:
+        terminal, data = ev.RUN_CANCELLED, {"duration_seconds": duration}
+    else:
+        public = {k: v for k, v in (error or {}).items() if k != "traceback"}
+        terminal, data = ev.RUN_FAILED, {"error": public, "duration_seconds": duration}
+    sink.emit(ev.envelope(terminal, run_id, step=None, attempt=None, epoch=run.epoch, data=data))
+    sink.flush()
+    finalize_stream(run_id, sink.last_id)
+    return status
+
+
+def _finish_early(run: WorkflowRun, exc: AgentflowError) -> str | None:
+    """End a run that cannot start (its workflow is not registered on this worker)."""
+    claim = streams.claim(str(run.id), run.epoch)
+    sink = streams.RedisSink(str(run.id), run.epoch, claim)
+    try:
+        return _finish(run, sink, RunStatus.FAILED, None, _error_dict(exc))
+    finally:
+        sink.close(timeout_seconds=30)
+
+
+def finalize_stream(run_id: str, last_id: str | None) -> None:
+    """Archive a finished run's events to the DB, then let its stream expire."""
+    from .archive import archive_events
+
+    if agentflow_settings.archive_events:
+        archive_events(run_id)
+    WorkflowRun.objects.filter(id=run_id).update(last_event_id=last_id or "")
+    streams.expire_run(run_id, agentflow_settings.stream_ttl_seconds)

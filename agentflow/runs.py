@@ -1,0 +1,151 @@
+"""The Python API of the API plane: start runs, look them up, wait for them, cancel them.
+
+None of these execute workflow code: they record runs and hand them to the executor, and read state from the
+DB and the run's stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from . import streams
+from .conf import agentflow_settings
+from .core import events as ev
+from .core.errors import RunFailed, RunNotFound, RunTimeout
+from .core.workflow import Workflow, registry
+from .executors import get_executor
+from .models import FINISHED_STATUSES, RunStatus, WorkflowRun
+
+logger = logging.getLogger("agentflow.runs")
+
+
+def start(
+    workflow: str | Workflow[Any, Any],
+    input: dict[str, Any] | None = None,
+    *,
+    owner: Any = None,
+    idempotency_key: str | None = None,
+) -> WorkflowRun:
+    """Validate ``input``, record a run and enqueue it once the current transaction commits.
+
+    Raises ``WorkflowNotFound`` or ``InvalidInput`` before anything is recorded. With ``idempotency_key``,
+    a second call with the same key, owner and workflow returns the first run instead of starting another.
+    """
+    wf = registry.get(workflow) if isinstance(workflow, str) else workflow
+    if not isinstance(wf, Workflow):
+        raise TypeError(f"start() needs a workflow or its name, not {workflow!r}")
+    data = wf.validate_input(input)
+    if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255):
+        raise TypeError("idempotency_key must be a string of 1 to 255 characters")
+    owner_id = getattr(owner, "pk", owner)
+    if idempotency_key:
+        existing = _existing(wf.name, owner_id, idempotency_key)
+        if existing is not None:
+            return existing
+    try:
+        with transaction.atomic():
+            run = WorkflowRun.objects.create(
+                workflow=wf.name, input=data, owner_id=owner_id, idempotency_key=idempotency_key
+            )
+    except IntegrityError:
+        existing = _existing(wf.name, owner_id, idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        return existing
+    run_id, epoch = str(run.id), run.epoch
+    transaction.on_commit(lambda: enqueue(run_id, epoch, announce=True))
+    return run
+
+
+def _existing(workflow: str, owner_id: Any, key: str) -> WorkflowRun | None:
+    return WorkflowRun.objects.filter(workflow=workflow, owner_id=owner_id, idempotency_key=key).first()
+
+
+def enqueue(run_id: str, epoch: int, *, announce: bool = False) -> None:
+    if announce:
+        try:
+            streams.announce(
+                run_id, ev.envelope(ev.RUN_QUEUED, run_id, step=None, attempt=None, epoch=epoch, data={})
+            )
+        except Exception:  # Redis down: the run still starts; its stream begins at run.started
+            logger.exception("run %s: could not append run.queued", run_id)
+    get_executor().enqueue(run_id, epoch)
+
+
+def get_run(run_id: Any) -> WorkflowRun:
+    if isinstance(run_id, WorkflowRun):
+        run_id = run_id.pk
+    try:
+        return WorkflowRun.objects.get(pk=run_id)
+    except (WorkflowRun.DoesNotExist, ValueError, TypeError):
+        raise RunNotFound(f"no run has id {run_id!r}") from None
+    except Exception as exc:  # a malformed UUID surfaces as a ValidationError
+        if type(exc).__name__ == "ValidationError":
+            raise RunNotFound(f"no run has id {run_id!r}") from None
+        raise
+
+
+def wait(run: Any, timeout_seconds: float | None = None, *, raise_on_failure: bool = True) -> Any:
+    """Block until the run ends; return its output.
+
+    Raises ``RunFailed`` if it failed or was cancelled (unless ``raise_on_failure=False``, which returns
+    the finished ``WorkflowRun`` instead of the output) and ``RunTimeout`` after ``timeout_seconds``
+    (default: ``AGENTFLOW["WAIT_TIMEOUT_SECONDS"]``); the run goes on regardless.
+    """
+    run_id = str(getattr(run, "pk", run))
+    timeout = agentflow_settings.wait_timeout_seconds if timeout_seconds is None else timeout_seconds
+    deadline = time.monotonic() + timeout
+    last_id = "0-0"
+    while True:
+        current = get_run(run_id)
+        if current.status in FINISHED_STATUSES:
+            break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RunTimeout(f"run {run_id} did not finish within {timeout}s (it is {current.status})")
+        # Wake on the run's events, but re-read the DB at least every second: it is the source of truth.
+        try:
+            events = streams.tail_events(run_id, last_id, block_ms=max(1, int(min(remaining, 1.0) * 1000)))
+        except Exception:
+            logger.warning("run %s: cannot read its stream; polling the DB", run_id, exc_info=True)
+            time.sleep(min(remaining, 0.5))
+            continue
+        if events:
+            last_id = events[-1]["id"]
+    if not raise_on_failure:
+        return current
+    if current.status != RunStatus.COMPLETED:
+        error = current.error or {}
+        raise RunFailed(
+            f"run {run_id} ended {current.status}: {error.get('message', '')}".rstrip(": "),
+            details={"status": current.status, "error": error},
+        )
+    return current.output
+
+
+def cancel(run: Any) -> WorkflowRun:
+    """Ask a run to stop. A queued run is cancelled at once; a running one at its next step boundary or
+    heartbeat. Returns the run; finished runs are left as they are."""
+    current = get_run(run)
+    with transaction.atomic():
+        locked = WorkflowRun.objects.select_for_update().get(pk=current.pk)
+        if locked.status in FINISHED_STATUSES:
+            return locked
+        locked.cancel_requested = True
+        fields = ["cancel_requested"]
+        cancelled_now = locked.status == RunStatus.QUEUED
+        if cancelled_now:
+            locked.status, locked.finished_at = RunStatus.CANCELLED, timezone.now()
+            locked.epoch += 1  # fences the queued task
+            fields += ["status", "finished_at", "epoch"]
+        locked.save(update_fields=fields)
+    if cancelled_now:
+        from .monitor import append_terminal
+
+        transaction.on_commit(lambda: append_terminal(locked))
+    return locked

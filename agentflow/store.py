@@ -1,0 +1,162 @@
+"""Checkpoints in the database, fenced by the run's epoch, and the lease a worker holds on a run."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import close_old_connections, connection
+
+from .core.context import Checkpoint, StepRecord
+from .core.errors import LeaseLost, RunCancelled
+from .core.serialization import dumps
+from .models import StepRun, WorkflowRun
+
+logger = logging.getLogger("agentflow.store")
+
+
+def _ts(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def load_checkpoints(run_id: str, *, include_failed: bool = True) -> dict[str, Checkpoint]:
+    """All of a run's checkpoints in one query: replay is then a dictionary lookup."""
+    rows = StepRun.objects.filter(run_id=run_id).values_list("step_id", "status", "output", "error", "attempts", "input_hash")
+    return {
+        step_id: Checkpoint(status, output, error, attempts, input_hash or None)
+        for step_id, status, output, error, attempts, input_hash in rows
+        if include_failed or status == "completed"
+    }
+
+
+class DjangoRunStore:
+    """Writes each checkpoint with one statement that is a no-op unless the run still has our epoch."""
+
+    def __init__(self, run_id: str, epoch: int) -> None:
+        self.run_id = str(run_id)
+        self.epoch = epoch
+        self._sql: str | None = None
+        # Django refuses DB access from a thread running an event loop, so async workflows write from here.
+        self._db_thread: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def _statement(self) -> str:
+        if self._sql is None:
+            steps, runs = StepRun._meta.db_table, WorkflowRun._meta.db_table
+            json = "%s::jsonb" if connection.vendor == "postgresql" else "%s"
+            self._sql = (
+                f"INSERT INTO {steps} (run_id, step_id, parent_id, component, status, input, input_hash, output, "
+                f"error, attempts, cached, started_at, finished_at, epoch) "
+                f"SELECT id, %s, %s, %s, %s, {json}, %s, {json}, {json}, %s, %s, %s, %s, epoch FROM {runs} "
+                f"WHERE id = %s AND epoch = %s "
+                f"ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, input = excluded.input, "
+                f"input_hash = excluded.input_hash, output = excluded.output, error = excluded.error, "
+                f"attempts = excluded.attempts, cached = excluded.cached, started_at = excluded.started_at, "
+                f"finished_at = excluded.finished_at, epoch = excluded.epoch"
+            )
+        return self._sql
+
+    def _write(self, record: StepRecord) -> None:
+        ops = connection.ops
+        params: list[Any] = [
+            record.step_id,
+            record.parent_id,
+            record.component,
+            record.status,
+            dumps(record.input),
+            record.input_hash,
+            dumps(record.output),
+            None if record.error is None else dumps(record.error),
+            record.attempts,
+            record.cached,
+            ops.adapt_datetimefield_value(_ts(record.started_at or record.finished_at)),
+            ops.adapt_datetimefield_value(_ts(record.finished_at)),
+            WorkflowRun._meta.pk.get_db_prep_value(uuid.UUID(self.run_id), connection),
+            self.epoch,
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(self._statement(), params)
+            if cursor.rowcount == 0:
+                raise LeaseLost(f"run {self.run_id}: epoch {self.epoch} is stale, checkpoint {record.step_id!r} refused")
+
+    def _in_db_thread(self, record: StepRecord) -> concurrent.futures.Future[None]:
+        if self._db_thread is None:
+            self._db_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="agentflow-db")
+        return self._db_thread.submit(self._write, record)
+
+    def save_step(self, record: StepRecord) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._write(record)
+        else:
+            self._in_db_thread(record).result()
+
+    async def asave_step(self, record: StepRecord) -> None:
+        await asyncio.wrap_future(self._in_db_thread(record))
+
+    def close(self) -> None:
+        if self._db_thread is not None:
+            self._db_thread.submit(lambda: connection.close()).result()
+            self._db_thread.shutdown()
+            self._db_thread = None
+
+
+class Lease:
+    """Renews the worker's lease on a run from a thread, so it keeps beating while user code blocks.
+
+    It also notices a cancellation request or a lost lease; :meth:`check` raises them at the engine's next
+    boundary.
+    """
+
+    def __init__(self, run_id: str, epoch: int, interval_seconds: float) -> None:
+        self.run_id = str(run_id)
+        self.epoch = epoch
+        self.interval_seconds = interval_seconds
+        self.lost = False
+        self.cancelled = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"agentflow-lease-{run_id}", daemon=True)
+
+    def start(self) -> Lease:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def check(self) -> None:
+        if self.lost:
+            raise LeaseLost(f"run {self.run_id}: lease of epoch {self.epoch} lost")
+        if self.cancelled:
+            raise RunCancelled(f"run {self.run_id} was cancelled")
+
+    def beat(self) -> None:
+        from django.utils import timezone
+
+        rows = list(
+            WorkflowRun.objects.filter(id=self.run_id, epoch=self.epoch).values_list("cancel_requested", flat=True)
+        )
+        if not rows:
+            self.lost = True
+            return
+        WorkflowRun.objects.filter(id=self.run_id, epoch=self.epoch).update(heartbeat_at=timezone.now())
+        self.cancelled = bool(rows[0])
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.wait(self.interval_seconds):
+                try:
+                    close_old_connections()
+                    self.beat()
+                except Exception:  # a DB blip must not kill the heartbeat; the next beat tries again
+                    logger.exception("run %s: heartbeat failed", self.run_id)
+                if self.lost:
+                    return
+        finally:
+            connection.close()

@@ -1,0 +1,277 @@
+"""Run streams in Redis: fenced, idempotent appends from workers, and history reads for clients.
+
+Appends go through one Lua script that checks the run's epoch in its meta hash before ``XADD``, so a zombie
+worker whose run moved on cannot write. Each event carries a per-run sequence number and the script skips
+numbers already appended, so a batch retried after a lost reply is not written twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+
+from .conf import agentflow_settings
+from .core import events as ev
+from .core import keys
+from .core.errors import LeaseLost
+from .core.serialization import dumps
+
+logger = logging.getLogger("agentflow.redis")
+
+_APPEND = """
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if epoch ~= ARGV[1] then
+  return redis.error_reply('AGENTFLOW_STALE_EPOCH ' .. tostring(epoch))
+end
+local last = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
+local ids = {}
+for i = 4, #ARGV, 2 do
+  local seq = tonumber(ARGV[i])
+  if seq > last then
+    ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'd', ARGV[i + 1])
+    last = seq
+  end
+end
+redis.call('HSET', KEYS[2], 'seq', last, 'wfc', ARGV[3])
+return ids
+"""
+
+# Make ARGV[1] the only epoch allowed to append; never go back to an older one.
+_CLAIM = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '-1')
+if current > tonumber(ARGV[1]) then
+  return redis.error_reply('AGENTFLOW_STALE_EPOCH ' .. tostring(current))
+end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1])
+redis.call('PERSIST', KEYS[1])
+return {redis.call('HGET', KEYS[1], 'seq') or '0', redis.call('HGET', KEYS[1], 'wfc') or '0',
+        redis.call('HGET', KEYS[1], 'start') or ''}
+"""
+
+_clients: dict[tuple[int, str], redis.Redis] = {}
+_clients_lock = threading.Lock()
+
+
+def get_client() -> redis.Redis:
+    """This process's client for the streams (one connection pool per process and URL)."""
+    url = agentflow_settings.redis_url
+    key = (os.getpid(), url)
+    client = _clients.get(key)
+    if client is None:
+        with _clients_lock:
+            client = _clients.get(key)
+            if client is None:
+                client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+                _clients[key] = client
+    return client
+
+
+def reset_clients() -> None:
+    with _clients_lock:
+        _clients.clear()
+
+
+def stream_key(run_id: str) -> str:
+    return keys.events(agentflow_settings.key_prefix, str(run_id))
+
+
+def meta_key(run_id: str) -> str:
+    return keys.meta(agentflow_settings.key_prefix, str(run_id))
+
+
+def parse_entry(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    event: dict[str, Any] = {"id": entry_id}
+    event.update(json.loads(fields["d"]))
+    return event
+
+
+def split_id(entry_id: str) -> tuple[int, int]:
+    """``"1732390000000-5"`` as ``(1732390000000, 5)``; ``ValueError`` if malformed."""
+    ms, sep, seq = entry_id.partition("-")
+    if not sep or not ms.isdigit() or not seq.isdigit():
+        raise ValueError(f"malformed event id {entry_id!r}")
+    return int(ms), int(seq)
+
+
+# -- the API plane's side --------------------------------------------------------------------------------------
+
+
+def announce(run_id: str, event: dict[str, Any]) -> str:
+    """Open a run's stream with its first event (``run.queued``, epoch 0). Returns the event id."""
+    client = get_client()
+    pipe = client.pipeline(transaction=True)
+    pipe.hsetnx(meta_key(run_id), "epoch", 0)
+    pipe.hsetnx(meta_key(run_id), "seq", 1)
+    pipe.xadd(stream_key(run_id), {"d": dumps(event)}, maxlen=agentflow_settings.stream_maxlen, approximate=True)
+    return str(pipe.execute()[-1])
+
+
+def read_events(
+    run_id: str, after: str | None = None, count: int | None = None, *, since: str | None = None
+) -> list[dict[str, Any]]:
+    """Events after id ``after`` (or from id ``since`` on, or all) from the stream, oldest first."""
+    start = f"({after}" if after else (since or "-")
+    entries = get_client().xrange(stream_key(run_id), min=start, max="+", count=count)
+    return [parse_entry(entry_id, fields) for entry_id, fields in entries]
+
+
+def tail_events(run_id: str, after: str, block_ms: int) -> list[dict[str, Any]]:
+    """Events after ``after``, waiting up to ``block_ms`` for the first one."""
+    result = get_client().xread({stream_key(run_id): after or "0-0"}, block=block_ms)
+    if not result:
+        return []
+    return [parse_entry(entry_id, fields) for entry_id, fields in result[0][1]]
+
+
+def expire_run(run_id: str, ttl_seconds: float) -> None:
+    pipe = get_client().pipeline(transaction=False)
+    pipe.expire(stream_key(run_id), int(ttl_seconds))
+    pipe.expire(meta_key(run_id), int(ttl_seconds))
+    pipe.execute()
+
+
+# -- the compute plane's side ----------------------------------------------------------------------------------
+
+
+class Claim:
+    """What a new incarnation learns from the run's meta hash when it takes the run over."""
+
+    def __init__(self, seq: int, workflow_content: int, start: str) -> None:
+        self.seq = seq
+        self.workflow_content = workflow_content
+        self.start = start
+
+
+def claim(run_id: str, epoch: int) -> Claim:
+    client = get_client()
+    try:
+        seq, wfc, start = client.eval(_CLAIM, 1, meta_key(run_id), epoch)
+    except redis.ResponseError as exc:
+        if "AGENTFLOW_STALE_EPOCH" in str(exc):
+            raise LeaseLost(f"run {run_id} is claimed by a newer epoch") from None
+        raise
+    return Claim(int(seq), int(wfc), start)
+
+
+def mark_incarnation_start(run_id: str, event_id: str) -> None:
+    get_client().hset(meta_key(run_id), "start", event_id)
+
+
+class RedisSink:
+    """Appends a run incarnation's events in order, from a writer thread that batches whatever queued up
+    while the previous append was in flight (low latency when idle, few round trips under load)."""
+
+    BATCH = 500
+
+    def __init__(self, run_id: str, epoch: int, claim: Claim) -> None:
+        self.run_id = str(run_id)
+        self.epoch = epoch
+        self._keys = [stream_key(run_id), meta_key(run_id)]
+        self._maxlen = agentflow_settings.stream_maxlen
+        self._client = get_client()
+        self._script = self._client.register_script(_APPEND)
+        self._queue: list[tuple[int, int, str]] = []  # (seq, workflow content count, json)
+        self._cond = threading.Condition()
+        self._seq = claim.seq
+        self._appended_seq = claim.seq
+        self._wfc = claim.workflow_content
+        self._fenced = False
+        self._closed = False
+        self.last_id: str | None = None
+        self.first_id: str | None = None
+        self._thread = threading.Thread(target=self._loop, name=f"agentflow-events-{run_id}", daemon=True)
+        self._thread.start()
+
+    @property
+    def fenced(self) -> bool:
+        return self._fenced
+
+    def emit(self, event: dict[str, Any]) -> None:
+        data = dumps(event)
+        with self._cond:
+            if self._fenced:
+                return  # the engine raises LeaseLost at its next boundary
+            self._seq += 1
+            if event["step"] is None and event["type"] in ev.CONTENT_TYPES:
+                self._wfc += 1
+            self._queue.append((self._seq, self._wfc, data))
+            self._cond.notify()
+
+    def flush(self, timeout_seconds: float | None = None) -> None:
+        deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+        with self._cond:
+            target = self._seq
+            while self._appended_seq < target and not self._fenced:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"events of run {self.run_id} not appended within {timeout_seconds}s")
+                self._cond.wait(remaining)
+        if self._fenced:
+            raise LeaseLost(f"run {self.run_id}: epoch {self.epoch} is stale, events refused")
+
+    def close(self, timeout_seconds: float | None = None) -> None:
+        try:
+            self.flush(timeout_seconds)
+        finally:
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        failures = 0
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch = self._queue[: self.BATCH]
+            args: list[Any] = [self.epoch, self._maxlen, batch[-1][1]]
+            for seq, _wfc, data in batch:
+                args.append(seq)
+                args.append(data)
+            try:
+                ids = self._script(keys=self._keys, args=args)
+            except Exception as exc:
+                if isinstance(exc, redis.ResponseError) and "AGENTFLOW_STALE_EPOCH" in str(exc):
+                    logger.warning("run %s: epoch %s is stale; dropping %d events", self.run_id, self.epoch, len(batch))
+                    with self._cond:
+                        self._fenced = True
+                        self._queue.clear()
+                        self._cond.notify_all()
+                    continue
+                # Redis down, restarting or out of memory: retry. The sequence numbers make the retry
+                # idempotent, so nothing is lost and nothing doubled.
+                failures += 1
+                delay = min(2.0, 0.05 * 2**failures)
+                logger.warning("run %s: appending events failed (%s); retrying in %.2fs", self.run_id, exc, delay)
+                time.sleep(delay)
+                continue
+            failures = 0
+            with self._cond:
+                del self._queue[: len(batch)]
+                self._appended_seq = batch[-1][0]
+                if ids:
+                    self.last_id = ids[-1]
+                    if self.first_id is None:
+                        self.first_id = ids[0]
+                self._cond.notify_all()
+
+
+def iter_all(run_id: str, page: int = 1000) -> Iterator[dict[str, Any]]:
+    """Every event in the run's stream, oldest first, in pages."""
+    after: str | None = None
+    while True:
+        batch = read_events(run_id, after=after, count=page)
+        yield from batch
+        if len(batch) < page:
+            return
+        after = batch[-1]["id"]
