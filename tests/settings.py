@@ -70,6 +70,17 @@ AGENTFLOW = {
     "REDIS_URL": REDIS_URL,
     "KEY_PREFIX": "agentflow-tests:",
     "EXECUTOR": "agentflow.executors.CeleryExecutor",
+    # Short leases so the crash tests see a dead worker's run recovered within seconds.
+    "HEARTBEAT_INTERVAL_SECONDS": 0.5,
+    "LEASE_SECONDS": 2.0,
+    "STREAM_TTL_SECONDS": 600,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"agentflow": {"handlers": ["console"], "level": os.environ.get("AGENTFLOW_LOG_LEVEL", "WARNING")}},
 }
 
 CELERY_BROKER_URL = REDIS_URL

@@ -237,7 +237,7 @@ class StepCall:
 
     def _failed_attempt(self, exc: Exception, attempt: int) -> float:
         """Seconds to wait before the next attempt; raise ``StepFailed`` when there is none."""
-        # Only asyncio.wait_for's bare TimeoutError is ours; without a time-out it is the component's own error.
+        # Only wait_for's bare TimeoutError is ours; without a time-out it is the component's own error.
         timeout = self.component.timeout_seconds
         if isinstance(exc, TimeoutError) and not isinstance(exc, StepTimeout) and timeout is not None:
             exc = StepTimeout(f"attempt {attempt} of {self.step_id!r} exceeded {timeout}s")

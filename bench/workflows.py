@@ -1,0 +1,18 @@
+"""The benchmark's workflow: ``steps`` sequential no-op component calls, each one durable step."""
+
+from __future__ import annotations
+
+from agentflow import component, workflow
+
+
+@component
+def noop_step(i: int) -> int:
+    return i
+
+
+@workflow(name="bench-noop-steps", description="N sequential no-op steps (step-overhead benchmark).")
+def noop_steps(steps: int) -> int:
+    total = 0
+    for i in range(steps):
+        total += noop_step(i)
+    return total

@@ -1,0 +1,157 @@
+"""Fixtures for the suite: real Redis and PostgreSQL, and Celery workers in their own processes.
+
+Integration tests need the services: they are skipped when one is missing on a developer's machine, and
+fail in CI (CI=true), where a skipped integration test would hide a broken build.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _require(what: str, check: Callable[[], object]) -> None:
+    try:
+        check()
+    except Exception as exc:
+        if IN_CI:
+            raise RuntimeError(f"{what} is required in CI but unreachable: {exc}") from exc
+        pytest.skip(f"{what} unreachable: {exc}")
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> redis.Redis:
+    client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+    _require("Redis", client.ping)
+    return client
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_redis() -> Iterator[None]:
+    """Start every session on an empty test Redis database (db 15, used by nothing else)."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        client.flushdb()
+    except redis.ConnectionError:
+        pass  # tests that need Redis skip (or fail in CI) through `redis_client`
+    yield
+
+
+class Worker:
+    """A Celery worker process (its own process group, so a SIGKILL takes the whole worker down)."""
+
+    def __init__(self, queue: str, db_name: str, pool: str = "solo", name: str = "w") -> None:
+        self.queue = queue
+        self.log: list[str] = []
+        self._ready = threading.Event()
+        env = {
+            **os.environ,
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "PGDATABASE": db_name,
+            "PYTHONUNBUFFERED": "1",
+        }
+        if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+            env["AGENTFLOW_SQLITE"] = db_name
+        cmd = [
+            sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker",
+            "-P", pool, "-c", "1" if pool == "solo" else "2", "-Q", queue, "-n", f"{name}-{queue}@%h",
+            "--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "info",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.log.append(line)
+            if " ready." in line:
+                self._ready.set()
+
+    def wait_ready(self, timeout_seconds: float = 60) -> Worker:
+        if not self._ready.wait(timeout_seconds):
+            self.stop()
+            raise RuntimeError("worker did not become ready:\n" + "".join(self.log[-40:]))
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker: no warm shutdown, no acknowledgement, no cleanup."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self._reap()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self._reap()
+
+    def _reap(self) -> None:
+        self.process.wait(timeout=10)
+        self._reader.join(timeout=5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+@pytest.fixture
+def worker_factory(redis_client: redis.Redis, django_db_blocker: object) -> Iterator[Callable[..., Worker]]:
+    from django.db import connection
+
+    workers: list[Worker] = []
+
+    def start(queue: str = "agentflow", pool: str = "solo", name: str = "w") -> Worker:
+        worker = Worker(queue, connection.settings_dict["NAME"], pool=pool, name=name)
+        workers.append(worker)
+        return worker.wait_ready()
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture
+def worker(worker_factory: Callable[..., Worker], transactional_db: None) -> Worker:
+    """A fresh worker on the default queue for one test."""
+    return worker_factory()
+
+
+def wait_for(predicate: Callable[[], object], timeout_seconds: float, what: str, poll_seconds: float = 0.05) -> object:
+    """Poll ``predicate`` until it is truthy (bounded); for conditions no event announces."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_seconds}s waiting for {what}")
+        time.sleep(poll_seconds)
+
+
+@pytest.fixture(scope="module")
+def shared_worker(django_db_setup: None, redis_client: redis.Redis) -> Iterator[Worker]:
+    """One worker on the default queue for a whole module (tests using it need ``transactional_db``)."""
+    from django.db import connection
+
+    worker = Worker("agentflow", connection.settings_dict["NAME"], pool="prefork", name="shared")
+    try:
+        yield worker.wait_ready()
+    finally:
+        worker.stop()
