@@ -335,7 +335,7 @@ class StepCall:
             token = self._start_attempt(attempt)
             try:
                 awaitable: Awaitable[Any] = fn(*self.args, **self.kwargs)
-                result = await (awaitable if timeout is None else asyncio.wait_for(awaitable, timeout))
+                result = await awaitable
             except RunInterrupted:
                 raise
             except Exception as exc:

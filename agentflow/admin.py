@@ -1,0 +1,385 @@
+"""The Django admin: runs and their step checkpoints, read-only, because only the engine writes them.
+
+A run's change view is a detail page: its fields, its step tree and its events (from the stream while it
+exists, else from the DB archive).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
+from django.contrib.auth import get_permission_codename
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from django.utils.translation import ngettext
+
+from .models import FINISHED_STATUSES, RunStatus, StepRun, StepStatus, WorkflowRun
+
+logger = logging.getLogger("agentflow.admin")
+
+# The detail page shows this many events at most; the API pages through the rest.
+EVENT_LIMIT = 500
+
+STATUS_COLOURS: dict[str, str] = {
+    RunStatus.QUEUED: "#777",
+    RunStatus.RUNNING: "#1f6fb2",
+    RunStatus.WAITING: "#b27c00",
+    RunStatus.COMPLETED: "#2e7d32",
+    RunStatus.FAILED: "#c62828",
+    RunStatus.CANCELLED: "#555",
+    StepStatus.COMPLETED: "#2e7d32",
+    StepStatus.FAILED: "#c62828",
+}
+
+
+def format_duration(seconds: float | None) -> str | None:
+    """``"350 ms"``, ``"1.2 s"``, ``"3 min 4 s"``, ``"2 h 5 min"``; None when there is no duration."""
+    if seconds is None:
+        return None
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 59.95:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 3600:
+        minutes, secs = divmod(whole, 60)
+        return f"{minutes} min {secs} s"
+    hours, rest = divmod(whole, 3600)
+    return f"{hours} h {rest // 60} min"
+
+
+def status_badge(status: str, label: str) -> SafeString:
+    colour = STATUS_COLOURS.get(status, "#777")
+    return format_html(
+        '<span style="background:{};color:#fff;padding:1px 7px;border-radius:8px;white-space:nowrap">'
+        "{}</span>",
+        colour,
+        label,
+    )
+
+
+def pretty_json(value: Any) -> SafeString | None:
+    if value is None:
+        return None
+    text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    return format_html('<pre style="margin:0;white-space:pre-wrap">{}</pre>', text)
+
+
+def compact_json(value: Any) -> str:
+    if value in (None, {}):
+        return ""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def error_text(error: Any) -> str:
+    """``"Type: message"`` of a step's or run's error dict (or whatever else was stored)."""
+    if not error:
+        return ""
+    if isinstance(error, dict):
+        kind, message = error.get("type") or "", error.get("message") or ""
+        return f"{kind}: {message}" if kind and message else str(kind or message or compact_json(error))
+    return str(error)
+
+
+@dataclass(frozen=True)
+class StepRow:
+    step: StepRun
+    depth: int
+    badge: SafeString
+    duration: str | None
+    error: str
+
+    @property
+    def indent_em(self) -> float:
+        return 1.5 * self.depth
+
+
+def _start_order(step: StepRun) -> tuple[bool, float, int]:
+    return step.started_at is None, step.started_at.timestamp() if step.started_at else 0.0, step.id
+
+
+def step_tree(steps: list[StepRun]) -> list[StepRow]:
+    """Steps depth first, each under its parent, siblings in start order.
+
+    Not simply ``id`` order: a parent is checkpointed when it ends, so after all of its children.
+    """
+    known = {step.step_id for step in steps}
+    children: dict[str | None, list[StepRun]] = defaultdict(list)
+    for step in steps:
+        # A child whose parent has no checkpoint (still running, or discarded) is shown at the top level.
+        children[step.parent_id if step.parent_id in known else None].append(step)
+    for siblings in children.values():
+        siblings.sort(
+            key=lambda s: (s.started_at is None, s.started_at.timestamp() if s.started_at else 0.0, s.id)
+        )
+    rows: list[StepRow] = []
+    stack = list(reversed(children[None]))
+    while stack:
+        step = stack.pop()
+        rows.append(
+            StepRow(
+                step=step,
+                depth=step.depth,
+                badge=status_badge(step.status, step.get_status_display()),
+                duration=format_duration(step.duration_seconds),
+                error=error_text(step.error),
+            )
+        )
+        stack.extend(reversed(children.get(step.step_id, [])))
+    return rows
+
+
+def event_rows(run_id: str) -> tuple[list[dict[str, Any]], str]:
+    """The run's first events and an error message, empty unless they could not be read."""
+    from .archive import history
+
+    try:
+        events = history(run_id, limit=EVENT_LIMIT)
+    except Exception as exc:  # Redis down: the page still shows everything the DB has
+        logger.warning("run %s: cannot read its events", run_id, exc_info=True)
+        return [], f"The events could not be read: {type(exc).__name__}: {exc}"
+    return [{**event, "data_json": compact_json(event.get("data"))} for event in events], ""
+
+
+class LightChangeList(ChangeList):
+    def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[Any]:
+        queryset = super().get_queryset(request, exclude_parameters)
+        return queryset.defer(*self.model_admin.list_defer)
+
+
+class LightChangeListMixin:
+    """Lists leave out the JSON columns (inputs and outputs can be large); detail pages load them."""
+
+    list_defer: tuple[str, ...] = ()
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return LightChangeList
+
+
+@admin.register(WorkflowRun)
+class WorkflowRunAdmin(LightChangeListMixin, admin.ModelAdmin):
+    list_display = (
+        "short_id",
+        "workflow",
+        "status_display",
+        "owner",
+        "duration",
+        "step_count",
+        "created_at",
+        "recoveries",
+    )
+    list_filter = ("status", "workflow", "created_at")
+    # A full run id is matched exactly in get_search_results; "^id" finds a run by the short id listed.
+    search_fields = ("^id", "workflow", "owner__username", "idempotency_key")
+    search_help_text = "A run id (or its start), workflow, owner's username or idempotency key."
+    date_hierarchy = "created_at"
+    list_select_related = ("owner",)
+    list_defer = ("input", "output", "error", "usage")
+    # COUNT(*) of every run on each page load is wasted on a large table.
+    show_full_result_count = False
+    actions = ("cancel_runs",)
+    fieldsets = (
+        (None, {"fields": ("id", "workflow", "status_display", "owner", "idempotency_key")}),
+        ("Timing", {"fields": ("created_at", "started_at", "finished_at", "duration", "heartbeat_at")}),
+        ("Data", {"fields": ("input_json", "output_json", "error_json", "usage_json")}),
+        (
+            "Execution",
+            {"fields": ("epoch", "worker", "recoveries", "cancel_requested", "step_count", "last_event_id")},
+        ),
+    )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [field for _, options in self.fieldsets for field in options["fields"]]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # the engine creates runs
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # View-only, so the change view is a detail page without save buttons.
+        return False
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.{get_permission_codename('change', opts)}")
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[WorkflowRun], search_term: str
+    ) -> tuple[QuerySet[WorkflowRun], bool]:
+        try:
+            run_id = uuid.UUID(search_term.strip())
+        except ValueError:
+            return super().get_search_results(request, queryset, search_term)
+        return queryset.filter(pk=run_id), False
+
+    @admin.display(description="run", ordering="id")
+    def short_id(self, obj: WorkflowRun) -> str:
+        return str(obj.id)[:8]
+
+    @admin.display(description="status", ordering="status")
+    def status_display(self, obj: WorkflowRun) -> SafeString:
+        return status_badge(obj.status, obj.get_status_display())
+
+    @admin.display(description="duration")
+    def duration(self, obj: WorkflowRun) -> str | None:
+        return format_duration(obj.duration_seconds)
+
+    @admin.display(description="input")
+    def input_json(self, obj: WorkflowRun) -> SafeString | None:
+        return pretty_json(obj.input)
+
+    @admin.display(description="output")
+    def output_json(self, obj: WorkflowRun) -> SafeString | None:
+        return pretty_json(obj.output)
+
+    @admin.display(description="error")
+    def error_json(self, obj: WorkflowRun) -> SafeString | None:
+        return pretty_json(obj.error)
+
+    @admin.display(description="usage")
+    def usage_json(self, obj: WorkflowRun) -> SafeString | None:
+        return pretty_json(obj.usage or None)
+
+    @admin.action(description="Cancel selected runs", permissions=["cancel"])
+    def cancel_runs(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
+        from .runs import cancel
+
+        cancelled = stopping = finished = failed = 0
+        for run_id, status in queryset.values_list("pk", "status"):
+            if status in FINISHED_STATUSES:
+                finished += 1
+                continue
+            try:
+                result = cancel(run_id)
+            except Exception:
+                logger.exception("admin: could not cancel run %s", run_id)
+                failed += 1
+                continue
+            if result.status == RunStatus.CANCELLED:
+                cancelled += 1
+            elif result.status in FINISHED_STATUSES:
+                finished += 1  # it ended before the cancel request reached it
+            else:
+                stopping += 1
+        if cancelled:
+            msg = ngettext("Cancelled %d run.", "Cancelled %d runs.", cancelled)
+            self.message_user(request, msg % cancelled, messages.SUCCESS)
+        if stopping:
+            msg = ngettext(
+                "Asked %d running run to stop at its next step.",
+                "Asked %d running runs to stop at their next step.",
+                stopping,
+            )
+            self.message_user(request, msg % stopping, messages.SUCCESS)
+        if finished:
+            msg = ngettext("%d run had already finished.", "%d runs had already finished.", finished)
+            self.message_user(request, msg % finished, messages.WARNING)
+        if failed:
+            msg = ngettext(
+                "%d run could not be cancelled; see the log.",
+                "%d runs could not be cancelled; see the log.",
+                failed,
+            )
+            self.message_user(request, msg % failed, messages.ERROR)
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: WorkflowRun | None = None,
+    ) -> HttpResponse:
+        if obj is not None:
+            # The steps' own input and output can be large and are not shown here.
+            steps = list(obj.steps.defer("input", "output").order_by("id"))
+            events, events_error = event_rows(str(obj.pk))
+            context.update(
+                step_rows=step_tree(steps),
+                events=events,
+                events_error=events_error,
+                event_limit=EVENT_LIMIT,
+                events_truncated=len(events) >= EVENT_LIMIT,
+            )
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+
+@admin.register(StepRun)
+class StepRunAdmin(LightChangeListMixin, admin.ModelAdmin):
+    list_display = ("step_id", "run_display", "component", "status_display", "attempts", "duration", "cached")
+    list_filter = ("status", "component", "cached")
+    # A full run id lists that run's steps (see get_search_results).
+    search_fields = ("step_id",)
+    search_help_text = "A step id, or a run id for all of that run's steps."
+    list_select_related = ("run",)
+    list_defer = ("input", "output", "run__input", "run__output", "run__error", "run__usage")
+    raw_id_fields = ("run",)
+    show_full_result_count = False
+    fields = (
+        "run",
+        "step_id",
+        "parent_id",
+        "component",
+        "status_display",
+        "attempts",
+        "cached",
+        "started_at",
+        "finished_at",
+        "duration",
+        "epoch",
+        "input_hash",
+        "input_json",
+        "output_json",
+        "error_json",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[StepRun], search_term: str
+    ) -> tuple[QuerySet[StepRun], bool]:
+        try:
+            run_id = uuid.UUID(search_term.strip())
+        except ValueError:
+            return super().get_search_results(request, queryset, search_term)
+        return queryset.filter(run_id=run_id), False
+
+    @admin.display(description="run", ordering="run")
+    def run_display(self, obj: StepRun) -> SafeString:
+        url = reverse(f"{self.admin_site.name}:agentflow_workflowrun_change", args=[obj.run_id])
+        return format_html('<a href="{}">{} {}</a>', url, obj.run.workflow, str(obj.run_id)[:8])
+
+    @admin.display(description="status", ordering="status")
+    def status_display(self, obj: StepRun) -> SafeString:
+        return status_badge(obj.status, obj.get_status_display())
+
+    @admin.display(description="duration")
+    def duration(self, obj: StepRun) -> str | None:
+        return format_duration(obj.duration_seconds)
+
+    @admin.display(description="input")
+    def input_json(self, obj: StepRun) -> SafeString | None:
+        return pretty_json(obj.input)
+
+    @admin.display(description="output")
+    def output_json(self, obj: StepRun) -> SafeString | None:
+        return pretty_json(obj.output)
+
+    @admin.display(description="error")
+    def error_json(self, obj: StepRun) -> SafeString | None:
+        return pretty_json(obj.error)

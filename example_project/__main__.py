@@ -1,0 +1,131 @@
+"""Run the example project end to end: ``python -m example_project``.
+
+It needs nothing but this package installed: when no Redis answers at $REDIS_URL (default
+redis://127.0.0.1:6379/0) it starts an embedded one, and without $DATABASE_URL it uses SQLite in ./var/.
+Then it migrates, starts a Celery worker (with beat, for the monitor) in another process, starts a
+``blog-post`` run, prints its events live as a client would see them, and serves the admin at
+http://127.0.0.1:8000/admin/ (user ``admin``, password ``admin``) until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m example_project", description=__doc__.split("\n")[0])
+    parser.add_argument("--topic", default="durable AI agents", help="what the blog post is about")
+    parser.add_argument("--words", type=int, default=12, help="words per section")
+    parser.add_argument("--no-serve", action="store_true", help="exit after the run instead of serving the admin")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
+    var_dir = Path(os.environ.get("AGENTFLOW_VAR_DIR", ROOT / "var"))
+    processes: list[subprocess.Popen[Any]] = []
+    try:
+        from example_project.embedded import describe, reachable, start_embedded_redis
+
+        url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        if reachable(url):
+            print(f"Redis: {describe(url)}")
+        else:
+            url, redis_process = start_embedded_redis(var_dir)
+            processes.append(redis_process)
+            print(f"Redis: none reachable, started an embedded one at {describe(url)}")
+        os.environ["REDIS_URL"] = url
+
+        import django
+
+        django.setup()
+        from django.conf import settings
+        from django.core.management import call_command
+
+        print(f"Database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}")
+        call_command("migrate", verbosity=0)
+        _demo_admin()
+
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "example_project", "worker", "-B",
+             "-s", str(var_dir / "celerybeat-schedule"), "-Q", "agentflow,agentflow-monitor",
+             "-c", "2", "-l", "warning", "--without-mingle", "--without-gossip"],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
+        )  # fmt: skip
+        processes.append(worker)
+        print(f"Celery worker started (pid {worker.pid})\n")
+
+        status = _run_and_follow(args.topic, args.words)
+        if args.no_serve:
+            return 0 if status == "completed" else 1
+        print(f"\nAdmin: http://127.0.0.1:{args.port}/admin/  (admin / admin)  — Ctrl-C to stop")
+        call_command("runserver", f"127.0.0.1:{args.port}", use_reloader=False)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for process in reversed(processes):
+            _stop(process)
+
+
+def _demo_admin() -> None:
+    from django.contrib.auth import get_user_model
+
+    users = get_user_model()
+    if not users.objects.filter(username="admin").exists():
+        users.objects.create_superuser("admin", "admin@example.com", "admin")
+
+
+def _run_and_follow(topic: str, words: int) -> str:
+    import agentflow
+    from agentflow import streams
+
+    run = agentflow.start("blog-post", {"topic": topic, "words_per_section": words})
+    print(f"Started run {run.id} of workflow blog-post; its events:\n")
+    last_id = "0-0"
+    while True:
+        for event in streams.tail_events(str(run.id), last_id, block_ms=5000):
+            last_id = event["id"]
+            _print_event(event)
+            if event["type"] in ("run.completed", "run.failed", "run.cancelled"):
+                run.refresh_from_db()
+                print(f"\nRun {run.status} in {run.duration_seconds or 0:.1f} s with {run.step_count} steps.")
+                if run.output:
+                    print(f"Output: {run.output['title']!r}, {run.output['words']} words")
+                return run.status
+
+
+def _print_event(event: dict[str, Any]) -> None:
+    kind, data = event["type"], event["data"]
+    if kind == "output.delta":
+        print(data["text"], end="", flush=True)
+    elif kind == "status":
+        print(f"  [status] {data['text']}" + (f" ({data['progress']:.0%})" if "progress" in data else ""))
+    elif kind == "data":
+        print(f"  [data] {data['label']}: {data['value']}")
+    elif kind in ("step.started", "step.completed", "step.retrying", "step.failed"):
+        print(f"  [{kind}] {event['step']} (attempt {event['attempt']})")
+    elif kind != "output":
+        print(f"[{kind}]")
+
+
+def _stop(process: subprocess.Popen[Any]) -> None:
+    # SIGTERM to the main process only: Celery then shuts its pool down warmly.
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

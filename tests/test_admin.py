@@ -1,0 +1,312 @@
+"""The admin: run list, run detail page (fields, step tree, events), read-only permissions, the cancel action."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.urls import reverse
+from django.utils import timezone
+
+from agentflow import admin as agentflow_admin
+from agentflow.models import RunEvent, RunStatus, StepRun, WorkflowRun
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = reverse("admin:agentflow_workflowrun_changelist")
+
+
+def change_url(run: WorkflowRun) -> str:
+    return reverse("admin:agentflow_workflowrun_change", args=[run.pk])
+
+
+def make_run(**fields: Any) -> WorkflowRun:
+    fields.setdefault("workflow", "summarize")
+    return WorkflowRun.objects.create(**fields)
+
+
+def make_step(run: WorkflowRun, step_id: str, **fields: Any) -> StepRun:
+    now = timezone.now()
+    defaults: dict[str, Any] = {
+        "component": step_id.rsplit("/", 1)[-1].split("#")[0],
+        "status": "completed",
+        "parent_id": step_id.rsplit("/", 1)[0] if "/" in step_id else None,
+        "started_at": now,
+        "finished_at": now + timedelta(seconds=1.5),
+    }
+    defaults.update(fields)
+    return StepRun.objects.create(run=run, step_id=step_id, **defaults)
+
+
+def make_event(run: WorkflowRun, ms: int, type: str, **fields: Any) -> RunEvent:
+    return RunEvent.objects.create(
+        run=run, stream_id=f"{ms}-0", stream_ms=ms, stream_seq=0, type=type, ts="2025-01-01T00:00:00Z", **fields
+    )
+
+
+def listed_ids(html: str) -> set[str]:
+    return set(re.findall(r'<th class="field-short_id"><a href="[^"]*">([0-9a-f]{8})</a>', html))
+
+
+def short(run: WorkflowRun) -> str:
+    return str(run.pk)[:8]
+
+
+# -- the run list -----------------------------------------------------------------------------------------------
+
+
+def test_changelist_shows_runs_with_their_columns(admin_client: Any, admin_user: Any) -> None:
+    now = timezone.now()
+    run = make_run(
+        owner=admin_user,
+        status=RunStatus.COMPLETED,
+        started_at=now - timedelta(seconds=184),
+        finished_at=now,
+        step_count=7,
+        recoveries=2,
+    )
+
+    response = admin_client.get(CHANGELIST)
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert listed_ids(html) == {short(run)}
+    assert "3 min 4 s" in html
+    assert 'class="field-step_count">7<' in html
+    assert ">Completed</span>" in html
+    # The filters are there.
+    assert "?status__exact=failed" in html
+    assert "?workflow=summarize" in html
+
+
+def test_changelist_filters_by_status_and_workflow(admin_client: Any) -> None:
+    failed = make_run(status=RunStatus.FAILED)
+    completed = make_run(status=RunStatus.COMPLETED)
+    other = make_run(workflow="translate", status=RunStatus.FAILED)
+
+    by_status = admin_client.get(CHANGELIST, {"status__exact": "failed"}).content.decode()
+    by_both = admin_client.get(CHANGELIST, {"status__exact": "failed", "workflow": "summarize"}).content.decode()
+
+    assert listed_ids(by_status) == {short(failed), short(other)}
+    assert listed_ids(by_both) == {short(failed)}
+    assert short(completed) not in by_status
+
+
+def test_changelist_searches_by_run_id_workflow_owner_and_key(admin_client: Any) -> None:
+    alice = get_user_model().objects.create_user("alice")
+    run = make_run(owner=alice, idempotency_key="order-42")
+    other = make_run(workflow="translate")
+
+    def search(term: str) -> set[str]:
+        response = admin_client.get(CHANGELIST, {"q": term})
+        assert response.status_code == 200
+        return listed_ids(response.content.decode())
+
+    assert search(str(run.pk)) == {short(run)}
+    assert search(str(run.pk).upper()) == {short(run)}
+    assert search(run.pk.hex) == {short(run)}
+    assert search(short(run)) == {short(run)}  # the short id shown in the list
+    assert search("translate") == {short(other)}
+    assert search("alice") == {short(run)}
+    assert search("order-42") == {short(run)}
+    assert search("no-such-thing") == set()
+
+
+def test_changelist_queries_do_not_grow_with_the_number_of_runs(
+    admin_client: Any, admin_user: Any, django_assert_num_queries: Any
+) -> None:
+    make_run(owner=admin_user)
+    admin_client.get(CHANGELIST)  # warm the session and content type caches
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as one:
+        admin_client.get(CHANGELIST)
+    for _ in range(5):
+        make_run(owner=get_user_model().objects.create_user(f"user-{_}"))
+
+    with django_assert_num_queries(len(one.captured_queries)):
+        admin_client.get(CHANGELIST)
+
+
+# -- the run detail page ----------------------------------------------------------------------------------------
+
+
+def test_detail_page_shows_fields_and_the_step_tree(admin_client: Any) -> None:
+    run = make_run(status=RunStatus.FAILED, input={"text": "<b>hello</b>"}, error={"type": "StepFailed"})
+    # Checkpoints are written when a step ends, so a child's row comes before its parent's.
+    make_step(run, "plan#0/search#0/fetch#0")
+    make_step(run, "plan#0/search#0", cached=True)
+    make_step(run, "plan#0")
+    make_step(run, "answer#0", status="failed", attempts=3, error={"type": "ValueError", "message": "bad <input>"})
+
+    response = admin_client.get(change_url(run))
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    steps = re.findall(
+        r'<tr class="agentflow-step" data-depth="(\d)">\s*<td style="padding-left: ([\d.]+)em"><code>([^<]+)</code>',
+        html,
+    )
+    assert steps == [
+        ("0", "0.0", "plan#0"),
+        ("1", "1.5", "plan#0/search#0"),
+        ("2", "3.0", "plan#0/search#0/fetch#0"),
+        ("0", "0.0", "answer#0"),
+    ]
+    assert "ValueError: bad &lt;input&gt;" in html
+    assert "1.5 s" in html
+    # input is pretty-printed JSON, escaped.
+    assert "&quot;text&quot;: &quot;&lt;b&gt;hello&lt;/b&gt;&quot;" in html
+    assert "<b>hello</b>" not in html
+    # Read-only: a detail page without save buttons, but runs may be deleted.
+    assert 'name="_save"' not in html
+    assert reverse("admin:agentflow_workflowrun_delete", args=[run.pk]) in html
+
+
+def test_detail_page_escapes_step_errors(admin_client: Any) -> None:
+    run = make_run(status=RunStatus.FAILED)
+    make_step(run, "evil#0", status="failed", error={"type": "Boom", "message": "<script>alert(1)</script>"})
+
+    html = admin_client.get(change_url(run)).content.decode()
+
+    assert "Boom: &lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<script>alert(1)</script>" not in html
+
+
+def test_detail_page_shows_archived_events(admin_client: Any) -> None:
+    # No stream exists for a fresh uuid, so history() reads the DB archive.
+    run = make_run(status=RunStatus.COMPLETED)
+    make_event(run, 1000, "run.started", epoch=1)
+    make_event(run, 1001, "step.completed", step="plan#0", attempt=1, epoch=1, data={"note": "<img src=x>"})
+    make_event(run, 1002, "run.completed", epoch=1, data={"duration_seconds": 1.5})
+
+    html = admin_client.get(change_url(run)).content.decode()
+
+    events = re.findall(r'<tr class="agentflow-event">\s*<td><code>([^<]+)</code></td>\s*<td>([^<]+)</td>', html)
+    assert events == [("1000-0", "run.started"), ("1001-0", "step.completed"), ("1002-0", "run.completed")]
+    assert "Events (3)" in html
+    assert "{&quot;note&quot;:&quot;&lt;img src=x&gt;&quot;}" in html
+    assert "<img src=x>" not in html
+
+
+def test_detail_page_survives_a_redis_outage(admin_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis
+
+    def down(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr("agentflow.archive.history", down)
+    run = make_run()
+    make_step(run, "plan#0")
+
+    response = admin_client.get(change_url(run))
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "The events could not be read: ConnectionError: Connection refused" in html
+    assert "plan#0" in html
+
+
+# -- permissions and actions ------------------------------------------------------------------------------------
+
+
+def test_runs_cannot_be_added_or_edited(admin_client: Any) -> None:
+    run = make_run()
+
+    assert admin_client.get(reverse("admin:agentflow_workflowrun_add")).status_code == 403
+    assert admin_client.post(change_url(run), {"workflow": "changed"}).status_code == 403
+    run.refresh_from_db()
+    assert run.workflow == "summarize"
+
+
+def test_runs_can_be_deleted(admin_client: Any) -> None:
+    run = make_run()
+
+    response = admin_client.post(reverse("admin:agentflow_workflowrun_delete", args=[run.pk]), {"post": "yes"})
+
+    assert response.status_code == 302
+    assert not WorkflowRun.objects.filter(pk=run.pk).exists()
+
+
+def test_cancel_action_cancels_queued_runs(admin_client: Any, django_capture_on_commit_callbacks: Any) -> None:
+    queued = make_run()
+    running = make_run(status=RunStatus.RUNNING, started_at=timezone.now())
+    done = make_run(status=RunStatus.COMPLETED)
+
+    # Executing the callbacks appends the queued run's run.cancelled event to Redis, as in production.
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            CHANGELIST,
+            {"action": "cancel_runs", "_selected_action": [str(queued.pk), str(running.pk), str(done.pk)]},
+            follow=True,
+        )
+
+    assert response.status_code == 200
+    for run in (queued, running, done):
+        run.refresh_from_db()
+    assert queued.status == RunStatus.CANCELLED
+    assert queued.cancel_requested
+    assert running.status == RunStatus.RUNNING
+    assert running.cancel_requested
+    assert done.status == RunStatus.COMPLETED
+    assert not done.cancel_requested
+    html = response.content.decode()
+    assert "Cancelled 1 run." in html
+    assert "Asked 1 running run to stop at its next step." in html
+    assert "1 run had already finished." in html
+
+
+def test_cancel_action_needs_the_change_permission(client: Any) -> None:
+    from django.contrib.auth.models import Permission
+
+    viewer = get_user_model().objects.create_user("viewer", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_workflowrun"))
+    client.force_login(viewer)
+
+    html = client.get(CHANGELIST).content.decode()
+
+    assert "cancel_runs" not in html
+
+
+# -- steps ------------------------------------------------------------------------------------------------------
+
+
+def test_step_changelist_filters_and_searches_by_run_id(admin_client: Any) -> None:
+    run, other = make_run(), make_run()
+    make_step(run, "plan#0", cached=True)
+    make_step(other, "plan#0")
+    make_step(other, "answer#0", status="failed")
+    url = reverse("admin:agentflow_steprun_changelist")
+
+    def rows(params: dict[str, str]) -> list[str]:
+        response = admin_client.get(url, params)
+        assert response.status_code == 200
+        return re.findall(r'<th class="field-step_id"><a href="[^"]*">([^<]+)</a>', response.content.decode())
+
+    assert sorted(rows({})) == ["answer#0", "plan#0", "plan#0"]
+    assert rows({"q": str(run.pk)}) == ["plan#0"]
+    assert rows({"q": "answer"}) == ["answer#0"]
+    assert rows({"status__exact": "failed"}) == ["answer#0"]
+    assert rows({"cached__exact": "1"}) == ["plan#0"]
+    step = StepRun.objects.get(run=other, step_id="answer#0")
+    assert admin_client.get(reverse("admin:agentflow_steprun_change", args=[step.pk])).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (None, None),
+        (0.35, "350 ms"),
+        (1.23, "1.2 s"),
+        (59.9, "59.9 s"),
+        (59.96, "1 min 0 s"),
+        (184, "3 min 4 s"),
+        (7500, "2 h 5 min"),
+    ],
+)
+def test_format_duration(seconds: float | None, text: str | None) -> None:
+    assert agentflow_admin.format_duration(seconds) == text
