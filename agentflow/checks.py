@@ -71,7 +71,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     if not isinstance(merged["ARCHIVE_EVENTS"], bool):
         errors.append(Error("AGENTFLOW['ARCHIVE_EVENTS'] must be True or False.", id="agentflow.E010"))
     lease, beat = merged["LEASE_SECONDS"], merged["HEARTBEAT_INTERVAL_SECONDS"]
-    if _is_number(lease) and _is_number(beat) and beat > 0 and lease < 2 * beat:
+    if _is_number(lease) and _is_number(beat) and lease > 0 and beat > 0 and lease < 2 * beat:
         errors.append(
             Warning(
                 "AGENTFLOW['LEASE_SECONDS'] is less than twice HEARTBEAT_INTERVAL_SECONDS: one late heartbeat "

@@ -1,0 +1,84 @@
+"""One test per system check id, and the lazily read settings object."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import override_settings
+
+from agentflow.checks import check_settings
+from agentflow.conf import DEFAULTS, agentflow_settings
+
+
+def ids(**agentflow: object) -> list[str]:
+    with override_settings(AGENTFLOW=agentflow):
+        return [message.id for message in check_settings()]
+
+
+def test_valid_settings_pass():
+    assert ids() == []
+    assert ids(STREAM_MAXLEN=10, LEASE_SECONDS=10, HEARTBEAT_INTERVAL_SECONDS=1) == []
+
+
+def test_e001_not_a_dict():
+    with override_settings(AGENTFLOW=["nope"]):
+        assert [m.id for m in check_settings()] == ["agentflow.E001"]
+
+
+def test_e002_unknown_key_suggests_the_close_one():
+    with override_settings(AGENTFLOW={"STREAMMAXLEN": 5}):
+        (message,) = check_settings()
+    assert message.id == "agentflow.E002"
+    assert "STREAMMAXLEN" in message.msg and "STREAM_MAXLEN" in message.hint
+
+
+@pytest.mark.parametrize("value", [0, -1, "5", True, None])
+def test_e004_durations_must_be_positive_numbers(value):
+    assert ids(LEASE_SECONDS=value) == ["agentflow.E004"]
+
+
+@pytest.mark.parametrize("value", [0, 1.5, "10"])
+def test_e005_stream_maxlen_whole_number(value):
+    assert ids(STREAM_MAXLEN=value) == ["agentflow.E005"]
+
+
+def test_e006_strings():
+    assert ids(KEY_PREFIX="") == ["agentflow.E006"]
+
+
+def test_e007_redis_url_scheme():
+    assert ids(REDIS_URL="http://localhost") == ["agentflow.E007"]
+
+
+def test_e008_executor_import():
+    assert ids(EXECUTOR="agentflow.executors.Nope") == ["agentflow.E008"]
+    assert ids(EXECUTOR=42) == ["agentflow.E008"]
+
+
+def test_e009_cache_alias_exists():
+    assert ids(CACHE_ALIAS="missing") == ["agentflow.E009"]
+
+
+def test_e010_archive_events_bool():
+    assert ids(ARCHIVE_EVENTS="yes") == ["agentflow.E010"]
+
+
+def test_w001_lease_shorter_than_two_heartbeats():
+    assert ids(LEASE_SECONDS=5, HEARTBEAT_INTERVAL_SECONDS=3) == ["agentflow.W001"]
+
+
+def test_settings_are_read_lazily_and_follow_override_settings():
+    assert agentflow_settings.stream_maxlen == DEFAULTS["STREAM_MAXLEN"]
+    with override_settings(AGENTFLOW={"STREAM_MAXLEN": 7}):
+        assert agentflow_settings.stream_maxlen == 7
+    assert agentflow_settings.stream_maxlen == DEFAULTS["STREAM_MAXLEN"]
+
+
+def test_unknown_setting_attribute_is_an_error():
+    with pytest.raises(AttributeError, match="no setting 'stream_max_len'"):
+        agentflow_settings.stream_max_len  # noqa: B018
+
+
+def test_redis_url_falls_back_to_the_environment(monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "redis://example:6380/2")
+    with override_settings(AGENTFLOW={"REDIS_URL": None}):
+        assert agentflow_settings.redis_url == "redis://example:6380/2"
