@@ -11,12 +11,14 @@ import logging
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import flatten_fieldsets
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename
-from django.db.models import QuerySet
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html
@@ -119,9 +121,7 @@ def step_tree(steps: list[StepRun]) -> list[StepRow]:
         # A child whose parent has no checkpoint (still running, or discarded) is shown at the top level.
         children[step.parent_id if step.parent_id in known else None].append(step)
     for siblings in children.values():
-        siblings.sort(
-            key=lambda s: (s.started_at is None, s.started_at.timestamp() if s.started_at else 0.0, s.id)
-        )
+        siblings.sort(key=_start_order)
     rows: list[StepRow] = []
     stack = list(reversed(children[None]))
     while stack:
@@ -153,8 +153,8 @@ def event_rows(run_id: str) -> tuple[list[dict[str, Any]], str]:
 
 class LightChangeList(ChangeList):
     def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[Any]:
-        queryset = super().get_queryset(request, exclude_parameters)
-        return queryset.defer(*self.model_admin.list_defer)
+        model_admin = cast(LightChangeListMixin, self.model_admin)
+        return model_admin.get_list_queryset(super().get_queryset(request, exclude_parameters))
 
 
 class LightChangeListMixin:
@@ -165,6 +165,9 @@ class LightChangeListMixin:
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return LightChangeList
 
+    def get_list_queryset(self, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.defer(*self.list_defer)
+
 
 @admin.register(WorkflowRun)
 class WorkflowRunAdmin(LightChangeListMixin, admin.ModelAdmin):
@@ -174,7 +177,7 @@ class WorkflowRunAdmin(LightChangeListMixin, admin.ModelAdmin):
         "status_display",
         "owner",
         "duration",
-        "step_count",
+        "steps",
         "created_at",
         "recoveries",
     )
@@ -199,7 +202,16 @@ class WorkflowRunAdmin(LightChangeListMixin, admin.ModelAdmin):
     )
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return [field for _, options in self.fieldsets for field in options["fields"]]
+        return flatten_fieldsets(self.fieldsets)
+
+    def get_list_queryset(self, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        # step_count is only written when a run ends; count the checkpoints so running runs show progress.
+        # PostgreSQL evaluates the subquery after LIMIT: one index-only scan per listed run.
+        checkpoints = (
+            StepRun.objects.filter(run=OuterRef("pk")).order_by().values("run").annotate(n=Count("*"))
+        )
+        steps = Subquery(checkpoints.values("n"), output_field=IntegerField())
+        return super().get_list_queryset(queryset).annotate(steps_done=Coalesce(steps, 0))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # the engine creates runs
@@ -229,25 +241,29 @@ class WorkflowRunAdmin(LightChangeListMixin, admin.ModelAdmin):
     def status_display(self, obj: WorkflowRun) -> SafeString:
         return status_badge(obj.status, obj.get_status_display())
 
+    @admin.display(description="steps")
+    def steps(self, obj: WorkflowRun) -> int:
+        return getattr(obj, "steps_done", obj.step_count)
+
     @admin.display(description="duration")
-    def duration(self, obj: WorkflowRun) -> str | None:
-        return format_duration(obj.duration_seconds)
+    def duration(self, obj: WorkflowRun) -> str:
+        return format_duration(obj.duration_seconds) or self.get_empty_value_display()
 
     @admin.display(description="input")
-    def input_json(self, obj: WorkflowRun) -> SafeString | None:
-        return pretty_json(obj.input)
+    def input_json(self, obj: WorkflowRun) -> str:
+        return pretty_json(obj.input) or self.get_empty_value_display()
 
     @admin.display(description="output")
-    def output_json(self, obj: WorkflowRun) -> SafeString | None:
-        return pretty_json(obj.output)
+    def output_json(self, obj: WorkflowRun) -> str:
+        return pretty_json(obj.output) or self.get_empty_value_display()
 
     @admin.display(description="error")
-    def error_json(self, obj: WorkflowRun) -> SafeString | None:
-        return pretty_json(obj.error)
+    def error_json(self, obj: WorkflowRun) -> str:
+        return pretty_json(obj.error) or self.get_empty_value_display()
 
     @admin.display(description="usage")
-    def usage_json(self, obj: WorkflowRun) -> SafeString | None:
-        return pretty_json(obj.usage or None)
+    def usage_json(self, obj: WorkflowRun) -> str:
+        return pretty_json(obj.usage or None) or self.get_empty_value_display()
 
     @admin.action(description="Cancel selected runs", permissions=["cancel"])
     def cancel_runs(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
@@ -324,6 +340,7 @@ class StepRunAdmin(LightChangeListMixin, admin.ModelAdmin):
     list_select_related = ("run",)
     list_defer = ("input", "output", "run__input", "run__output", "run__error", "run__usage")
     raw_id_fields = ("run",)
+    ordering = ("-id",)  # the latest checkpoints first
     show_full_result_count = False
     fields = (
         "run",
@@ -359,7 +376,7 @@ class StepRunAdmin(LightChangeListMixin, admin.ModelAdmin):
             return super().get_search_results(request, queryset, search_term)
         return queryset.filter(run_id=run_id), False
 
-    @admin.display(description="run", ordering="run")
+    @admin.display(description="run")
     def run_display(self, obj: StepRun) -> SafeString:
         url = reverse(f"{self.admin_site.name}:agentflow_workflowrun_change", args=[obj.run_id])
         return format_html('<a href="{}">{} {}</a>', url, obj.run.workflow, str(obj.run_id)[:8])
@@ -369,17 +386,17 @@ class StepRunAdmin(LightChangeListMixin, admin.ModelAdmin):
         return status_badge(obj.status, obj.get_status_display())
 
     @admin.display(description="duration")
-    def duration(self, obj: StepRun) -> str | None:
-        return format_duration(obj.duration_seconds)
+    def duration(self, obj: StepRun) -> str:
+        return format_duration(obj.duration_seconds) or self.get_empty_value_display()
 
     @admin.display(description="input")
-    def input_json(self, obj: StepRun) -> SafeString | None:
-        return pretty_json(obj.input)
+    def input_json(self, obj: StepRun) -> str:
+        return pretty_json(obj.input) or self.get_empty_value_display()
 
     @admin.display(description="output")
-    def output_json(self, obj: StepRun) -> SafeString | None:
-        return pretty_json(obj.output)
+    def output_json(self, obj: StepRun) -> str:
+        return pretty_json(obj.output) or self.get_empty_value_display()
 
     @admin.display(description="error")
-    def error_json(self, obj: StepRun) -> SafeString | None:
-        return pretty_json(obj.error)
+    def error_json(self, obj: StepRun) -> str:
+        return pretty_json(obj.error) or self.get_empty_value_display()

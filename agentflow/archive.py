@@ -42,7 +42,7 @@ def _row(run_id: str, event: dict[str, Any]) -> RunEvent:
 
 def archived_events(run_id: str, after: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """Archived events after id ``after``, oldest first."""
-    qs = RunEvent.objects.filter(run_id=run_id).order_by("stream_ms", "stream_seq")
+    qs = RunEvent.objects.filter(run__pk=run_id).order_by("stream_ms", "stream_seq")
     if after:
         ms, seq = streams.split_id(after)
         from django.db.models import Q

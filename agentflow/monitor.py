@@ -106,7 +106,7 @@ def append_terminal(run: WorkflowRun) -> bool:
     from .runner import finalize_stream
 
     run_id = str(run.id)
-    last = streams.get_client().xrevrange(streams.stream_key(run_id), count=1)
+    last: Any = streams.get_client().xrevrange(streams.stream_key(run_id), count=1)
     last_event = streams.parse_entry(*last[0]) if last else None
     repaired = False
     if last_event is None or last_event["type"] not in ev.TERMINAL_TYPES:

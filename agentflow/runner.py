@@ -161,12 +161,13 @@ def _finish(
         output=output,
         error=error,
         finished_at=now,
-        step_count=StepRun.objects.filter(run_id=run_id).count(),
+        step_count=StepRun.objects.filter(run__pk=run_id).count(),
     )
     if not updated:
         logger.warning("run %s: epoch %s went stale before it could finish", run_id, run.epoch)
         return None
     duration = (now - run.started_at).total_seconds() if run.started_at else None
+    data: dict[str, Any]
     if status == RunStatus.COMPLETED:
         sink.emit(ev.envelope(ev.OUTPUT, run_id, step=None, attempt=None, epoch=run.epoch, data={"value": output}))
         terminal, data = ev.RUN_COMPLETED, {"duration_seconds": duration}

@@ -26,7 +26,7 @@ def _ts(seconds: float) -> datetime:
 
 def load_checkpoints(run_id: str, *, include_failed: bool = True) -> dict[str, Checkpoint]:
     """All of a run's checkpoints in one query: replay is then a dictionary lookup."""
-    rows = StepRun.objects.filter(run_id=run_id).values_list("step_id", "status", "output", "error", "attempts", "input_hash")
+    rows = StepRun.objects.filter(run__pk=run_id).values_list("step_id", "status", "output", "error", "attempts", "input_hash")
     return {
         step_id: Checkpoint(status, output, error, attempts, input_hash or None)
         for step_id, status, output, error, attempts, input_hash in rows

@@ -118,13 +118,15 @@ def read_events(
 ) -> list[dict[str, Any]]:
     """Events after id ``after`` (or from id ``since`` on, or all) from the stream, oldest first."""
     start = f"({after}" if after else (since or "-")
-    entries = get_client().xrange(stream_key(run_id), min=start, max="+", count=count)
+    entries: list[tuple[str, dict[str, str]]] = get_client().xrange(  # type: ignore[assignment]
+        stream_key(run_id), min=start, max="+", count=count
+    )
     return [parse_entry(entry_id, fields) for entry_id, fields in entries]
 
 
 def tail_events(run_id: str, after: str, block_ms: int) -> list[dict[str, Any]]:
     """Events after ``after``, waiting up to ``block_ms`` for the first one."""
-    result = get_client().xread({stream_key(run_id): after or "0-0"}, block=block_ms)
+    result: Any = get_client().xread({stream_key(run_id): after or "0-0"}, block=block_ms)
     if not result:
         return []
     return [parse_entry(entry_id, fields) for entry_id, fields in result[0][1]]

@@ -1,6 +1,7 @@
 """Settings for agentflow's own test suite: PostgreSQL and Redis from the environment (CI has both)."""
 
 import os
+from typing import Any
 
 SECRET_KEY = "agentflow-tests-not-secret"
 DEBUG = False
@@ -42,6 +43,7 @@ TEMPLATES = [
 ]
 
 DATABASE_URL = os.environ.get("AGENTFLOW_TEST_DATABASE", "postgres")
+DATABASES: dict[str, dict[str, Any]]
 if DATABASE_URL == "sqlite":
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ.get("AGENTFLOW_SQLITE", "")}}
 else:

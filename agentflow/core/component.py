@@ -72,13 +72,13 @@ class Component(Generic[P, R]):
     # -- fluent configuration ----------------------------------------------------------------------------
 
     def _copy(self, **changes: Any) -> Component[P, R]:
-        options = {
+        options: dict[str, Any] = {
             "name": self.name,
             "retry_policy": self.retry_policy,
             "cache_policy": self.cache_policy,
             "timeout_seconds": self.timeout_seconds,
+            **changes,
         }
-        options.update(changes)
         return Component(self.fn, **options)
 
     def retry(
@@ -335,7 +335,7 @@ class StepCall:
             token = self._start_attempt(attempt)
             try:
                 awaitable: Awaitable[Any] = fn(*self.args, **self.kwargs)
-                result = await awaitable
+                result = await (awaitable if timeout is None else asyncio.wait_for(awaitable, timeout))
             except RunInterrupted:
                 raise
             except Exception as exc:

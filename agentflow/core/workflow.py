@@ -117,10 +117,8 @@ class Workflow(Generic[P, R]):
         run_token = _run.set(ctx)
         frame_token = _frame.set(ctx.root)
         try:
-            if self.is_async:
-                result = asyncio.run(self.fn(**kwargs))  # type: ignore[arg-type]
-            else:
-                result = self.fn(**kwargs)
+            fn: Callable[..., Any] = self.fn
+            result = asyncio.run(fn(**kwargs)) if self.is_async else fn(**kwargs)
         finally:
             _frame.reset(frame_token)
             _run.reset(run_token)

@@ -1,6 +1,7 @@
 """Components: plain functions outside a workflow; durable, retried, timed and cached steps inside one."""
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import threading
@@ -441,7 +442,11 @@ def test_uncaught_step_failed_propagates():
 
     with pytest.raises(StepFailed) as info:
         run_in_memory(flow_uncaught)
-    assert (info.value.step_id, info.value.attempts, info.value.error_type) == ("doomed_call#0", 1, "KeyError")
+    assert (info.value.step_id, info.value.attempts, info.value.error_type) == (
+        "doomed_call#0",
+        1,
+        "KeyError",
+    )
 
 
 def test_give_up_on_fails_at_once(sink):
@@ -528,10 +533,8 @@ def test_run_cancelled_inside_a_step_is_not_retried_nor_checkpointed(sink):
 
     @workflow
     def flow_cancelled() -> None:
-        try:
+        with contextlib.suppress(Exception):  # cannot swallow a cancellation
             cancelled.retry(max_attempts=5, retry_on=BaseException, **FAST)()
-        except Exception:  # cannot swallow a cancellation
-            pass
 
     store = MemoryStore()
     with pytest.raises(RunCancelled):
@@ -632,7 +635,8 @@ def test_async_timeout_raises_step_timeout_and_is_retried(sink):
     async def stuck() -> str:
         calls.append(1)
         if len(calls) == 1:
-            await asyncio.Event().wait()  # never set: only the time-out ends it
+            await asyncio.sleep(5)  # cancelled by the time-out long before
+            return "too late"
         return "fast"
 
     @workflow
@@ -651,7 +655,7 @@ def test_async_timeout_raises_step_timeout_and_is_retried(sink):
 def test_async_timeout_without_retries_fails_the_step():
     @component(timeout_seconds=0.01)
     async def stuck() -> None:
-        await asyncio.Event().wait()
+        await asyncio.sleep(5)  # cancelled by the time-out long before
 
     @workflow
     async def flow_async_timeout_fails() -> None:
@@ -823,7 +827,7 @@ def test_unserializable_result_is_a_serialization_error():
 
 
 def test_component_wrapping_a_partial_keeps_working():
-    # update_wrapper copes with callables that lack __name__ only when a name is given.
+    # A callable without __name__ (a partial) can be a component when it is given a name.
     made = component(name="scaled")(functools.partial(lambda x, factor: x * factor, factor=3))
 
     @workflow

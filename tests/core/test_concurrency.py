@@ -234,7 +234,9 @@ def test_map_retries_each_item_on_its_own():
 
     @workflow
     async def flow_map_retries() -> list[int]:
-        return await agentflow.map(flaky_item.retry(max_attempts=3, initial_delay_seconds=0, jitter=False), range(3))
+        return await agentflow.map(
+            flaky_item.retry(max_attempts=3, initial_delay_seconds=0, jitter=False), range(3)
+        )
 
     output, _ = run_in_memory(flow_map_retries)
     assert output == [0, 1, 2]
@@ -428,7 +430,9 @@ def test_content_events_carry_their_data():
 
     sink = MemorySink()
     run_in_memory(flow_content, sink=sink)
-    content = [(e["type"], e["step"], e["attempt"], e["data"]) for e in sink.events if e["step"] != "stepped#0"]
+    content = [
+        (e["type"], e["step"], e["attempt"], e["data"]) for e in sink.events if e["step"] != "stepped#0"
+    ]
     assert content == [
         ("status", None, None, {"text": "half way", "progress": 0.5}),
         ("status", None, None, {"text": "no progress"}),

@@ -78,7 +78,9 @@ def test_updated_returns_a_new_policy_and_leaves_the_original():
 
 
 def test_ceilings_grow_with_backoff_without_jitter():
-    policy = RetryPolicy(max_attempts=9, initial_delay_seconds=0.5, backoff=3.0, max_delay_seconds=1000, jitter=False)
+    policy = RetryPolicy(
+        max_attempts=9, initial_delay_seconds=0.5, backoff=3.0, max_delay_seconds=1000, jitter=False
+    )
     delays = [policy.delay_seconds(ValueError(), attempt) for attempt in range(1, 6)]
     assert delays == [0.5, 1.5, 4.5, 13.5, 40.5]
 

@@ -94,7 +94,7 @@ def test_longest_allowed_name():
 
 
 def test_function_name_that_is_no_valid_name_needs_an_explicit_name():
-    def CamelCase() -> None: ...  # noqa: N802
+    def CamelCase() -> None: ...
 
     with pytest.raises(TypeError, match="CamelCase"):
         workflow(CamelCase)
@@ -200,7 +200,9 @@ def test_calling_a_workflow_runs_the_function_with_plain_components():
 
 def make_input_workflow() -> Workflow[..., Any]:
     @workflow
-    def flow_inputs(topic: str, count: int = 3, tags: list[str] | None = None, author: Author | None = None) -> str:
+    def flow_inputs(
+        topic: str, count: int = 3, tags: list[str] | None = None, author: Author | None = None
+    ) -> str:
         return topic
 
     return flow_inputs
@@ -208,7 +210,12 @@ def make_input_workflow() -> Workflow[..., Any]:
 
 def test_input_defaults_are_applied():
     wf = make_input_workflow()
-    assert wf.validate_input({"topic": "otters"}) == {"topic": "otters", "count": 3, "tags": None, "author": None}
+    assert wf.validate_input({"topic": "otters"}) == {
+        "topic": "otters",
+        "count": 3,
+        "tags": None,
+        "author": None,
+    }
 
 
 def test_input_is_normalised_to_json():
@@ -249,7 +256,9 @@ def test_input_that_is_no_object_is_rejected(data):
     wf = make_input_workflow()
     with pytest.raises(InvalidInput, match="must be a JSON object") as info:
         wf.validate_input(data)
-    assert info.value.details == [{"field": "", "code": "object_type", "message": "Input should be an object"}]
+    assert info.value.details == [
+        {"field": "", "code": "object_type", "message": "Input should be an object"}
+    ]
 
 
 def test_run_in_memory_validates_input():
@@ -288,7 +297,10 @@ def test_untyped_parameters_accept_anything():
     def flow_untyped(anything, other=None):
         return anything
 
-    assert flow_untyped.validate_input({"anything": [1, {"a": 2}]}) == {"anything": [1, {"a": 2}], "other": None}
+    assert flow_untyped.validate_input({"anything": [1, {"a": 2}]}) == {
+        "anything": [1, {"a": 2}],
+        "other": None,
+    }
     assert flow_untyped.output_schema() == {}
 
 
