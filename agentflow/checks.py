@@ -41,16 +41,23 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
 
     for key in _POSITIVE_NUMBERS:
         if not _is_number(merged[key]) or merged[key] <= 0:
-            errors.append(Error(f"AGENTFLOW[{key!r}] must be a positive number of seconds.", id="agentflow.E004"))
+            errors.append(
+                Error(f"AGENTFLOW[{key!r}] must be a positive number of seconds.", id="agentflow.E004")
+            )
     for key in ("STREAM_MAXLEN", "MAX_RECOVERIES"):
         value = merged[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "STREAM_MAXLEN" else 0):
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or value < (1 if key == "STREAM_MAXLEN" else 0)
+        ):
             errors.append(Error(f"AGENTFLOW[{key!r}] must be a whole number >= 1.", id="agentflow.E005"))
     for key in _STRINGS:
         if not isinstance(merged[key], str) or not merged[key]:
             errors.append(Error(f"AGENTFLOW[{key!r}] must be a non-empty string.", id="agentflow.E006"))
     if merged["REDIS_URL"] is not None and (
-        not isinstance(merged["REDIS_URL"], str) or not merged["REDIS_URL"].startswith(("redis://", "rediss://", "unix://"))
+        not isinstance(merged["REDIS_URL"], str)
+        or not merged["REDIS_URL"].startswith(("redis://", "rediss://", "unix://"))
     ):
         errors.append(
             Error("AGENTFLOW['REDIS_URL'] must be a redis://, rediss:// or unix:// URL.", id="agentflow.E007")
@@ -60,13 +67,18 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             import_string(merged["EXECUTOR"])
         except ImportError as exc:
             errors.append(
-                Error(f"AGENTFLOW['EXECUTOR'] cannot be imported: {exc}", id="agentflow.E008", obj="AGENTFLOW")
+                Error(
+                    f"AGENTFLOW['EXECUTOR'] cannot be imported: {exc}", id="agentflow.E008", obj="AGENTFLOW"
+                )
             )
     else:
         errors.append(Error("AGENTFLOW['EXECUTOR'] must be an import path string.", id="agentflow.E008"))
     if isinstance(merged["CACHE_ALIAS"], str) and merged["CACHE_ALIAS"] not in settings.CACHES:
         errors.append(
-            Error(f"AGENTFLOW['CACHE_ALIAS'] names no cache in CACHES: {merged['CACHE_ALIAS']!r}.", id="agentflow.E009")
+            Error(
+                f"AGENTFLOW['CACHE_ALIAS'] names no cache in CACHES: {merged['CACHE_ALIAS']!r}.",
+                id="agentflow.E009",
+            )
         )
     if not isinstance(merged["ARCHIVE_EVENTS"], bool):
         errors.append(Error("AGENTFLOW['ARCHIVE_EVENTS'] must be True or False.", id="agentflow.E010"))

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import concurrent.futures
-from functools import lru_cache
+from functools import cache
 from typing import Protocol
 
 from django.db import close_old_connections, connection
@@ -51,7 +51,7 @@ class InlineExecutor:
         execute_run(str(run_id), int(epoch))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _pool(max_workers: int) -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="agentflow-run")
 
@@ -64,7 +64,6 @@ def _run_in_thread(run_id: str, epoch: int) -> None:
         execute_run(run_id, epoch)
     finally:
         connection.close()
-
 
 
 def get_executor() -> Executor:

@@ -68,7 +68,9 @@ def check_runs(now: Any = None) -> MonitorReport:
         Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=queued_cutoff)
     )
     for run_id, epoch in never_started.values_list("id", "epoch")[:500]:
-        if WorkflowRun.objects.filter(id=run_id, epoch=epoch, status=RunStatus.QUEUED).update(heartbeat_at=now):
+        if WorkflowRun.objects.filter(id=run_id, epoch=epoch, status=RunStatus.QUEUED).update(
+            heartbeat_at=now
+        ):
             logger.warning("run %s: queued but never started; enqueueing it again", run_id)
             enqueue(str(run_id), epoch)
             report.requeued += 1
@@ -120,7 +122,16 @@ def append_terminal(run: WorkflowRun) -> bool:
         sink = streams.RedisSink(run_id, run.epoch, claim)
         try:
             if run.status == RunStatus.COMPLETED:
-                sink.emit(ev.envelope(ev.OUTPUT, run_id, step=None, attempt=None, epoch=run.epoch, data={"value": run.output}))
+                sink.emit(
+                    ev.envelope(
+                        ev.OUTPUT,
+                        run_id,
+                        step=None,
+                        attempt=None,
+                        epoch=run.epoch,
+                        data={"value": run.output},
+                    )
+                )
             sink.emit(ev.envelope(terminal, run_id, step=None, attempt=None, epoch=run.epoch, data=data))
         finally:
             sink.close(timeout_seconds=30)

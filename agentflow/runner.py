@@ -7,6 +7,7 @@ everything the previous incarnation might still try to write is refused.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import traceback
@@ -32,7 +33,9 @@ WORKER_NAME = f"{socket.gethostname()}:{__import__('os').getpid()}"
 def _error_dict(exc: BaseException) -> dict[str, Any]:
     error: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
     if isinstance(exc, StepFailed):
-        error.update(type="StepFailed", step=exc.step_id, cause={"type": exc.error_type, "message": exc.error_message})
+        error.update(
+            type="StepFailed", step=exc.step_id, cause={"type": exc.error_type, "message": exc.error_message}
+        )
     elif isinstance(exc, AgentflowError):
         error["code"] = exc.code
     else:
@@ -49,7 +52,9 @@ def _claim(run_id: str, epoch: int, worker: str) -> tuple[WorkflowRun, str] | No
             logger.warning("run %s does not exist; dropping its task", run_id)
             return None
         if run.epoch != epoch or run.status not in ACTIVE_STATUSES:
-            logger.info("run %s: stale task (epoch %s, run at %s, %s); dropping", run_id, epoch, run.epoch, run.status)
+            logger.info(
+                "run %s: stale task (epoch %s, run at %s, %s); dropping", run_id, epoch, run.epoch, run.status
+            )
             return None
         previous = run.status
         run.epoch = epoch + 1
@@ -138,10 +143,8 @@ def execute_run(run_id: str, epoch: int, *, worker: str = WORKER_NAME) -> str | 
     finally:
         lease.stop()
         store.close()
-        try:
+        with contextlib.suppress(LeaseLost, TimeoutError):
             sink.close(timeout_seconds=30)
-        except (LeaseLost, TimeoutError):
-            pass
 
 
 def _cache() -> Any:
@@ -169,7 +172,9 @@ def _finish(
     duration = (now - run.started_at).total_seconds() if run.started_at else None
     data: dict[str, Any]
     if status == RunStatus.COMPLETED:
-        sink.emit(ev.envelope(ev.OUTPUT, run_id, step=None, attempt=None, epoch=run.epoch, data={"value": output}))
+        sink.emit(
+            ev.envelope(ev.OUTPUT, run_id, step=None, attempt=None, epoch=run.epoch, data={"value": output})
+        )
         terminal, data = ev.RUN_COMPLETED, {"duration_seconds": duration}
     elif status == RunStatus.CANCELLED:
         terminal, data = ev.RUN_CANCELLED, {"duration_seconds": duration}

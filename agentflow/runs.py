@@ -40,7 +40,9 @@ def start(
     if not isinstance(wf, Workflow):
         raise TypeError(f"start() needs a workflow or its name, not {workflow!r}")
     data = wf.validate_input(input)
-    if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255):
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255
+    ):
         raise TypeError("idempotency_key must be a string of 1 to 255 characters")
     owner_id = getattr(owner, "pk", owner)
     if idempotency_key:
@@ -147,5 +149,6 @@ def cancel(run: Any) -> WorkflowRun:
     if cancelled_now:
         from .monitor import append_terminal
 
-        transaction.on_commit(lambda: append_terminal(locked))
+        # robust: the cancellation is committed; if Redis is down the monitor appends the event later.
+        transaction.on_commit(lambda: append_terminal(locked), robust=True)
     return locked

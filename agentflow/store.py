@@ -26,7 +26,9 @@ def _ts(seconds: float) -> datetime:
 
 def load_checkpoints(run_id: str, *, include_failed: bool = True) -> dict[str, Checkpoint]:
     """All of a run's checkpoints in one query: replay is then a dictionary lookup."""
-    rows = StepRun.objects.filter(run__pk=run_id).values_list("step_id", "status", "output", "error", "attempts", "input_hash")
+    rows = StepRun.objects.filter(run__pk=run_id).values_list(
+        "step_id", "status", "output", "error", "attempts", "input_hash"
+    )
     return {
         step_id: Checkpoint(status, output, error, attempts, input_hash or None)
         for step_id, status, output, error, attempts, input_hash in rows
@@ -81,7 +83,9 @@ class DjangoRunStore:
         with connection.cursor() as cursor:
             cursor.execute(self._statement(), params)
             if cursor.rowcount == 0:
-                raise LeaseLost(f"run {self.run_id}: epoch {self.epoch} is stale, checkpoint {record.step_id!r} refused")
+                raise LeaseLost(
+                    f"run {self.run_id}: epoch {self.epoch} is stale, checkpoint {record.step_id!r} refused"
+                )
 
     def _in_db_thread(self, record: StepRecord) -> concurrent.futures.Future[None]:
         if self._db_thread is None:
@@ -140,7 +144,9 @@ class Lease:
         from django.utils import timezone
 
         rows = list(
-            WorkflowRun.objects.filter(id=self.run_id, epoch=self.epoch).values_list("cancel_requested", flat=True)
+            WorkflowRun.objects.filter(id=self.run_id, epoch=self.epoch).values_list(
+                "cancel_requested", flat=True
+            )
         )
         if not rows:
             self.lost = True

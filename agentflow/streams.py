@@ -68,7 +68,16 @@ def get_client() -> redis.Redis:
         with _clients_lock:
             client = _clients.get(key)
             if client is None:
-                client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+                # Time-outs, so a Redis that stops answering fails calls instead of hanging them; blocking
+                # reads (XREAD BLOCK) in agentflow never block longer than a few seconds.
+                client = redis.Redis.from_url(
+                    url,
+                    decode_responses=True,
+                    health_check_interval=30,
+                    socket_connect_timeout=5,
+                    socket_timeout=30,
+                    socket_keepalive=True,
+                )
                 _clients[key] = client
     return client
 
@@ -109,7 +118,9 @@ def announce(run_id: str, event: dict[str, Any]) -> str:
     pipe = client.pipeline(transaction=True)
     pipe.hsetnx(meta_key(run_id), "epoch", 0)
     pipe.hsetnx(meta_key(run_id), "seq", 1)
-    pipe.xadd(stream_key(run_id), {"d": dumps(event)}, maxlen=agentflow_settings.stream_maxlen, approximate=True)
+    pipe.xadd(
+        stream_key(run_id), {"d": dumps(event)}, maxlen=agentflow_settings.stream_maxlen, approximate=True
+    )
     return str(pipe.execute()[-1])
 
 
@@ -244,7 +255,9 @@ class RedisSink:
                 ids = self._script(keys=self._keys, args=args)
             except Exception as exc:
                 if isinstance(exc, redis.ResponseError) and "AGENTFLOW_STALE_EPOCH" in str(exc):
-                    logger.warning("run %s: epoch %s is stale; dropping %d events", self.run_id, self.epoch, len(batch))
+                    logger.warning(
+                        "run %s: epoch %s is stale; dropping %d events", self.run_id, self.epoch, len(batch)
+                    )
                     with self._cond:
                         self._fenced = True
                         self._queue.clear()
@@ -254,7 +267,9 @@ class RedisSink:
                 # idempotent, so nothing is lost and nothing doubled.
                 failures += 1
                 delay = min(2.0, 0.05 * 2**failures)
-                logger.warning("run %s: appending events failed (%s); retrying in %.2fs", self.run_id, exc, delay)
+                logger.warning(
+                    "run %s: appending events failed (%s); retrying in %.2fs", self.run_id, exc, delay
+                )
                 time.sleep(delay)
                 continue
             failures = 0

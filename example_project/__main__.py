@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m example_project", description=__doc__.split("\n")[0])
     parser.add_argument("--topic", default="durable AI agents", help="what the blog post is about")
     parser.add_argument("--words", type=int, default=12, help="words per section")
-    parser.add_argument("--no-serve", action="store_true", help="exit after the run instead of serving the admin")
+    parser.add_argument(
+        "--no-serve", action="store_true", help="exit after the run instead of serving the admin"
+    )
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
 

@@ -65,7 +65,11 @@ def _database(url: str | None) -> dict:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": VAR_DIR / "example.sqlite3",
             # The web process and the worker write at once: WAL and immediate transactions avoid lock errors.
-            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE", "timeout": 20},
+            "OPTIONS": {
+                "init_command": "PRAGMA journal_mode=WAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+            },
         }
     parsed = urlparse(url)
     return {
@@ -107,7 +111,11 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
-    "agentflow-monitor": {"task": "agentflow.monitor", "schedule": 5.0, "options": {"queue": "agentflow-monitor"}}
+    "agentflow-monitor": {
+        "task": "agentflow.monitor",
+        "schedule": 5.0,
+        "options": {"queue": "agentflow-monitor"},
+    }
 }
 
 LANGUAGE_CODE = "en-us"
@@ -121,5 +129,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"agentflow": {"handlers": ["console"], "level": os.environ.get("AGENTFLOW_LOG_LEVEL", "INFO")}},
+    "loggers": {
+        "agentflow": {"handlers": ["console"], "level": os.environ.get("AGENTFLOW_LOG_LEVEL", "INFO")}
+    },
 }

@@ -8,6 +8,7 @@ DEBUG = False
 USE_TZ = True
 TIME_ZONE = "UTC"
 ROOT_URLCONF = "tests.urls"
+STATIC_URL = "/static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 INSTALLED_APPS = [
@@ -45,7 +46,9 @@ TEMPLATES = [
 DATABASE_URL = os.environ.get("AGENTFLOW_TEST_DATABASE", "postgres")
 DATABASES: dict[str, dict[str, Any]]
 if DATABASE_URL == "sqlite":
-    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ.get("AGENTFLOW_SQLITE", "")}}
+    DATABASES = {
+        "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ.get("AGENTFLOW_SQLITE", "")}
+    }
 else:
     DATABASES = {
         "default": {
@@ -82,7 +85,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"agentflow": {"handlers": ["console"], "level": os.environ.get("AGENTFLOW_LOG_LEVEL", "WARNING")}},
+    "loggers": {
+        "agentflow": {"handlers": ["console"], "level": os.environ.get("AGENTFLOW_LOG_LEVEL", "WARNING")}
+    },
 }
 
 CELERY_BROKER_URL = REDIS_URL

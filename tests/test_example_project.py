@@ -21,7 +21,11 @@ def unused_port() -> int:
 
 
 def test_example_project_runs_the_blog_post_workflow_on_the_embedded_default(tmp_path):
-    env = {key: value for key, value in os.environ.items() if key not in {"DATABASE_URL", "DJANGO_SETTINGS_MODULE"}}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"DATABASE_URL", "DJANGO_SETTINGS_MODULE"}
+    }
     env.update(
         REDIS_URL=f"redis://127.0.0.1:{unused_port()}/0",  # nothing listens: the launcher embeds a Redis
         AGENTFLOW_VAR_DIR=str(tmp_path),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from . import events as ev
 from .component import Component
 from .context import current_run, require_run
+from .errors import RunInterrupted
 from .serialization import to_jsonable
 
 T = TypeVar("T")
@@ -32,7 +34,9 @@ def publish(label: str, data: Any) -> None:
     """Publish a labelled, JSON-able object to the run's subscribers: a ``data`` event."""
     if not isinstance(label, str) or not label:
         raise TypeError(f"publish label must be a non-empty str, not {label!r}")
-    require_run("publish").emit_content(ev.DATA, {"label": label, "value": to_jsonable(data, what="published data")})
+    require_run("publish").emit_content(
+        ev.DATA, {"label": label, "value": to_jsonable(data, what="published data")}
+    )
 
 
 def stream_output(chunk: str) -> None:
@@ -49,30 +53,37 @@ async def map(
 
     Step ids are assigned in item order before anything runs, so they are the same in every incarnation.
     Sync components run in threads. Every item is attempted; if any failed, the first failure (in item
-    order) is raised once all have finished, so no call is left running behind the caller's back.
-    Outside a workflow it simply calls the function for each item.
+    order) is raised once all have finished, so no call is left running behind the caller's back; a
+    cancellation or lost lease (``RunInterrupted``) wins over ordinary failures. Outside a workflow it calls
+    the plain function for each item, with the same concurrency limit.
     """
     if not isinstance(comp, Component):
         raise TypeError(f"agentflow.map needs a component, not {comp!r}")
-    if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
+    if concurrency is not None and (
+        not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1
+    ):
         raise TypeError(f"concurrency must be an int >= 1 or None, not {concurrency!r}")
     ctx = current_run()
     items = list(items)
+    limit = asyncio.Semaphore(concurrency or len(items) or 1)
     if ctx is None:
-        if comp.is_async:
-            return list(await asyncio.gather(*(comp.fn(item) for item in items)))
-        return [comp.fn(item) for item in items]
-    calls = [comp.prepare(ctx, item) for item in items]
-    limit = asyncio.Semaphore(concurrency or len(calls) or 1)
+        calls: list[Any] = [functools.partial(comp.fn, item) for item in items]
+        run_async, run_sync = (lambda call: call()), (lambda call: call())
+    else:
+        calls = [comp.prepare(ctx, item) for item in items]
+        run_async, run_sync = (lambda call: call.run_async()), (lambda call: call.run_sync())
 
     async def one(call: Any) -> Any:
         async with limit:
             if comp.is_async:
-                return await call.run_async()
-            return await asyncio.to_thread(call.run_sync)
+                return await run_async(call)
+            return await asyncio.to_thread(run_sync, call)
 
     results = await asyncio.gather(*(one(call) for call in calls), return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
+    failures = [result for result in results if isinstance(result, BaseException)]
+    for failure in failures:
+        if isinstance(failure, RunInterrupted):
+            raise failure
+    if failures:
+        raise failures[0]
     return results

@@ -21,7 +21,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, get_type_hints, overload
 from . import events as ev
 from .context import COMPLETED, FAILED, MISSING, Checkpoint, RunContext, StepRecord, _frame, _run
 from .context import Frame as _Frame
-from .errors import RunInterrupted, StepFailed, StepTimeout, WorkflowDivergence
+from .errors import RunInterrupted, SerializationError, StepFailed, StepTimeout, WorkflowDivergence
 from .retry import NO_RETRY, RetryPolicy
 from .serialization import from_jsonable, stable_hash, to_jsonable
 
@@ -113,13 +113,17 @@ class Component(Generic[P, R]):
             changes["max_attempts"] = 3
         return self._copy(retry_policy=self.retry_policy.updated(**changes))
 
-    def cache(self, *, ttl_seconds: float | None = None, key: Callable[..., str] | None = None) -> Component[P, R]:
+    def cache(
+        self, *, ttl_seconds: float | None = None, key: Callable[..., str] | None = None
+    ) -> Component[P, R]:
         """A copy whose results are cached, keyed on the component's name and its arguments.
 
         ``key(*args, **kwargs)`` may build the key instead; ``ttl_seconds=None`` keeps entries as long as the
         cache backend's default time-out.
         """
-        if ttl_seconds is not None and (not isinstance(ttl_seconds, int | float) or ttl_seconds <= 0):
+        if ttl_seconds is not None and (
+            not isinstance(ttl_seconds, int | float) or isinstance(ttl_seconds, bool) or ttl_seconds <= 0
+        ):
             raise TypeError(f"ttl_seconds must be a positive number or None, not {ttl_seconds!r}")
         if key is not None and not callable(key):
             raise TypeError(f"key must be a callable returning a string, not {key!r}")
@@ -164,9 +168,21 @@ class Component(Generic[P, R]):
 class StepCall:
     """One call of a component inside a run: the step's whole life, from replay check to checkpoint."""
 
-    __slots__ = ("args", "component", "ctx", "input", "input_hash", "kwargs", "parent_id", "started_at", "step_id")
+    __slots__ = (
+        "args",
+        "component",
+        "ctx",
+        "input",
+        "input_hash",
+        "kwargs",
+        "parent_id",
+        "started_at",
+        "step_id",
+    )
 
-    def __init__(self, ctx: RunContext, component: Component[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]):
+    def __init__(
+        self, ctx: RunContext, component: Component[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ):
         parent = _frame.get() or ctx.root
         self.ctx = ctx
         self.component = component
@@ -184,7 +200,9 @@ class StepCall:
         """The step's result if it needs no execution (checkpoint or cache), else ``MISSING``."""
         ctx = self.ctx
         ctx.check_interrupt()
-        self.input = to_jsonable({"args": list(self.args), "kwargs": self.kwargs}, what=f"input of {self.step_id}")
+        self.input = to_jsonable(
+            {"args": list(self.args), "kwargs": self.kwargs}, what=f"input of {self.step_id}"
+        )
         self.input_hash = stable_hash(self.input)
         checkpoint = ctx.checkpoints.get(self.step_id)
         if checkpoint is not None:
@@ -221,7 +239,9 @@ class StepCall:
         if policy.key is not None:
             key = policy.key(*self.args, **self.kwargs)
             if not isinstance(key, str):
-                raise TypeError(f"cache key function of {self.component.name!r} must return a str, not {key!r}")
+                raise TypeError(
+                    f"cache key function of {self.component.name!r} must return a str, not {key!r}"
+                )
         else:
             key = self.input_hash
         return f"{self.ctx.cache_prefix}{self.component.name}:{key}"
@@ -256,11 +276,28 @@ class StepCall:
         self._checkpoint(FAILED, error=error, attempts=attempt)
         self.ctx.emit(ev.STEP_FAILED, self._step_data(error=error), step=self.step_id, attempt=attempt)
         raise StepFailed(
-            self.step_id, attempts=attempt, error_type=error["type"], error_message=error["message"], cause=exc
+            self.step_id,
+            attempts=attempt,
+            error_type=error["type"],
+            error_message=error["message"],
+            cause=exc,
         ) from exc
 
     def _succeeded(self, result: Any, attempt: int) -> Any:
-        output = to_jsonable(result, what=f"result of step {self.step_id!r}")
+        try:
+            output = to_jsonable(result, what=f"result of step {self.step_id!r}")
+        except SerializationError as exc:
+            # A programming error, not a passing fault: fail the step for good, with no retry.
+            error = {"type": type(exc).__name__, "message": str(exc)}
+            self._checkpoint(FAILED, error=error, attempts=attempt)
+            self.ctx.emit(ev.STEP_FAILED, self._step_data(error=error), step=self.step_id, attempt=attempt)
+            raise StepFailed(
+                self.step_id,
+                attempts=attempt,
+                error_type=error["type"],
+                error_message=error["message"],
+                cause=exc,
+            ) from exc
         self._checkpoint(COMPLETED, output=output, attempts=attempt)
         policy = self.component.cache_policy
         if policy is not None and self.ctx.cache is not None:
@@ -269,7 +306,13 @@ class StepCall:
         return result
 
     def _checkpoint(
-        self, status: str, *, output: Any = None, error: dict[str, Any] | None = None, attempts: int, cached: bool = False
+        self,
+        status: str,
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+        attempts: int,
+        cached: bool = False,
     ) -> None:
         ctx = self.ctx
         ctx.store.save_step(
@@ -301,7 +344,9 @@ class StepCall:
             attempt += 1
             token = self._start_attempt(attempt)
             try:
-                result = fn(*self.args, **self.kwargs) if timeout is None else self._call_with_timeout(timeout)
+                result = (
+                    fn(*self.args, **self.kwargs) if timeout is None else self._call_with_timeout(timeout)
+                )
             except RunInterrupted:
                 raise
             except Exception as exc:
@@ -374,7 +419,9 @@ def component(
         if not callable(func):
             raise TypeError(f"@component needs a function, not {func!r}")
         if retry is not None and not isinstance(retry, RetryPolicy):
-            raise TypeError(f"retry must be a RetryPolicy, not {retry!r}; or use .retry(...) on the component")
+            raise TypeError(
+                f"retry must be a RetryPolicy, not {retry!r}; or use .retry(...) on the component"
+            )
         made: Component[Any, Any] = Component(
             func, name=name or func.__name__, retry_policy=retry or NO_RETRY, cache_policy=None
         )

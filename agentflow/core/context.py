@@ -136,8 +136,12 @@ class RunContext:
 
     # -- events ------------------------------------------------------------------------------------------
 
-    def emit(self, type: str, data: dict[str, Any] | None = None, *, step: str | None, attempt: int | None) -> None:
-        self.sink.emit(ev.envelope(type, self.run_id, step=step, attempt=attempt, epoch=self.epoch, data=data))
+    def emit(
+        self, type: str, data: dict[str, Any] | None = None, *, step: str | None, attempt: int | None
+    ) -> None:
+        self.sink.emit(
+            ev.envelope(type, self.run_id, step=step, attempt=attempt, epoch=self.epoch, data=data)
+        )
 
     def emit_content(self, type: str, data: dict[str, Any]) -> None:
         """Emit a content event from user code, attributed to the step whose code is running."""

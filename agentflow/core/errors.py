@@ -114,7 +114,7 @@ class StepFailed(StepError):
         self.cause = cause
 
 
-class Retry(AgentflowError):  # noqa: N818 - it is a request, not an error
+class Retry(AgentflowError):
     """Raise inside a component to ask for another attempt after ``delay_seconds``.
 
     The attempt still counts against ``max_attempts``. ``delay_seconds=None`` uses the policy's backoff.
@@ -129,7 +129,7 @@ class Retry(AgentflowError):  # noqa: N818 - it is a request, not an error
         self.delay_seconds = delay_seconds
 
 
-class RunInterrupted(BaseException):  # noqa: N818
+class RunInterrupted(BaseException):
     """Base of control flow that stops a run's execution in this process; never swallow it."""
 
     code = "run_interrupted"

@@ -22,7 +22,8 @@ class MemoryStore:
 
     def checkpoints(self) -> dict[str, Checkpoint]:
         return {
-            r.step_id: Checkpoint(r.status, r.output, r.error, r.attempts, r.input_hash) for r in self.records.values()
+            r.step_id: Checkpoint(r.status, r.output, r.error, r.attempts, r.input_hash)
+            for r in self.records.values()
         }
 
 

@@ -45,7 +45,11 @@ class RetryPolicy:
     give_up_on: ExceptionTypes = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_attempts, int) or isinstance(self.max_attempts, bool) or self.max_attempts < 1:
+        if (
+            not isinstance(self.max_attempts, int)
+            or isinstance(self.max_attempts, bool)
+            or self.max_attempts < 1
+        ):
             raise TypeError(f"max_attempts must be an int >= 1, not {self.max_attempts!r}")
         for name in ("backoff", "initial_delay_seconds", "max_delay_seconds"):
             value = getattr(self, name)

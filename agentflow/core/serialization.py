@@ -8,7 +8,7 @@ from functools import lru_cache
 from typing import Any
 
 import pydantic_core
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from .errors import SerializationError
 
@@ -42,5 +42,7 @@ def from_jsonable(value: Any, annotation: Any) -> Any:
         return value
     try:
         return adapter_for(annotation).validate_python(value)
-    except TypeError:  # an annotation pydantic cannot handle: hand back the JSON
+    except (TypeError, ValidationError):
+        # An annotation pydantic cannot handle, or one the live result did not match either: hand back the
+        # JSON, as the step's caller got a value of that shape the first time too.
         return value

@@ -67,7 +67,9 @@ class Workflow(Generic[P, R]):
                     "every parameter needs a name"
                 )
             if param.kind is param.POSITIONAL_ONLY:
-                raise TypeError(f"workflow {fn.__qualname__}: parameter {param.name!r} cannot be positional-only")
+                raise TypeError(
+                    f"workflow {fn.__qualname__}: parameter {param.name!r} cannot be positional-only"
+                )
             annotation = hints.get(param.name, Any)
             default = ... if param.default is param.empty else param.default
             fields[param.name] = (annotation, default)
@@ -90,7 +92,9 @@ class Workflow(Generic[P, R]):
         try:
             model = self.input_model.model_validate(data)
         except ValidationError as exc:
-            raise InvalidInput(f"invalid input for workflow {self.name!r}", details=validation_details(exc)) from None
+            raise InvalidInput(
+                f"invalid input for workflow {self.name!r}", details=validation_details(exc)
+            ) from None
         return model.model_dump(mode="json")
 
     def bind(self, data: dict[str, Any]) -> dict[str, Any]:

@@ -811,19 +811,25 @@ def test_unserializable_input_fails_before_the_step_starts(sink):
     assert sink.events == []
 
 
-def test_unserializable_result_is_a_serialization_error():
+def test_unserializable_result_fails_the_step_for_good_without_retrying():
+    calls = []
+
     @component
     def gives() -> object:
+        calls.append(1)
         return object()
 
     @workflow
     def flow_bad_result() -> None:
-        gives()
+        gives.retry(max_attempts=3, initial_delay_seconds=0)()
 
-    store = MemoryStore()
-    with pytest.raises(SerializationError, match="gives#0"):
-        run_in_memory(flow_bad_result, store=store)
-    assert store.records == {}
+    store, sink = MemoryStore(), MemorySink()
+    with pytest.raises(StepFailed, match="gives#0") as info:
+        run_in_memory(flow_bad_result, store=store, sink=sink)
+    assert isinstance(info.value.cause, SerializationError)
+    assert info.value.error_type == "SerializationError" and calls == [1]
+    assert store.records["gives#0"].status == "failed"
+    assert sink.types()[-1] == "step.failed"
 
 
 def test_component_wrapping_a_partial_keeps_working():

@@ -3,6 +3,7 @@ checkpointed in the test database, streamed through Redis."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 
 import pytest
@@ -84,7 +85,7 @@ def test_flaky_step_succeeds_on_attempt_three_with_growing_delays():
     assert [e["data"]["delay_seconds"] for e in retrying] == [0.2, 0.4]
     assert [e["attempt"] for e in events if e["type"] == "step.started"] == [1, 2, 3]
     times = [float(x) for x in effects().lrange(f"agentflow-tests:times:{t}", 0, -1)]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[0] >= 0.2 and gaps[1] >= 0.4 and gaps[1] > gaps[0]
     step = StepRun.objects.get(run=run)
     assert (step.status, step.attempts) == ("completed", 3)
@@ -98,7 +99,10 @@ def test_step_that_always_fails_raises_step_failed_the_workflow_catches():
     assert counts(t) == {"doomed": 2}
     assert "step.failed" in types(run.id) and types(run.id)[-1] == "run.completed"
     step = StepRun.objects.get(run=run)
-    assert step.status == "failed" and step.error == {"type": "ValueError", "message": "this step always fails"}
+    assert step.status == "failed" and step.error == {
+        "type": "ValueError",
+        "message": "this step always fails",
+    }
 
 
 def test_uncaught_step_failure_fails_the_run_with_the_error_recorded():

@@ -10,8 +10,8 @@ from django.test import override_settings
 import agentflow
 from agentflow import streams
 from agentflow.conf import agentflow_settings
-from agentflow.monitor import check_runs
 from agentflow.models import StepRun, WorkflowRun
+from agentflow.monitor import check_runs
 from tests.conftest import wait_for
 from tests.testapp.workflows import counts
 

@@ -82,7 +82,12 @@ def recovers(tag: str) -> dict:
     try:
         return {"result": doomed.retry(max_attempts=2, initial_delay_seconds=0.01)(tag)}
     except StepFailed as exc:
-        return {"result": "fallback", "failed_step": exc.step_id, "attempts": exc.attempts, "error": exc.error_type}
+        return {
+            "result": "fallback",
+            "failed_step": exc.step_id,
+            "attempts": exc.attempts,
+            "error": exc.error_type,
+        }
 
 
 @workflow

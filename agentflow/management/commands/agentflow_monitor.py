@@ -12,7 +12,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--loop", action="store_true", help="Keep checking, every --interval seconds.")
-        parser.add_argument("--interval", type=float, default=None, help="Seconds between checks with --loop.")
+        parser.add_argument(
+            "--interval", type=float, default=None, help="Seconds between checks with --loop."
+        )
 
     def handle(self, *args: Any, loop: bool = False, interval: float | None = None, **options: Any) -> None:
         interval = interval or agentflow_settings.heartbeat_interval_seconds
