@@ -1,7 +1,8 @@
 """agentflow: durable, streamable LLM and agent workflows for Django, executed on Celery workers.
 
 Importing this package does not import Django, so components and workflows can be defined (and unit
-tested) anywhere. The Django-side functions ``start``, ``get_run`` and ``wait`` are imported lazily.
+tested) anywhere. The Django-side functions ``start``, ``get_run``, ``wait`` and ``cancel`` are imported
+lazily.
 """
 
 from typing import Any
@@ -51,6 +52,7 @@ __all__ = [
     "Workflow",
     "WorkflowDivergence",
     "WorkflowNotFound",
+    "cancel",
     "component",
     "get_run",
     "map",
@@ -63,7 +65,7 @@ __all__ = [
     "workflow",
 ]
 
-_LAZY = {"start": "agentflow.runs", "get_run": "agentflow.runs", "wait": "agentflow.runs"}
+_LAZY = {name: "agentflow.runs" for name in ("start", "get_run", "wait", "cancel")}
 
 
 def __getattr__(name: str) -> Any:

@@ -156,3 +156,34 @@ def test_idempotency_key_returns_the_same_run():
     assert first.pk == again.pk
     agentflow.wait(first, timeout_seconds=30)
     assert WorkflowRun.objects.filter(idempotency_key="order-42").count() == 1
+
+
+def test_cancel_stops_a_running_run_at_its_next_boundary_and_keeps_its_history():
+    t = tag()
+    run = agentflow.start("slow", {"tag": t, "steps": 40, "delay_seconds": 0.1})
+    wait_for(lambda: "step.completed" in types(run.id), 30, "a completed step")
+    agentflow.cancel(run)
+    with pytest.raises(agentflow.RunFailed) as info:
+        agentflow.wait(run, timeout_seconds=30)
+    assert info.value.details["status"] == "cancelled"
+    run.refresh_from_db()
+    assert run.status == "cancelled" and run.cancel_requested
+    done = StepRun.objects.filter(run=run).count()
+    assert 1 <= done < 40  # stopped early; what completed stays recorded
+    events = types(run.id)
+    assert events[-1] == "run.cancelled" and events.count("run.cancelled") == 1
+    assert sum(counts(t).values()) <= done + 1
+
+
+def test_cancelling_a_queued_run_cancels_it_at_once():
+    from django.test import override_settings
+
+    from agentflow.conf import agentflow_settings
+
+    # No worker consumes this queue: the run stays queued until cancelled.
+    with override_settings(AGENTFLOW={**agentflow_settings.user_settings, "TASK_QUEUE": "agentflow-nobody"}):
+        run = agentflow.start("three-steps", {"tag": tag()})
+    agentflow.cancel(run)
+    run.refresh_from_db()
+    assert run.status == "cancelled" and run.finished_at is not None
+    assert types(run.id) == ["run.queued", "run.cancelled"]
