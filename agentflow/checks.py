@@ -80,8 +80,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id="agentflow.E009",
             )
         )
-    if not isinstance(merged["ARCHIVE_EVENTS"], bool):
-        errors.append(Error("AGENTFLOW['ARCHIVE_EVENTS'] must be True or False.", id="agentflow.E010"))
+    for key in ("ARCHIVE_EVENTS", "PREPARED_STATEMENTS"):
+        if not isinstance(merged[key], bool):
+            errors.append(Error(f"AGENTFLOW[{key!r}] must be True or False.", id="agentflow.E010"))
     lease, beat = merged["LEASE_SECONDS"], merged["HEARTBEAT_INTERVAL_SECONDS"]
     if _is_number(lease) and _is_number(beat) and lease > 0 and beat > 0 and lease < 2 * beat:
         errors.append(

@@ -40,6 +40,9 @@ DEFAULTS: dict[str, Any] = {
     "MAX_RECOVERIES": 5,
     # A run still queued this long after it was accepted is enqueued again by the monitor.
     "QUEUED_TIMEOUT_SECONDS": 300.0,
+    # Checkpoints as server-side prepared statements on PostgreSQL (faster). Turn off behind a connection
+    # pooler that cannot keep prepared statements, such as PgBouncer in transaction mode before 1.21.
+    "PREPARED_STATEMENTS": True,
     # Default bound of agentflow.wait() and of synchronous API runs.
     "WAIT_TIMEOUT_SECONDS": 300.0,
 }

@@ -102,23 +102,31 @@ def wait(run: Any, timeout_seconds: float | None = None, *, raise_on_failure: bo
     run_id = str(getattr(run, "pk", run))
     timeout = agentflow_settings.wait_timeout_seconds if timeout_seconds is None else timeout_seconds
     deadline = time.monotonic() + timeout
-    last_id = "0-0"
+    last_id, check, checked_at = "0-0", True, 0.0
     while True:
-        current = get_run(run_id)
-        if current.status in FINISHED_STATUSES:
-            break
+        # The DB is the source of truth, but reading it after every event would cost a query a step: read it
+        # at the start, after a terminal event (the final status is committed before that event is
+        # appended), after a quiet second, and at least once a second.
+        if check or time.monotonic() - checked_at >= 1.0:
+            current = get_run(run_id)
+            checked_at, check = time.monotonic(), False
+            if current.status in FINISHED_STATUSES:
+                break
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise RunTimeout(f"run {run_id} did not finish within {timeout}s (it is {current.status})")
-        # Wake on the run's events, but re-read the DB at least every second: it is the source of truth.
         try:
             events = streams.tail_events(run_id, last_id, block_ms=max(1, int(min(remaining, 1.0) * 1000)))
         except Exception:
             logger.warning("run %s: cannot read its stream; polling the DB", run_id, exc_info=True)
             time.sleep(min(remaining, 0.5))
+            check = True
             continue
-        if events:
+        if not events:
+            check = True
+        else:
             last_id = events[-1]["id"]
+            check = any(event["type"] in ev.TERMINAL_TYPES for event in events)
     if not raise_on_failure:
         return current
     if current.status != RunStatus.COMPLETED:

@@ -3,11 +3,16 @@
 Same configuration as tests/celery_app.py (acks late, prefetch 1, JSON), plus a Redis result backend for the
 baseline's chain. It defines the baseline's no-op task; importing it also registers the bench workflow (which
 agentflow's autodiscovery of ``bench.workflows`` does as well once Django is set up).
+
+``BENCH_PATCH=module`` (importable from PYTHONPATH) is imported in the worker once it is ready (Django set
+up), and by bench/step_overhead.py in the client: a way to A/B-test an engine change without editing it.
 """
 
+import importlib
 import os
 
 from celery import Celery
+from celery.signals import worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
 
@@ -34,3 +39,10 @@ def noop(value=0):
 
 
 from . import workflows  # noqa: E402,F401  (registers bench-noop-steps)
+
+
+@worker_ready.connect
+def _import_bench_patch(**kwargs):
+    name = os.environ.get("BENCH_PATCH")
+    if name:
+        importlib.import_module(name)

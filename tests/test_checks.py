@@ -58,8 +58,9 @@ def test_e009_cache_alias_exists():
     assert ids(CACHE_ALIAS="missing") == ["agentflow.E009"]
 
 
-def test_e010_archive_events_bool():
+def test_e010_booleans():
     assert ids(ARCHIVE_EVENTS="yes") == ["agentflow.E010"]
+    assert ids(PREPARED_STATEMENTS=1) == ["agentflow.E010"]
 
 
 def test_w001_lease_shorter_than_two_heartbeats():
