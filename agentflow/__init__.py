@@ -7,7 +7,7 @@ lazily.
 
 from typing import Any
 
-from .core.api import map, publish, status, stream_output
+from .core.api import current_step, map, publish, status, stream_output
 from .core.component import Component, component
 from .core.errors import (
     AgentflowError,
@@ -54,6 +54,7 @@ __all__ = [
     "WorkflowNotFound",
     "cancel",
     "component",
+    "current_step",
     "get_run",
     "map",
     "publish",

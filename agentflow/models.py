@@ -65,7 +65,13 @@ class WorkflowRun(models.Model):
                 fields=["owner", "workflow", "idempotency_key"],
                 condition=Q(idempotency_key__isnull=False),
                 name="agentflow_run_idempotency",
-            )
+            ),
+            # NULLs are distinct in a unique index: runs started without an owner need their own.
+            models.UniqueConstraint(
+                fields=["workflow", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False, owner__isnull=True),
+                name="agentflow_run_idempotency_no_owner",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -104,40 +104,45 @@ def _abandon(run_id: Any, epoch: int, recoveries: int) -> bool:
 
 
 def append_terminal(run: WorkflowRun) -> bool:
-    """Give a finished run its terminal event if its stream lacks one, then archive and expire it."""
-    from .runner import finalize_stream
+    """Give a finished run its terminal event if its stream lacks one, then archive and expire it.
+
+    The run's epoch is bumped first (a conditional UPDATE, then the Redis claim), which fences the worker
+    that finished the run: if it was merely slow, its own terminal append is now refused, so exactly one
+    terminal event reaches the stream even with several monitors at once.
+    """
+    from .runner import finalize_stream, public_error
 
     run_id = str(run.id)
+    if not WorkflowRun.objects.filter(id=run_id, epoch=run.epoch, last_event_id="").update(
+        epoch=F("epoch") + 1
+    ):
+        return False  # another monitor (or the worker) got there first
+    run.refresh_from_db()
+    claim = streams.claim(run_id, run.epoch)
     last: Any = streams.get_client().xrevrange(streams.stream_key(run_id), count=1)
     last_event = streams.parse_entry(*last[0]) if last else None
-    repaired = False
-    if last_event is None or last_event["type"] not in ev.TERMINAL_TYPES:
-        terminal = {
-            RunStatus.COMPLETED: ev.RUN_COMPLETED,
-            RunStatus.FAILED: ev.RUN_FAILED,
-            RunStatus.CANCELLED: ev.RUN_CANCELLED,
-        }[RunStatus(run.status)]
-        data: dict[str, Any] = {"error": run.error} if run.status == RunStatus.FAILED else {}
-        claim = streams.claim(run_id, run.epoch)
-        sink = streams.RedisSink(run_id, run.epoch, claim)
-        try:
-            if run.status == RunStatus.COMPLETED:
-                sink.emit(
-                    ev.envelope(
-                        ev.OUTPUT,
-                        run_id,
-                        step=None,
-                        attempt=None,
-                        epoch=run.epoch,
-                        data={"value": run.output},
-                    )
+    if last_event is not None and last_event["type"] in ev.TERMINAL_TYPES:
+        finalize_stream(run_id, last_event["id"])
+        return False
+    terminal = {
+        RunStatus.COMPLETED: ev.RUN_COMPLETED,
+        RunStatus.FAILED: ev.RUN_FAILED,
+        RunStatus.CANCELLED: ev.RUN_CANCELLED,
+    }[RunStatus(run.status)]
+    duration = run.duration_seconds
+    data: dict[str, Any] = {"duration_seconds": duration}
+    if run.status == RunStatus.FAILED:
+        data["error"] = public_error(run.error)
+    sink = streams.RedisSink(run_id, run.epoch, claim)
+    try:
+        if run.status == RunStatus.COMPLETED:
+            sink.emit(
+                ev.envelope(
+                    ev.OUTPUT, run_id, step=None, attempt=None, epoch=run.epoch, data={"value": run.output}
                 )
-            sink.emit(ev.envelope(terminal, run_id, step=None, attempt=None, epoch=run.epoch, data=data))
-        finally:
-            sink.close(timeout_seconds=30)
-        last_id = sink.last_id
-        repaired = True
-    else:
-        last_id = last_event["id"]
-    finalize_stream(run_id, last_id)
-    return repaired
+            )
+        sink.emit(ev.envelope(terminal, run_id, step=None, attempt=None, epoch=run.epoch, data=data))
+    finally:
+        sink.close(timeout_seconds=30)
+    finalize_stream(run_id, sink.last_id)
+    return True

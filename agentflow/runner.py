@@ -19,7 +19,7 @@ from django.utils import timezone
 from . import streams
 from .conf import agentflow_settings
 from .core import events as ev
-from .core.context import RunContext
+from .core.context import Checkpoint, RunContext
 from .core.errors import AgentflowError, LeaseLost, RunCancelled, StepFailed, WorkflowNotFound
 from .core.workflow import registry
 from .models import ACTIVE_STATUSES, RunStatus, StepRun, WorkflowRun
@@ -30,11 +30,19 @@ logger = logging.getLogger("agentflow.runner")
 WORKER_NAME = f"{socket.gethostname()}:{__import__('os').getpid()}"
 
 
+def public_error(error: dict[str, Any] | None) -> dict[str, Any]:
+    """A run's error as subscribers see it: no traceback (it stays in the DB for the admin)."""
+    return {key: value for key, value in (error or {}).items() if key != "traceback"}
+
+
 def _error_dict(exc: BaseException) -> dict[str, Any]:
     error: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
     if isinstance(exc, StepFailed):
         error.update(
-            type="StepFailed", step=exc.step_id, cause={"type": exc.error_type, "message": exc.error_message}
+            type="StepFailed",
+            code=exc.code,
+            step=exc.step_id,
+            cause={"type": exc.error_type, "message": exc.error_message},
         )
     elif isinstance(exc, AgentflowError):
         error["code"] = exc.code
@@ -66,15 +74,40 @@ def _claim(run_id: str, epoch: int, worker: str) -> tuple[WorkflowRun, str] | No
     return run, previous
 
 
-def _void_steps(run_id: str, since: str) -> list[str]:
-    """Steps the crashed incarnation started but did not finish: their content events are void."""
-    open_steps: dict[str, None] = {}
+def _announce_recovery(
+    run: WorkflowRun, sink: streams.RedisSink, since: str, checkpoints: dict[str, Checkpoint]
+) -> None:
+    """Emit ``run.recovered``, voiding the content of the steps the dead incarnation left unfinished.
+
+    A step whose checkpoint committed but whose ``step.completed`` (or ``step.failed``) never reached the
+    stream is not void: it is replayed, so its content stands, and its missing end event is appended now.
+    """
+    run_id, epoch = str(run.id), run.epoch
+    open_steps: dict[str, int] = {}
     for event in streams.read_events(run_id, since=since or None):
         if event["type"] == ev.STEP_STARTED:
-            open_steps[event["step"]] = None
+            open_steps[event["step"]] = event.get("attempt") or 1
         elif event["type"] in (ev.STEP_COMPLETED, ev.STEP_FAILED):
             open_steps.pop(event["step"], None)
-    return list(open_steps)
+    void = [step for step in open_steps if step not in checkpoints]
+    sink.emit(
+        ev.envelope(
+            ev.RUN_RECOVERED,
+            run_id,
+            step=None,
+            attempt=None,
+            epoch=epoch,
+            data={"void_steps": void, "recoveries": run.recoveries},
+        )
+    )
+    for step, attempt in open_steps.items():
+        checkpoint = checkpoints.get(step)
+        if checkpoint is not None:
+            kind = ev.STEP_COMPLETED if checkpoint.status == "completed" else ev.STEP_FAILED
+            data: dict[str, Any] = {"recovered": True}
+            if checkpoint.error:
+                data["error"] = checkpoint.error
+            sink.emit(ev.envelope(kind, run_id, step=step, attempt=attempt, epoch=epoch, data=data))
 
 
 def execute_run(run_id: str, epoch: int, *, worker: str = WORKER_NAME) -> str | None:
@@ -93,19 +126,13 @@ def execute_run(run_id: str, epoch: int, *, worker: str = WORKER_NAME) -> str | 
     sink = streams.RedisSink(run_id, epoch, claim)
     store = DjangoRunStore(run_id, epoch)
     lease = Lease(run_id, epoch, agentflow_settings.heartbeat_interval_seconds)
+    # A cancellation requested before this incarnation started stops it at its first step boundary.
+    lease.cancelled = run.cancel_requested
     try:
+        checkpoints = load_checkpoints(run_id)
         if previous_status == RunStatus.RUNNING:
             # The previous incarnation died (the monitor handed the run to us): void what it left unfinished.
-            sink.emit(
-                ev.envelope(
-                    ev.RUN_RECOVERED,
-                    run_id,
-                    step=None,
-                    attempt=None,
-                    epoch=epoch,
-                    data={"void_steps": _void_steps(run_id, claim.start), "recoveries": run.recoveries},
-                )
-            )
+            _announce_recovery(run, sink, claim.start, checkpoints)
         else:
             sink.emit(ev.envelope(ev.RUN_STARTED, run_id, step=None, attempt=None, epoch=epoch, data={}))
         sink.flush()
@@ -117,7 +144,7 @@ def execute_run(run_id: str, epoch: int, *, worker: str = WORKER_NAME) -> str | 
             epoch=epoch,
             store=store,
             sink=sink,
-            checkpoints=load_checkpoints(run_id),
+            checkpoints=checkpoints,
             cache=_cache(),
             cache_prefix=f"{agentflow_settings.key_prefix}cache:",
             workflow_content_seen=claim.workflow_content,
@@ -134,7 +161,7 @@ def execute_run(run_id: str, epoch: int, *, worker: str = WORKER_NAME) -> str | 
         except Exception as exc:
             logger.info("run %s failed: %s", run_id, exc, exc_info=not isinstance(exc, AgentflowError))
             status, error = RunStatus.FAILED, _error_dict(exc)
-        lease.stop()
+        # The lease keeps beating until the end is recorded: a slow final flush is not a dead worker.
         sink.flush()
         return _finish(run, sink, status, output, error)
     except LeaseLost:
@@ -179,8 +206,7 @@ def _finish(
     elif status == RunStatus.CANCELLED:
         terminal, data = ev.RUN_CANCELLED, {"duration_seconds": duration}
     else:
-        public = {k: v for k, v in (error or {}).items() if k != "traceback"}
-        terminal, data = ev.RUN_FAILED, {"error": public, "duration_seconds": duration}
+        terminal, data = ev.RUN_FAILED, {"error": public_error(error), "duration_seconds": duration}
     sink.emit(ev.envelope(terminal, run_id, step=None, attempt=None, epoch=run.epoch, data=data))
     sink.flush()
     finalize_stream(run_id, sink.last_id)

@@ -25,6 +25,11 @@ def _ts(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, tz=UTC)
 
 
+def _psycopg3(conn: Any) -> bool:
+    """Prepared checkpoints need psycopg 3 (Django also supports psycopg2, which cannot prepare)."""
+    return bool(getattr(conn, "is_psycopg3", False))
+
+
 def load_checkpoints(run_id: str, *, include_failed: bool = True) -> dict[str, Checkpoint]:
     """All of a run's checkpoints in one query: replay is then a dictionary lookup."""
     rows = StepRun.objects.filter(run__pk=run_id).values_list(
@@ -80,7 +85,11 @@ class DjangoRunStore:
             uuid.UUID(self.run_id),
             self.epoch,
         ]
-        if connection.vendor == "postgresql" and agentflow_settings.prepared_statements:
+        if (
+            connection.vendor == "postgresql"
+            and agentflow_settings.prepared_statements
+            and _psycopg3(connection)
+        ):
             rowcount = self._execute_prepared(params)
         else:
             ops = connection.ops

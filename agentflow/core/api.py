@@ -9,11 +9,21 @@ from typing import Any, TypeVar
 
 from . import events as ev
 from .component import Component
-from .context import current_run, require_run
+from .context import StepInfo, current_run
 from .errors import RunInterrupted
 from .serialization import to_jsonable
 
 T = TypeVar("T")
+
+
+# Outside a running workflow these check their arguments and do nothing, so a component that reports
+# progress can still be called (and unit tested) as a plain function.
+
+
+def current_step() -> StepInfo | None:
+    """The run, step and attempt the calling code belongs to; None outside a running workflow."""
+    ctx = current_run()
+    return None if ctx is None else ctx.current_step()
 
 
 def status(text: str, progress: float | None = None) -> None:
@@ -27,23 +37,28 @@ def status(text: str, progress: float | None = None) -> None:
     data: dict[str, Any] = {"text": text}
     if progress is not None:
         data["progress"] = progress
-    require_run("status").emit_content(ev.STATUS, data)
+    ctx = current_run()
+    if ctx is not None:
+        ctx.emit_content(ev.STATUS, data)
 
 
 def publish(label: str, data: Any) -> None:
     """Publish a labelled, JSON-able object to the run's subscribers: a ``data`` event."""
     if not isinstance(label, str) or not label:
         raise TypeError(f"publish label must be a non-empty str, not {label!r}")
-    require_run("publish").emit_content(
-        ev.DATA, {"label": label, "value": to_jsonable(data, what="published data")}
-    )
+    value = to_jsonable(data, what="published data")
+    ctx = current_run()
+    if ctx is not None:
+        ctx.emit_content(ev.DATA, {"label": label, "value": value})
 
 
 def stream_output(chunk: str) -> None:
     """Append a chunk of streamed output (tokens): an ``output.delta`` event."""
     if not isinstance(chunk, str):
         raise TypeError(f"stream_output takes a str chunk, not {type(chunk).__name__}")
-    require_run("stream_output").emit_content(ev.OUTPUT_DELTA, {"text": chunk})
+    ctx = current_run()
+    if ctx is not None:
+        ctx.emit_content(ev.OUTPUT_DELTA, {"text": chunk})
 
 
 async def map(

@@ -12,6 +12,7 @@ import concurrent.futures
 import contextvars
 import functools
 import inspect
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,8 @@ from .serialization import from_jsonable, stable_hash, to_jsonable
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+logger = logging.getLogger("agentflow.steps")
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
 
@@ -184,6 +187,8 @@ class StepCall:
         self, ctx: RunContext, component: Component[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ):
         parent = _frame.get() or ctx.root
+        if parent.abandoned:
+            raise StepTimeout(f"step {parent.step_id!r} was abandoned after its time-out")
         self.ctx = ctx
         self.component = component
         self.args = args
@@ -217,7 +222,11 @@ class StepCall:
         self.started_at = time.time()
         policy = self.component.cache_policy
         if policy is not None and ctx.cache is not None:
-            cached = ctx.cache.get(self._cache_key(policy), MISSING)
+            try:
+                cached = ctx.cache.get(self._cache_key(policy), MISSING)
+            except Exception:  # the cache is an optimisation: an outage runs the step instead
+                logger.warning("step %s: cache read failed; running the step", self.step_id, exc_info=True)
+                cached = MISSING
             if cached is not MISSING:
                 self._checkpoint(COMPLETED, output=cached, attempts=0, cached=True)
                 ctx.emit(ev.STEP_COMPLETED, self._step_data(cached=True), step=self.step_id, attempt=0)
@@ -250,8 +259,7 @@ class StepCall:
         return {"component": self.component.name, "parent": self.parent_id, **extra}
 
     def _start_attempt(self, attempt: int) -> contextvars.Token[_Frame | None]:
-        if attempt > 1:
-            self.ctx.check_interrupt()
+        self.ctx.check_interrupt()
         self.ctx.emit(ev.STEP_STARTED, self._step_data(), step=self.step_id, attempt=attempt)
         return _frame.set(_Frame(step_id=self.step_id, attempt=attempt))
 
@@ -283,11 +291,12 @@ class StepCall:
             cause=exc,
         ) from exc
 
-    def _succeeded(self, result: Any, attempt: int) -> Any:
+    def _success_record(self, result: Any, attempt: int) -> StepRecord:
+        """The completed checkpoint for ``result``; an unserialisable result fails the step for good."""
         try:
             output = to_jsonable(result, what=f"result of step {self.step_id!r}")
         except SerializationError as exc:
-            # A programming error, not a passing fault: fail the step for good, with no retry.
+            # A programming error, not a passing fault: no retry.
             error = {"type": type(exc).__name__, "message": str(exc)}
             self._checkpoint(FAILED, error=error, attempts=attempt)
             self.ctx.emit(ev.STEP_FAILED, self._step_data(error=error), step=self.step_id, attempt=attempt)
@@ -298,12 +307,52 @@ class StepCall:
                 error_message=error["message"],
                 cause=exc,
             ) from exc
-        self._checkpoint(COMPLETED, output=output, attempts=attempt)
+        return self._record(COMPLETED, output=output, attempts=attempt)
+
+    def _completed(self, record: StepRecord) -> None:
+        """After the checkpoint is stored (never before: the DB is the source of truth)."""
+        self._register(record)
         policy = self.component.cache_policy
         if policy is not None and self.ctx.cache is not None:
-            self.ctx.cache.set(self._cache_key(policy), output, policy.ttl_seconds)
-        self.ctx.emit(ev.STEP_COMPLETED, self._step_data(), step=self.step_id, attempt=attempt)
-        return result
+            key = self._cache_key(policy)
+            try:
+                if policy.ttl_seconds is None:
+                    self.ctx.cache.set(key, record.output)  # the backend's default time-out
+                else:
+                    self.ctx.cache.set(key, record.output, policy.ttl_seconds)
+            except Exception:
+                logger.warning("step %s: cache write failed", self.step_id, exc_info=True)
+        self.ctx.emit(ev.STEP_COMPLETED, self._step_data(), step=self.step_id, attempt=record.attempts)
+
+    def _record(
+        self,
+        status: str,
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+        attempts: int,
+        cached: bool = False,
+    ) -> StepRecord:
+        return StepRecord(
+            step_id=self.step_id,
+            parent_id=self.parent_id,
+            component=self.component.name,
+            status=status,
+            input=self.input,
+            input_hash=self.input_hash,
+            output=output,
+            error=error,
+            attempts=attempts,
+            started_at=self.started_at,
+            finished_at=time.time(),
+            cached=cached,
+        )
+
+    def _register(self, record: StepRecord) -> None:
+        self.ctx.checkpoints[self.step_id] = Checkpoint(
+            record.status, record.output, record.error, record.attempts, self.input_hash
+        )
+        self.ctx.steps_executed += 1
 
     def _checkpoint(
         self,
@@ -314,25 +363,9 @@ class StepCall:
         attempts: int,
         cached: bool = False,
     ) -> None:
-        ctx = self.ctx
-        ctx.store.save_step(
-            StepRecord(
-                step_id=self.step_id,
-                parent_id=self.parent_id,
-                component=self.component.name,
-                status=status,
-                input=self.input,
-                input_hash=self.input_hash,
-                output=output,
-                error=error,
-                attempts=attempts,
-                started_at=self.started_at,
-                finished_at=time.time(),
-                cached=cached,
-            )
-        )
-        ctx.checkpoints[self.step_id] = Checkpoint(status, output, error, attempts, self.input_hash)
-        ctx.steps_executed += 1
+        record = self._record(status, output=output, error=error, attempts=attempts, cached=cached)
+        self.ctx.store.save_step(record)
+        self._register(record)
 
     def run_sync(self) -> Any:
         result = self._begin()
@@ -351,12 +384,13 @@ class StepCall:
                 raise
             except Exception as exc:
                 _frame.reset(token)
-                delay = self._failed_attempt(exc, attempt)
-                if delay > 0:
-                    time.sleep(delay)
+                self.ctx.sleep(self._failed_attempt(exc, attempt))
                 continue
             _frame.reset(token)
-            return self._succeeded(result, attempt)
+            record = self._success_record(result, attempt)
+            self.ctx.store.save_step(record)
+            self._completed(record)
+            return result
 
     def _call_with_timeout(self, timeout: float) -> Any:
         # A thread cannot be stopped: on time-out the attempt is abandoned and left to finish in the background.
@@ -367,6 +401,11 @@ class StepCall:
         try:
             return future.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
+            # The thread shares this attempt's frame: mark it, so what the abandoned code still emits is
+            # dropped and the steps it still calls fail instead of writing checkpoints.
+            frame = _frame.get()
+            if frame is not None:
+                frame.abandoned = True
             raise StepTimeout(f"attempt of {self.step_id!r} exceeded {timeout}s") from None
 
     async def run_async(self) -> Any:
@@ -385,12 +424,18 @@ class StepCall:
                 raise
             except Exception as exc:
                 _frame.reset(token)
-                delay = self._failed_attempt(exc, attempt)
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                await self.ctx.asleep(self._failed_attempt(exc, attempt))
                 continue
             _frame.reset(token)
-            return self._succeeded(result, attempt)
+            record = self._success_record(result, attempt)
+            # Off the event loop where the store can, so concurrent steps keep running meanwhile.
+            asave = getattr(self.ctx.store, "asave_step", None)
+            if asave is not None:
+                await asave(record)
+            else:
+                self.ctx.store.save_step(record)
+            self._completed(record)
+            return result
 
 
 @overload

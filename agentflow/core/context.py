@@ -9,7 +9,9 @@ Ids are assigned when the call is made, before it runs, so concurrent calls (``a
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -76,6 +78,8 @@ class Frame:
     step_id: str | None
     attempt: int | None
     counters: dict[str, int] = field(default_factory=dict)
+    # Set when a sync attempt's time-out abandoned the thread still running this frame's code.
+    abandoned: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def next_child_id(self, name: str) -> str:
@@ -84,6 +88,20 @@ class Frame:
             index = self.counters.get(name, 0)
             self.counters[name] = index + 1
         return f"{name}#{index}" if self.step_id is None else f"{self.step_id}/{name}#{index}"
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """Where the calling code runs: ``agentflow.current_step()``. ``step_id`` is None in the workflow body.
+
+    ``f"{run_id}:{step_id}"`` is a good idempotency key for a provider call: stable across retries and
+    recoveries of the same step.
+    """
+
+    run_id: str
+    step_id: str | None
+    attempt: int | None
+    epoch: int
 
 
 _run: ContextVar[RunContext | None] = ContextVar("agentflow_run", default=None)
@@ -146,6 +164,8 @@ class RunContext:
     def emit_content(self, type: str, data: dict[str, Any]) -> None:
         """Emit a content event from user code, attributed to the step whose code is running."""
         frame = _frame.get() or self.root
+        if frame.abandoned:
+            return  # an attempt abandoned after its time-out: its output is void already
         if frame.step_id is None:
             with self._emit_lock:
                 self.workflow_content_emitted += 1
@@ -164,11 +184,38 @@ class RunContext:
         if self._interrupt is not None:
             self._interrupt()
 
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, waking every half second to honour a cancellation or a lost lease."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            time.sleep(min(remaining, 0.5))
+            self.check_interrupt()
+
+    async def asleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(remaining, 0.5))
+            self.check_interrupt()
+
     def discard_failed_below(self, step_id: str) -> None:
-        """Forget failed checkpoints under ``step_id``, so its next attempt runs those children again."""
+        """Forget failed checkpoints under ``step_id``, so its next attempt runs those children again.
+
+        Each forgotten child gets a ``step.retrying`` event for its last attempt: that voids the content
+        the child emitted in it, since the child is about to run again under the same step id.
+        """
         prefix = step_id + "/"
         for key in [k for k, cp in self.checkpoints.items() if k.startswith(prefix) and cp.status == FAILED]:
-            del self.checkpoints[key]
+            checkpoint = self.checkpoints.pop(key)
+            self.emit(
+                ev.STEP_RETRYING,
+                {"error": checkpoint.error, "reason": "parent_retry", "next_attempt": 1},
+                step=key,
+                attempt=checkpoint.attempts,
+            )
+
+    def current_step(self) -> StepInfo:
+        frame = _frame.get() or self.root
+        return StepInfo(run_id=self.run_id, step_id=frame.step_id, attempt=frame.attempt, epoch=self.epoch)
 
 
 def require_run(api: str) -> RunContext:

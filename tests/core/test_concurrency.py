@@ -6,7 +6,7 @@ import threading
 import pytest
 
 import agentflow
-from agentflow import NotInWorkflow, SerializationError, StepFailed, component, workflow
+from agentflow import SerializationError, StepFailed, component, workflow
 from agentflow.core.memory import MemorySink, MemoryStore, run_in_memory
 
 
@@ -377,19 +377,36 @@ def test_gather_of_children_inside_a_step():
         (lambda: agentflow.stream_output("tok"), "stream_output"),
     ],
 )
-def test_content_apis_need_a_running_workflow(call, api):
-    with pytest.raises(NotInWorkflow, match=rf"agentflow\.{api}\(\)") as info:
-        call()
-    assert info.value.code == "not_in_workflow"
+def test_content_apis_do_nothing_outside_a_running_workflow(call, api):
+    assert call() is None
+    assert agentflow.current_step() is None
 
 
-def test_content_apis_inside_a_component_called_outside_a_workflow():
+def test_a_component_that_reports_progress_is_a_plain_function_outside_a_workflow():
     @component
-    def chatty() -> None:
+    def chatty() -> str:
         agentflow.status("hi")
+        agentflow.stream_output("tok")
+        return "done"
 
-    with pytest.raises(NotInWorkflow):
-        chatty()
+    assert chatty() == "done"
+
+
+def test_current_step_names_the_run_step_and_attempt():
+    seen = []
+
+    @component
+    def where() -> None:
+        seen.append(agentflow.current_step())
+
+    @workflow
+    def flow_where() -> None:
+        seen.append(agentflow.current_step())
+        where()
+
+    run_in_memory(flow_where)
+    assert [(s.step_id, s.attempt, s.epoch) for s in seen] == [(None, None, 1), ("where#0", 1, 1)]
+    assert seen[1].run_id == "memory-run"
 
 
 @pytest.mark.parametrize(

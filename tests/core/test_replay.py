@@ -357,12 +357,16 @@ def test_failed_child_runs_again_on_the_parents_next_attempt(sink):
         ("step.completed", "parent#0/prepare#0", 1),
         ("step.started", "parent#0/child#0", 1),
         ("step.failed", "parent#0/child#0", 1),
+        # The child runs again under the same id: its failed attempt's content is voided first.
+        ("step.retrying", "parent#0/child#0", 1),
         ("step.retrying", "parent#0", 1),
         ("step.started", "parent#0", 2),
         ("step.started", "parent#0/child#0", 1),
         ("step.completed", "parent#0/child#0", 1),
         ("step.completed", "parent#0", 2),
     ]
+    voiding = [e for e in sink.events if e["type"] == "step.retrying" and e["step"] == "parent#0/child#0"]
+    assert voiding[0]["data"]["reason"] == "parent_retry"
 
 
 def test_failed_async_child_runs_again_on_the_parents_next_attempt():

@@ -1,0 +1,77 @@
+"""The events a recovering incarnation and the monitor append, against real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import IntegrityError, transaction
+
+from agentflow import LeaseLost, streams
+from agentflow.core import events as ev
+from agentflow.core.context import Checkpoint
+from agentflow.models import RunStatus, WorkflowRun
+from agentflow.monitor import append_terminal
+from agentflow.runner import _announce_recovery
+
+pytestmark = pytest.mark.django_db
+
+
+def emit(sink, type, step=None, attempt=None, **data):
+    sink.emit(ev.envelope(type, sink.run_id, step=step, attempt=attempt, epoch=sink.epoch, data=data))
+
+
+def test_recovery_voids_unfinished_steps_and_completes_checkpointed_ones(redis_client):
+    run = WorkflowRun.objects.create(workflow="w", status=RunStatus.RUNNING, epoch=1)
+    run_id = str(run.id)
+    first = streams.RedisSink(run_id, 1, streams.claim(run_id, 1))
+    emit(first, ev.RUN_STARTED)
+    first.flush()
+    streams.mark_incarnation_start(run_id, first.first_id)
+    emit(first, ev.STEP_STARTED, "done#0", 1)
+    emit(first, ev.STEP_COMPLETED, "done#0", 1)
+    emit(first, ev.STEP_STARTED, "committed#0", 2)  # its checkpoint committed, its end event was lost
+    emit(first, ev.STEP_STARTED, "lost#0", 1)
+    first.close()
+
+    run.epoch = 2
+    claim = streams.claim(run_id, 2)
+    second = streams.RedisSink(run_id, 2, claim)
+    checkpoints = {"done#0": Checkpoint("completed"), "committed#0": Checkpoint("completed", attempts=2)}
+    _announce_recovery(run, second, claim.start, checkpoints)
+    second.close()
+
+    events = streams.read_events(run_id)
+    recovered = next(e for e in events if e["type"] == ev.RUN_RECOVERED)
+    assert recovered["data"]["void_steps"] == ["lost#0"] and recovered["epoch"] == 2
+    completed = events[-1]
+    assert (completed["type"], completed["step"], completed["attempt"]) == (
+        ev.STEP_COMPLETED,
+        "committed#0",
+        2,
+    )
+    assert completed["data"] == {"recovered": True}
+
+
+def test_monitor_repair_fences_the_slow_worker_so_there_is_one_terminal_event(redis_client):
+    run = WorkflowRun.objects.create(workflow="w", status=RunStatus.COMPLETED, epoch=1, output={"x": 1})
+    run_id = str(run.id)
+    slow = streams.RedisSink(run_id, 1, streams.claim(run_id, 1))
+    emit(slow, ev.RUN_STARTED)
+    slow.flush()
+
+    assert append_terminal(run) is True
+    assert append_terminal(WorkflowRun.objects.get(pk=run.pk)) is False  # already repaired
+
+    emit(slow, ev.RUN_COMPLETED)  # the slow worker's own terminal event comes too late
+    with pytest.raises(LeaseLost):
+        slow.flush()
+    types = [e["type"] for e in streams.read_events(run_id)]
+    assert types == [ev.RUN_STARTED, ev.OUTPUT, ev.RUN_COMPLETED]
+    run.refresh_from_db()
+    assert run.epoch == 2 and run.last_event_id
+
+
+def test_idempotency_keys_are_unique_for_runs_without_an_owner_too():
+    WorkflowRun.objects.create(workflow="w", idempotency_key="k")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        WorkflowRun.objects.create(workflow="w", idempotency_key="k")
+    WorkflowRun.objects.create(workflow="other", idempotency_key="k")  # per workflow
