@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, ParamSpec, TypeVar, get_type_hints, overload
+from typing import Any, Generic, NoReturn, ParamSpec, TypeVar, get_type_hints, overload
 
 from . import events as ev
 from .context import COMPLETED, FAILED, MISSING, Checkpoint, RunContext, StepRecord, _frame, _run
@@ -281,6 +281,11 @@ class StepCall:
                 attempt=attempt,
             )
             return delay
+        self._fail(exc, attempt)
+
+    def _fail(self, exc: Exception, attempt: int) -> NoReturn:
+        """Record the step as failed for good and raise the ``StepFailed`` the workflow sees."""
+        error = {"type": type(exc).__name__, "message": str(exc)}
         self._checkpoint(FAILED, error=error, attempts=attempt)
         self.ctx.emit(ev.STEP_FAILED, self._step_data(error=error), step=self.step_id, attempt=attempt)
         raise StepFailed(
@@ -296,17 +301,7 @@ class StepCall:
         try:
             output = to_jsonable(result, what=f"result of step {self.step_id!r}")
         except SerializationError as exc:
-            # A programming error, not a passing fault: no retry.
-            error = {"type": type(exc).__name__, "message": str(exc)}
-            self._checkpoint(FAILED, error=error, attempts=attempt)
-            self.ctx.emit(ev.STEP_FAILED, self._step_data(error=error), step=self.step_id, attempt=attempt)
-            raise StepFailed(
-                self.step_id,
-                attempts=attempt,
-                error_type=error["type"],
-                error_message=error["message"],
-                cause=exc,
-            ) from exc
+            self._fail(exc, attempt)  # a programming error, not a passing fault: no retry
         return self._record(COMPLETED, output=output, attempts=attempt)
 
     def _completed(self, record: StepRecord) -> None:
