@@ -1,8 +1,8 @@
 """agentflow: durable, streamable LLM and agent workflows for Django, executed on Celery workers.
 
 Importing this package does not import Django, so components and workflows can be defined (and unit
-tested) anywhere. The Django-side functions ``start``, ``get_run``, ``wait`` and ``cancel`` are imported
-lazily.
+tested) anywhere. The Django-side functions ``start``, ``get_run``, ``wait``, ``cancel`` and ``resume`` are
+imported lazily.
 """
 
 from typing import Any
@@ -20,6 +20,7 @@ from .core.errors import (
     RunFailed,
     RunInterrupted,
     RunNotFound,
+    RunNotResumable,
     RunTimeout,
     SerializationError,
     StepFailed,
@@ -45,6 +46,7 @@ __all__ = [
     "RunFailed",
     "RunInterrupted",
     "RunNotFound",
+    "RunNotResumable",
     "RunTimeout",
     "SerializationError",
     "StepFailed",
@@ -59,6 +61,7 @@ __all__ = [
     "map",
     "publish",
     "registry",
+    "resume",
     "start",
     "status",
     "stream_output",
@@ -66,7 +69,9 @@ __all__ = [
     "workflow",
 ]
 
-_LAZY = {name: "agentflow.runs" for name in ("start", "get_run", "wait", "cancel")}
+_LAZY = {name: "agentflow.runs" for name in ("start", "get_run", "wait", "cancel")} | {
+    "resume": "agentflow.resume"
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -17,12 +17,20 @@ _POSITIVE_NUMBERS = (
     "QUEUED_TIMEOUT_SECONDS",
     "WAIT_TIMEOUT_SECONDS",
     "STREAM_TOKEN_TTL_SECONDS",
+    "SSE_KEEPALIVE_SECONDS",
+    "SSE_RETRY_SECONDS",
+    "STREAM_IDLE_CHECK_SECONDS",
 )
 _STRINGS = ("KEY_PREFIX", "TASK_QUEUE", "MONITOR_QUEUE", "CACHE_ALIAS")
+_API_SIZES = ("MAX_INPUT_BYTES", "RUNS_PAGE_SIZE", "EVENTS_PAGE_SIZE", "EVENTS_MAX_PAGE_SIZE")
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_whole(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 @register(Tags.compatibility)
@@ -45,14 +53,17 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             errors.append(
                 Error(f"AGENTFLOW[{key!r}] must be a positive number of seconds.", id="agentflow.E004")
             )
-    for key in ("STREAM_MAXLEN", "MAX_RECOVERIES"):
+    for key, minimum in (
+        ("STREAM_MAXLEN", 1),
+        ("MAX_RECOVERIES", 0),
+        ("SUBSCRIBER_QUEUE_SIZE", 1),
+        *((name, 1) for name in _API_SIZES),
+    ):
         value = merged[key]
-        if (
-            not isinstance(value, int)
-            or isinstance(value, bool)
-            or value < (1 if key == "STREAM_MAXLEN" else 0)
-        ):
-            errors.append(Error(f"AGENTFLOW[{key!r}] must be a whole number >= 1.", id="agentflow.E005"))
+        if not _is_whole(value, minimum):
+            errors.append(
+                Error(f"AGENTFLOW[{key!r}] must be a whole number >= {minimum}.", id="agentflow.E005")
+            )
     for key in _STRINGS:
         if not isinstance(merged[key], str) or not merged[key]:
             errors.append(Error(f"AGENTFLOW[{key!r}] must be a non-empty string.", id="agentflow.E006"))
@@ -84,6 +95,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     for key in ("ARCHIVE_EVENTS", "PREPARED_STATEMENTS"):
         if not isinstance(merged[key], bool):
             errors.append(Error(f"AGENTFLOW[{key!r}] must be True or False.", id="agentflow.E010"))
+    page, max_page = merged["EVENTS_PAGE_SIZE"], merged["EVENTS_MAX_PAGE_SIZE"]
+    if _is_whole(page, 1) and _is_whole(max_page, 1) and page > max_page:
+        errors.append(
+            Error(
+                "AGENTFLOW['EVENTS_PAGE_SIZE'] is greater than EVENTS_MAX_PAGE_SIZE.",
+                hint="The default page of a run's events cannot be larger than the largest page allowed.",
+                id="agentflow.E011",
+            )
+        )
     lease, beat = merged["LEASE_SECONDS"], merged["HEARTBEAT_INTERVAL_SECONDS"]
     if _is_number(lease) and _is_number(beat) and lease > 0 and beat > 0 and lease < 2 * beat:
         errors.append(

@@ -47,6 +47,22 @@ DEFAULTS: dict[str, Any] = {
     "STREAM_TOKEN_TTL_SECONDS": 3600.0,
     # Default bound of agentflow.wait() and of synchronous API runs.
     "WAIT_TIMEOUT_SECONDS": 300.0,
+    # Server-sent events: a comment line every SSE_KEEPALIVE_SECONDS while a stream is idle (so proxies keep
+    # the connection open), and the reconnection delay suggested to EventSource (the `retry:` field).
+    "SSE_KEEPALIVE_SECONDS": 15.0,
+    "SSE_RETRY_SECONDS": 3.0,
+    # Events a live subscriber (websocket or SSE) may fall behind before it is dropped; its client reconnects
+    # with its last event id, while the other subscribers carry on undelayed.
+    "SUBSCRIBER_QUEUE_SIZE": 1000,
+    # When a watched run's stream shows no new event for this long, its status is re-read from the DB, so a
+    # subscriber never waits forever on a run that finished without a terminal event in its stream.
+    "STREAM_IDLE_CHECK_SECONDS": 10.0,
+    # REST API (agentflow.urls): the largest request body accepted as a run's input (a bigger one is answered
+    # 413), the page size of runs/, and the default and largest page (?limit=) of a run's events/.
+    "MAX_INPUT_BYTES": 1024 * 1024,
+    "RUNS_PAGE_SIZE": 50,
+    "EVENTS_PAGE_SIZE": 100,
+    "EVENTS_MAX_PAGE_SIZE": 1000,
 }
 
 REMOVED: dict[str, str] = {}

@@ -122,7 +122,7 @@ def append_terminal(run: WorkflowRun) -> bool:
     last: Any = streams.get_client().xrevrange(streams.stream_key(run_id), count=1)
     last_event = streams.parse_entry(*last[0]) if last else None
     if last_event is not None and last_event["type"] in ev.TERMINAL_TYPES:
-        finalize_stream(run_id, last_event["id"])
+        finalize_stream(run_id, last_event["id"], run.epoch)
         return False
     terminal = {
         RunStatus.COMPLETED: ev.RUN_COMPLETED,
@@ -144,5 +144,5 @@ def append_terminal(run: WorkflowRun) -> bool:
         sink.emit(ev.envelope(terminal, run_id, step=None, attempt=None, epoch=run.epoch, data=data))
     finally:
         sink.close(timeout_seconds=30)
-    finalize_stream(run_id, sink.last_id)
+    finalize_stream(run_id, sink.last_id, run.epoch)
     return True

@@ -209,7 +209,7 @@ def _finish(
         terminal, data = ev.RUN_FAILED, {"error": public_error(error), "duration_seconds": duration}
     sink.emit(ev.envelope(terminal, run_id, step=None, attempt=None, epoch=run.epoch, data=data))
     sink.flush()
-    finalize_stream(run_id, sink.last_id)
+    finalize_stream(run_id, sink.last_id, run.epoch)
     return status
 
 
@@ -223,11 +223,18 @@ def _finish_early(run: WorkflowRun, exc: AgentflowError) -> str | None:
         sink.close(timeout_seconds=30)
 
 
-def finalize_stream(run_id: str, last_id: str | None) -> None:
-    """Archive a finished run's events to the DB, then let its stream expire."""
+def finalize_stream(run_id: str, last_id: str | None, epoch: int | None = None) -> None:
+    """Archive a finished run's events to the DB, then let its stream expire.
+
+    With ``epoch``, nothing is recorded or expired if the run moved on meanwhile (resumed at once, say):
+    the new incarnation owns the stream now.
+    """
     from .archive import archive_events
 
     if agentflow_settings.archive_events:
         archive_events(run_id)
-    WorkflowRun.objects.filter(id=run_id).update(last_event_id=last_id or "")
-    streams.expire_run(run_id, agentflow_settings.stream_ttl_seconds)
+    runs = WorkflowRun.objects.filter(id=run_id)
+    if epoch is not None:
+        runs = runs.filter(epoch=epoch)
+    if runs.update(last_event_id=last_id or ""):
+        streams.expire_run(run_id, agentflow_settings.stream_ttl_seconds)

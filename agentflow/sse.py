@@ -1,9 +1,34 @@
-"""Server-sent events for a run's stream (replay, then live tail). Interface only: to be implemented."""
+"""Server-sent events for a run's stream: replay after an id, then the live tail, until the terminal event.
+
+    GET /api/runs/<id>/events/  (Accept: text/event-stream; ?after=<id> or Last-Event-ID: <id>)
+
+    retry: 3000
+
+    id: 1732390000000-0
+    event: run.queued
+    data: {"id": "1732390000000-0", "type": "run.queued", ...}
+
+    : keep-alive
+
+The body is produced by an async iterator: under ASGI Django streams it as it comes (a sync iterator would be
+consumed whole first), and it needs ASGI. Every subscriber of a server process shares one Redis reader
+(:mod:`agentflow.hub`). Docs: docs/topics/streaming.md.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
 from django.http import StreamingHttpResponse
 from rest_framework.renderers import BaseRenderer
+
+from . import streams
+from .conf import agentflow_settings
+from .hub import Event, SubscriptionDropped, get_hub
+
+KEEP_ALIVE = b": keep-alive\n\n"
 
 
 class EventStreamRenderer(BaseRenderer):
@@ -15,11 +40,52 @@ class EventStreamRenderer(BaseRenderer):
 
     def render(self, data, accepted_media_type=None, renderer_context=None):  # type: ignore[no-untyped-def]
         # Only error responses are rendered through here; event streams are StreamingHttpResponses.
-        import json
-
         return ("event: error\ndata: " + json.dumps(data) + "\n\n").encode()
 
 
 def event_stream_response(run_id: str, after: str | None) -> StreamingHttpResponse:
-    """A response streaming the run's events after id ``after`` as SSE, ending after the terminal event."""
-    raise NotImplementedError
+    """A response streaming the run's events after id ``after`` as SSE, ending after the terminal event.
+
+    The caller has checked that the run exists and that the client may read it, and took ``after`` from
+    ``?after=`` or the ``Last-Event-ID`` header. A malformed ``after`` raises ``ValueError`` (answer 400).
+    No I/O happens until the server iterates the response, so a sync view may call this too.
+    """
+    if after:
+        streams.split_id(after)
+    response = StreamingHttpResponse(_frames(str(run_id), after or None), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    # nginx buffers proxied responses unless told not to; an event stream must go out as it is written.
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+def stream_is_over(run: Any, after: str | None) -> bool:
+    """True if a finished ``run`` has nothing after ``after``: answer ``204 No Content`` instead of a stream.
+
+    An ``EventSource`` reconnects whenever a response ends, also after the terminal event; a 204 is what makes
+    it stop. Reads only the run row (``last_event_id`` is set once the run's events are archived).
+    """
+    if not (run.is_finished and after and run.last_event_id):
+        return False
+    return streams.split_id(after) >= streams.split_id(run.last_event_id)
+
+
+def frame(event: Event) -> bytes:
+    """One event as an SSE frame (``data`` is one line: the JSON has no raw newlines)."""
+    return f"id: {event.id}\nevent: {event.type}\ndata: {event.json}\n\n".encode()
+
+
+async def _frames(run_id: str, after: str | None) -> AsyncIterator[bytes]:
+    keepalive = agentflow_settings.sse_keepalive_seconds
+    yield f"retry: {round(agentflow_settings.sse_retry_seconds * 1000)}\n\n".encode()
+    async with get_hub().subscribe(run_id, after) as subscription:
+        while True:
+            try:
+                event = await subscription.get(timeout=keepalive)
+            except StopAsyncIteration:
+                return
+            except SubscriptionDropped as exc:
+                # The client reconnects by itself (EventSource sends Last-Event-ID) and resumes where it was.
+                yield f": {exc.reason}: reconnect with Last-Event-ID\n\n".encode()
+                return
+            yield KEEP_ALIVE if event is None else frame(event)

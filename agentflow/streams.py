@@ -43,7 +43,8 @@ redis.call('HSET', KEYS[2], 'seq', last, 'wfc', ARGV[3])
 return ids
 """
 
-# Make ARGV[1] the only epoch allowed to append; never go back to an older one.
+# Make ARGV[1] the only epoch allowed to append; never go back to an older one. A run that runs again
+# (recovered, resumed) must not keep the expiry its stream got when it last finished.
 _CLAIM = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '-1')
 if current > tonumber(ARGV[1]) then
@@ -51,6 +52,7 @@ if current > tonumber(ARGV[1]) then
 end
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1])
 redis.call('PERSIST', KEYS[1])
+redis.call('PERSIST', KEYS[2])
 return {redis.call('HGET', KEYS[1], 'seq') or '0', redis.call('HGET', KEYS[1], 'wfc') or '0',
         redis.call('HGET', KEYS[1], 'start') or ''}
 """
@@ -104,7 +106,8 @@ def parse_entry(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
 def split_id(entry_id: str) -> tuple[int, int]:
     """``"1732390000000-5"`` as ``(1732390000000, 5)``; ``ValueError`` if malformed."""
     ms, sep, seq = entry_id.partition("-")
-    if not sep or not ms.isdigit() or not seq.isdigit():
+    # isascii: str.isdigit() also accepts other scripts' digits, which Redis would reject.
+    if not sep or not entry_id.isascii() or not ms.isdigit() or not seq.isdigit():
         raise ValueError(f"malformed event id {entry_id!r}")
     return int(ms), int(seq)
 
@@ -165,7 +168,7 @@ class Claim:
 def claim(run_id: str, epoch: int) -> Claim:
     client = get_client()
     try:
-        seq, wfc, start = client.eval(_CLAIM, 1, meta_key(run_id), epoch)
+        seq, wfc, start = client.eval(_CLAIM, 2, meta_key(run_id), stream_key(run_id), epoch)
     except redis.ResponseError as exc:
         if "AGENTFLOW_STALE_EPOCH" in str(exc):
             raise LeaseLost(f"run {run_id} is claimed by a newer epoch") from None

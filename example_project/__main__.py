@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
+    # Stopped with SIGTERM (not only Ctrl-C): still stop the worker and the embedded Redis on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     var_dir = Path(os.environ.get("AGENTFLOW_VAR_DIR", ROOT / "var"))
     processes: list[subprocess.Popen[Any]] = []
     try:

@@ -41,6 +41,26 @@ def test_e005_stream_maxlen_whole_number(value):
     assert ids(STREAM_MAXLEN=value) == ["agentflow.E005"]
 
 
+@pytest.mark.parametrize(
+    "key", ["MAX_INPUT_BYTES", "RUNS_PAGE_SIZE", "EVENTS_PAGE_SIZE", "EVENTS_MAX_PAGE_SIZE"]
+)
+@pytest.mark.parametrize("value", [0, 1.5, "10", True])
+def test_e005_api_sizes_whole_numbers(key, value):
+    assert ids(**{key: value}) == ["agentflow.E005"]
+
+
+@pytest.mark.parametrize("key", ["SSE_KEEPALIVE_SECONDS", "SSE_RETRY_SECONDS", "STREAM_IDLE_CHECK_SECONDS"])
+@pytest.mark.parametrize("value", [0, -0.5, "15", None])
+def test_e004_streaming_durations(key, value):
+    assert ids(**{key: value}) == ["agentflow.E004"]
+
+
+@pytest.mark.parametrize("value", [0, 1.5, "10", True])
+def test_e005_subscriber_queue_size(value):
+    assert ids(SUBSCRIBER_QUEUE_SIZE=value) == ["agentflow.E005"]
+    assert ids(SUBSCRIBER_QUEUE_SIZE=1) == []
+
+
 def test_e006_strings():
     assert ids(KEY_PREFIX="") == ["agentflow.E006"]
 
@@ -61,6 +81,11 @@ def test_e009_cache_alias_exists():
 def test_e010_booleans():
     assert ids(ARCHIVE_EVENTS="yes") == ["agentflow.E010"]
     assert ids(PREPARED_STATEMENTS=1) == ["agentflow.E010"]
+
+
+def test_e011_events_page_size_within_the_maximum():
+    assert ids(EVENTS_PAGE_SIZE=50, EVENTS_MAX_PAGE_SIZE=50) == []
+    assert ids(EVENTS_PAGE_SIZE=51, EVENTS_MAX_PAGE_SIZE=50) == ["agentflow.E011"]
 
 
 def test_w001_lease_shorter_than_two_heartbeats():

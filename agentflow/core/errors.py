@@ -56,6 +56,12 @@ class RunTimeout(AgentflowError):
     code = "run_timeout"
 
 
+class RunNotResumable(AgentflowError):
+    """Only a failed or cancelled run can be resumed (``details``: ``{"status": <its status>}``)."""
+
+    code = "not_resumable"
+
+
 class RunFailed(AgentflowError):
     """Raised by ``wait()`` when the awaited run ended failed or cancelled."""
 

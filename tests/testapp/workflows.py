@@ -151,3 +151,6 @@ def asks_retry(tag: str) -> str:
 @workflow
 def retry_request(tag: str) -> str:
     return asks_retry.retry(max_attempts=3)(tag)
+
+
+from . import workflows_api  # noqa: E402, F401  (the REST API tests' workflows, registered on the workers too)

@@ -1,0 +1,108 @@
+"""Resume a failed or cancelled run from its last checkpoint: :func:`resume`.
+
+Resuming starts a new incarnation of the same run: its failed steps are forgotten, so they execute again,
+while its completed steps replay from their checkpoints. The run keeps its id, input, events and completed
+steps; its stream goes on after the earlier terminal event with ``run.started`` (so a client that saw
+``run.failed`` or ``run.cancelled`` subscribes again with that event's id to follow the resumed run).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from . import streams
+from .core import events as ev
+from .core.errors import RunNotResumable
+from .core.serialization import dumps
+from .models import RunStatus, StepRun, StepStatus, WorkflowRun
+
+logger = logging.getLogger("agentflow.runs")
+
+RESUMABLE_STATUSES = (RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+def resume(run: Any) -> WorkflowRun:
+    """Queue a failed or cancelled run again, from its last checkpoint. Returns the run, now ``queued``.
+
+    In one transaction: the run's failed step checkpoints are deleted, its error, output, finish time,
+    cancellation request and recovery count are cleared, and its epoch is bumped (fencing anything a former
+    incarnation still holds). Once that commits, the run's stream is made persistent again (rebuilt from the
+    archive if it expired) and the run is enqueued; the worker that takes it emits ``run.started``.
+    Raises ``RunNotFound``, or ``RunNotResumable`` if the run is not failed or cancelled.
+    """
+    from .runs import get_run
+
+    current = get_run(run)
+    with transaction.atomic():
+        locked = WorkflowRun.objects.select_for_update().get(pk=current.pk)
+        if locked.status not in RESUMABLE_STATUSES:
+            raise RunNotResumable(
+                f"run {locked.pk} is {locked.status}: only a failed or cancelled run can be resumed",
+                details={"status": locked.status},
+            )
+        StepRun.objects.filter(run=locked, status=StepStatus.FAILED).delete()
+        locked.status = RunStatus.QUEUED
+        locked.output = locked.error = locked.finished_at = None
+        locked.cancel_requested = False
+        locked.epoch += 1
+        # A fresh budget for the monitor: the recoveries of the earlier incarnations are not this one's.
+        locked.recoveries = 0
+        # For the monitor, a queued run's heartbeat is when it was last enqueued; without this an old run
+        # would count as "queued but never started" at once and be enqueued twice.
+        locked.heartbeat_at = timezone.now()
+        locked.worker = ""
+        # Unset until this incarnation's events are archived again, which is what the monitor looks for
+        # when it repairs a missing terminal event.
+        locked.last_event_id = ""
+        locked.save(
+            update_fields=[
+                "status", "output", "error", "finished_at", "cancel_requested", "epoch", "recoveries",
+                "heartbeat_at", "worker", "last_event_id",
+            ]
+        )  # fmt: skip
+        run_id, epoch = str(locked.pk), locked.epoch
+        transaction.on_commit(lambda: _reopen_and_enqueue(run_id, epoch))
+    return locked
+
+
+def _reopen_and_enqueue(run_id: str, epoch: int) -> None:
+    from .runs import enqueue
+
+    try:
+        reopen_stream(run_id)
+    except Exception:  # Redis down: the worker cannot claim the run either; the monitor enqueues it again
+        logger.exception("run %s: could not reopen its stream for the resume", run_id)
+    enqueue(run_id, epoch)
+
+
+def reopen_stream(run_id: str) -> None:
+    """Keep a finished run's stream for its next incarnation: cancel its expiry, or rebuild it if it expired.
+
+    A rebuilt stream holds the archived events under their original ids, so ``after=<id>`` keeps working, and
+    its meta hash counts the workflow-level content events already appended, so replaying the workflow body
+    does not append them twice.
+    """
+    from .archive import archived_events
+
+    client = streams.get_client()
+    stream, meta = streams.stream_key(run_id), streams.meta_key(run_id)
+    pipe = client.pipeline(transaction=False)
+    pipe.persist(stream)
+    pipe.persist(meta)
+    pipe.exists(stream)
+    if pipe.execute()[-1]:
+        return
+    events = archived_events(run_id)
+    if not events:
+        return
+    content = sum(1 for e in events if e["step"] is None and e["type"] in ev.CONTENT_TYPES)
+    pipe = client.pipeline(transaction=True)
+    for event in events:
+        pipe.xadd(stream, {"d": dumps({k: v for k, v in event.items() if k != "id"})}, id=event["id"])
+    pipe.hsetnx(meta, "seq", 0)
+    pipe.hsetnx(meta, "wfc", content)
+    pipe.execute()

@@ -1,0 +1,196 @@
+"""Representations of workflows, runs, steps, events and errors in the REST API (read-only: the input of a
+run is the request body itself, validated by the workflow's own schema)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from .access import make_stream_token
+from .core.workflow import Workflow
+from .models import RunStatus, StepRun, StepStatus, WorkflowRun
+
+WEBSOCKET_ROUTE = "agentflow-run-events"
+
+
+def absolute_url(context: dict[str, Any], path: str) -> str:
+    request = context.get("request")
+    return request.build_absolute_uri(path) if request is not None else path
+
+
+@functools.cache
+def _websocket_urlconf() -> type:
+    from . import routing  # imports Channels: only when a websocket URL is wanted
+
+    return type("WebsocketURLConf", (), {"urlpatterns": routing.websocket_urlpatterns})
+
+
+def websocket_url(context: dict[str, Any], run_id: Any) -> str:
+    """``ws(s)://<host>/ws/runs/<id>/``: the route of :mod:`agentflow.routing`, on the request's host."""
+    # Django accepts any object with `urlpatterns` as a URLconf; the stubs say str.
+    urlconf: Any = _websocket_urlconf()
+    path = "/" + reverse(WEBSOCKET_ROUTE, urlconf=urlconf, kwargs={"run_id": run_id}).lstrip("/")
+    request = context.get("request")
+    if request is None:
+        return path
+    scheme = "wss" if request.is_secure() else "ws"
+    return f"{scheme}://{request.get_host()}{path}"
+
+
+class NamedChoiceField(serializers.ChoiceField):
+    """A choice field whose choices are one named enum in the OpenAPI schema (see ``agentflow.openapi``)."""
+
+    def __init__(self, choices: Any, *, enum_name: str, **kwargs: Any) -> None:
+        super().__init__(choices, **kwargs)
+        self.enum_name = enum_name
+
+
+class ErrorSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="Stable, machine-readable error code.")
+    message = serializers.CharField(help_text="What went wrong, for humans.")
+    details = serializers.JSONField(
+        allow_null=True, help_text="More about it: field errors `[{field, code, message}]`, limits..."
+    )
+
+
+class WorkflowUrlsSerializer(serializers.Serializer):
+    self = serializers.URLField()
+    start = serializers.URLField(help_text="POST here to start a run (202).")
+    run = serializers.URLField(help_text="POST here to run synchronously.")
+    runs = serializers.URLField(help_text="This workflow's runs.")
+
+
+class WorkflowSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    description = serializers.CharField()
+    input_schema = serializers.SerializerMethodField(help_text="JSON Schema of a run's input.")
+    output_schema = serializers.SerializerMethodField(help_text="JSON Schema of the output ({}: any).")
+    urls = serializers.SerializerMethodField()
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_input_schema(self, wf: Workflow[Any, Any]) -> dict[str, Any]:
+        return wf.input_schema()
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_output_schema(self, wf: Workflow[Any, Any]) -> dict[str, Any]:
+        return wf.output_schema()
+
+    @extend_schema_field(WorkflowUrlsSerializer)
+    def get_urls(self, wf: Workflow[Any, Any]) -> dict[str, str]:
+        def url(name: str) -> str:
+            return absolute_url(self.context, reverse(f"agentflow:{name}", kwargs={"name": wf.name}))
+
+        runs = absolute_url(self.context, reverse("agentflow:run-list")) + f"?workflow={wf.name}"
+        return {
+            "self": url("workflow-detail"),
+            "start": url("workflow-start"),
+            "run": url("workflow-run"),
+            "runs": runs,
+        }
+
+
+class StepSerializer(serializers.ModelSerializer):
+    status = NamedChoiceField(StepStatus.choices, enum_name="StepStatus", read_only=True)
+    duration_seconds = serializers.FloatField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = StepRun
+        fields = [
+            "step_id", "parent_id", "component", "status", "attempts", "cached",
+            "started_at", "finished_at", "duration_seconds", "error",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class RunUrlsSerializer(serializers.Serializer):
+    self = serializers.URLField()
+    events = serializers.URLField(help_text="History as JSON pages, or live as server-sent events.")
+    websocket = serializers.CharField(help_text="ws:// or wss:// URL of the run's live events.")
+    cancel = serializers.URLField()
+    resume = serializers.URLField()
+    workflow = serializers.URLField()
+
+
+class RunSerializer(serializers.ModelSerializer):
+    """A run without its steps (lists, and the answer to a start)."""
+
+    status = NamedChoiceField(RunStatus.choices, enum_name="RunStatus", read_only=True)
+    owner = serializers.SerializerMethodField(help_text="Username of the user who started the run.")
+    error = serializers.SerializerMethodField(help_text="{type, message, step, ...} of the failure, or null.")
+    duration_seconds = serializers.FloatField(read_only=True, allow_null=True)
+    urls = serializers.SerializerMethodField()
+    stream_token = serializers.SerializerMethodField(
+        help_text="Signed, expiring token that lets its bearer read this run's events (`?token=`)."
+    )
+
+    class Meta:
+        model = WorkflowRun
+        fields = [
+            "id", "workflow", "status", "input", "output", "error", "owner",
+            "created_at", "started_at", "finished_at", "duration_seconds",
+            "epoch", "recoveries", "cancel_requested", "step_count", "usage", "urls", "stream_token",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def get_owner(self, run: WorkflowRun) -> str | None:
+        return run.owner.get_username() if run.owner_id is not None and run.owner else None
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_error(self, run: WorkflowRun) -> dict[str, Any] | None:
+        if not run.error:
+            return None
+        # Tracebacks show server internals: they stay in the admin.
+        return {k: v for k, v in run.error.items() if k != "traceback"}
+
+    @extend_schema_field(RunUrlsSerializer)
+    def get_urls(self, run: WorkflowRun) -> dict[str, str]:
+        def url(route: str, **kwargs: Any) -> str:
+            return absolute_url(
+                self.context, reverse(f"agentflow:{route}", kwargs=kwargs or {"run_id": run.pk})
+            )
+
+        return {
+            "self": url("run-detail"),
+            "events": url("run-events"),
+            "websocket": websocket_url(self.context, run.pk),
+            "cancel": url("run-cancel"),
+            "resume": url("run-resume"),
+            "workflow": url("workflow-detail", name=run.workflow),
+        }
+
+    def get_stream_token(self, run: WorkflowRun) -> str:
+        return make_stream_token(run.pk)
+
+
+class RunDetailSerializer(RunSerializer):
+    """A run with its steps: a flat list in execution order, ``parent_id`` making the tree."""
+
+    steps = StepSerializer(many=True, read_only=True)
+
+    class Meta(RunSerializer.Meta):
+        fields = [*RunSerializer.Meta.fields, "steps"]
+        read_only_fields = fields
+
+
+class EventSerializer(serializers.Serializer):
+    id = serializers.CharField(help_text="The event's Redis stream id, such as 1732390000000-0.")
+    type = serializers.CharField()
+    run = serializers.UUIDField()
+    step = serializers.CharField(allow_null=True)
+    attempt = serializers.IntegerField(allow_null=True)
+    epoch = serializers.IntegerField()
+    ts = serializers.CharField()
+    data = serializers.JSONField()
+
+
+class EventPageSerializer(serializers.Serializer):
+    events = EventSerializer(many=True)
+    last_id = serializers.CharField(
+        allow_null=True, help_text="Pass it back as `?after=` for the next page (null: no event yet)."
+    )
+    has_more = serializers.BooleanField(help_text="Whether more events follow this page right now.")

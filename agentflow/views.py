@@ -1,0 +1,498 @@
+"""The REST API (Django REST framework): workflows, runs, their events, cancel and resume.
+
+Mount it with ``path("api/", include("agentflow.urls"))``; docs/topics/rest-api.md describes every endpoint,
+status and error code. The views read the project's DRF settings (authentication, throttling, renderers) when
+a request comes, not at import, and render every error as ``{"code", "message", "details"}``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import redis
+from django.db import transaction
+from django.db.models import QuerySet
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import generics, status
+from rest_framework.exceptions import NotFound
+from rest_framework.pagination import CursorPagination
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.settings import api_settings
+from rest_framework.views import APIView
+
+from . import archive, runs, sse, streams
+from .access import visible_runs
+from .authentication import IsAuthenticatedOrStreamGrant, StreamGrant, StreamTokenAuthentication
+from .conf import agentflow_settings
+from .core.errors import InvalidInput, RunNotFound, RunTimeout
+from .core.serialization import stable_hash
+from .core.workflow import Workflow, registry
+from .exceptions import (
+    IdempotencyKeyReused,
+    InvalidEventId,
+    InvalidIdempotencyKey,
+    InvalidParameter,
+    RunFinished,
+    StreamUnavailable,
+    exception_handler,
+)
+from .models import RunStatus, WorkflowRun
+from .openapi import WorkflowInputSchema
+from .parsers import JSONParser
+from .resume import resume
+from .serializers import (
+    ErrorSerializer,
+    EventPageSerializer,
+    RunDetailSerializer,
+    RunSerializer,
+    WorkflowSerializer,
+)
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Bad request: `invalid_input` (with field errors), `malformed_json`, `invalid_parameter`, "
+    "`invalid_event_id` or `invalid_idempotency_key`.",
+    401: "`not_authenticated`, `authentication_failed` or `invalid_stream_token`.",
+    403: "`permission_denied` (or `not_authenticated` when no authentication scheme can be named).",
+    404: "`workflow_not_found` or `run_not_found` (also for another user's run).",
+    406: "`not_acceptable`: the Accept header asks for a format this endpoint does not produce.",
+    409: "`run_finished` or `not_resumable`: the run's state does not allow it.",
+    413: "`payload_too_large`: the body is over MAX_INPUT_BYTES.",
+    415: "`unsupported_media_type`: the body must be application/json.",
+    422: "`idempotency_key_reused`: the Idempotency-Key started a run with another input.",
+}
+
+
+def _errors(*codes: int) -> dict[int, Any]:
+    return {code: OpenApiResponse(ErrorSerializer, description=_ERROR_DESCRIPTIONS[code]) for code in codes}
+
+
+class AgentflowAPIView(APIView):
+    """Base of agentflow's views: the project's authentication, throttling and renderers (read per request),
+    authenticated users only, JSON bodies only, and agentflow's error format."""
+
+    permission_classes = [IsAuthenticated]
+    parser_classes = [JSONParser]
+    #: Renderers added after the project's, such as the event stream's.
+    extra_renderer_classes: list[type] = []
+
+    def get_authenticators(self) -> list[Any]:
+        return [auth() for auth in api_settings.DEFAULT_AUTHENTICATION_CLASSES]
+
+    def get_throttles(self) -> list[Any]:
+        return [throttle() for throttle in api_settings.DEFAULT_THROTTLE_CLASSES]
+
+    def get_renderers(self) -> list[Any]:
+        return [
+            renderer() for renderer in [*api_settings.DEFAULT_RENDERER_CLASSES, *self.extra_renderer_classes]
+        ]
+
+    def get_exception_handler(self) -> Any:
+        return exception_handler
+
+    def get_authenticate_header(self, request: Request) -> str | None:
+        # DRF asks the first authenticator only, and answers 403 instead of 401 when that one (typically
+        # SessionAuthentication) names no scheme; any configured scheme that has a name will do.
+        for authenticator in self.get_authenticators():
+            header = authenticator.authenticate_header(request)
+            if header:
+                return str(header)
+        return None
+
+    def wants_event_stream(self, request: Request) -> bool:
+        return isinstance(getattr(request, "accepted_renderer", None), sse.EventStreamRenderer)
+
+
+def get_visible_run(request: Request, run_id: str) -> WorkflowRun:
+    """The run, if the request may see it; else ``RunNotFound`` (also for another user's run: a 404 never
+    tells whether a run exists)."""
+    try:
+        pk = uuid.UUID(str(run_id))
+    except ValueError:
+        raise RunNotFound(f"no run has id {str(run_id)[:100]!r}") from None
+    if isinstance(request.auth, StreamGrant):
+        queryset = (
+            WorkflowRun.objects.filter(pk=pk)
+            if request.auth.run_id == str(pk)
+            else WorkflowRun.objects.none()
+        )
+    else:
+        queryset = visible_runs(request.user).filter(pk=pk)
+    run = queryset.select_related("owner").first()
+    if run is None:
+        raise RunNotFound(f"no run has id {str(run_id)[:100]!r}")
+    return run
+
+
+def event_id_param(value: str | None, field: str) -> str | None:
+    if not value:
+        return None
+    try:
+        # ASCII only: str.isdigit() takes other scripts' digits too, which Redis would not.
+        parts = streams.split_id(value) if value.isascii() else None
+    except ValueError:
+        parts = None
+    if parts is None or max(parts) >= 2**64:
+        raise InvalidEventId(field, value)
+    return value
+
+
+def int_param(request: Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
+        raise InvalidParameter(name, f"must be a whole number from 1 to {maximum}", kind="range")
+    return int(raw)
+
+
+# -- workflows -------------------------------------------------------------------------------------------------
+
+
+class WorkflowListView(AgentflowAPIView):
+    @extend_schema(responses={200: WorkflowSerializer(many=True), **_errors(401, 403)})
+    def get(self, request: Request) -> Response:
+        """The registered workflows, by name."""
+        data = WorkflowSerializer(registry.all(), many=True, context={"request": request}).data
+        return Response(data)
+
+
+class WorkflowDetailView(AgentflowAPIView):
+    @extend_schema(responses={200: WorkflowSerializer, **_errors(401, 403, 404)})
+    def get(self, request: Request, name: str) -> Response:
+        """One workflow: its description and the JSON Schemas of its input and output."""
+        return Response(WorkflowSerializer(registry.get(name), context={"request": request}).data)
+
+
+class StartRunMixin:
+    """Validating the body and the ``Idempotency-Key``, and starting the run."""
+
+    def start_run(self, request: Request, name: str) -> tuple[WorkflowRun, bool]:
+        """Returns ``(run, replayed)``: ``replayed`` when the key named a run started earlier."""
+        wf = registry.get(name)
+        data = request.data
+        if not isinstance(data, dict):
+            raise InvalidInput(
+                f"the input of workflow {wf.name!r} must be a JSON object, not {_json_type(data)}",
+                details=[{"field": "", "code": "object_type", "message": "Input should be an object"}],
+            )
+        key = self.idempotency_key(request)
+        earlier = self.earlier_run(request, wf, data, key) if key else None
+        if earlier is not None:
+            return earlier, True
+        return runs.start(wf, data, owner=request.user, idempotency_key=key), False
+
+    @staticmethod
+    def idempotency_key(request: Request) -> str | None:
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is None:
+            return None
+        if not 0 < len(key) <= 255:
+            raise InvalidIdempotencyKey()
+        return key
+
+    @staticmethod
+    def earlier_run(
+        request: Request, wf: Workflow[Any, Any], data: dict[str, Any], key: str
+    ) -> WorkflowRun | None:
+        earlier = (
+            WorkflowRun.objects.filter(workflow=wf.name, owner_id=request.user.pk, idempotency_key=key)
+            .select_related("owner")
+            .first()
+        )
+        if earlier is None:
+            return None
+        if stable_hash(earlier.input) != stable_hash(wf.validate_input(data)):
+            raise IdempotencyKeyReused(
+                f"Idempotency-Key {key!r} started run {earlier.pk} with a different input.",
+                details={"run": str(earlier.pk)},
+            )
+        return earlier
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+_START_PARAMETERS = [
+    OpenApiParameter(
+        IDEMPOTENCY_HEADER,
+        str,
+        OpenApiParameter.HEADER,
+        description="Up to 255 characters. The same key, user and workflow give back the run started first.",
+    )
+]
+
+
+class WorkflowRunsView(StartRunMixin, AgentflowAPIView):
+    schema = WorkflowInputSchema()
+
+    @extend_schema(
+        parameters=_START_PARAMETERS,
+        responses={
+            202: RunSerializer,
+            200: OpenApiResponse(
+                RunSerializer, description="Idempotency-Key replay: the run started earlier."
+            ),
+            **_errors(400, 401, 403, 404, 413, 415, 422),
+        },
+    )
+    def post(self, request: Request, name: str) -> Response:
+        """Start a run of the workflow; the body is its input. Answers at once (202) with the queued run."""
+        run, replayed = self.start_run(request, name)
+        data = RunSerializer(run, context={"request": request}).data
+        headers = {"Location": data["urls"]["self"]}
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return Response(
+            data, status=status.HTTP_200_OK if replayed else status.HTTP_202_ACCEPTED, headers=headers
+        )
+
+
+class WorkflowRunView(StartRunMixin, AgentflowAPIView):
+    schema = WorkflowInputSchema()
+    extra_renderer_classes = [sse.EventStreamRenderer]
+
+    @classmethod
+    def as_view(cls, **initkwargs: Any) -> Any:
+        # Waiting for the run inside ATOMIC_REQUESTS' transaction would wait for ever: the run is enqueued
+        # when the transaction that recorded it commits.
+        return transaction.non_atomic_requests(super().as_view(**initkwargs))
+
+    @extend_schema(
+        parameters=[
+            *_START_PARAMETERS,
+            OpenApiParameter(
+                "timeout",
+                float,
+                description="Seconds to wait for the run to finish, at most WAIT_TIMEOUT_SECONDS (its default).",
+            ),
+        ],
+        responses={
+            (200, "application/json"): OpenApiResponse(
+                RunDetailSerializer, description="The run finished: completed, failed or cancelled."
+            ),
+            (202, "application/json"): OpenApiResponse(
+                RunDetailSerializer, description="Still running after the time-out: the run as it is now."
+            ),
+            (200, "text/event-stream"): OpenApiResponse(
+                OpenApiTypes.STR, description="The run's events as server-sent events, until it ends."
+            ),
+            **_errors(400, 401, 403, 404, 406, 413, 415, 422),
+        },
+    )
+    def post(self, request: Request, name: str) -> Any:
+        """Run the workflow and answer when it ends (or stream its events with `Accept: text/event-stream`).
+
+        A run that fails is not an error of the request: the answer is 200 with the failed run and its error.
+        """
+        wants_stream = self.wants_event_stream(request)
+        limit = agentflow_settings.wait_timeout_seconds
+        timeout = limit if wants_stream else _timeout_param(request, limit)
+        run, _replayed = self.start_run(request, name)
+        if wants_stream:
+            return sse.event_stream_response(str(run.pk), None)
+        try:
+            finished = runs.wait(run, timeout_seconds=timeout, raise_on_failure=False)
+        except RunTimeout:
+            current = WorkflowRun.objects.select_related("owner").get(pk=run.pk)
+            data = RunDetailSerializer(current, context={"request": request}).data
+            return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["urls"]["self"]})
+        return Response(RunDetailSerializer(finished, context={"request": request}).data)
+
+
+def _timeout_param(request: Request, limit: float) -> float:
+    raw = request.query_params.get("timeout")
+    if raw is None or raw == "":
+        return limit
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise InvalidParameter("timeout", "must be a number of seconds greater than 0", kind="range")
+    return min(value, limit)
+
+
+# -- runs ------------------------------------------------------------------------------------------------------
+
+
+class RunPagination(CursorPagination):
+    """Newest first; ``RUNS_PAGE_SIZE`` per page. A cursor that is not ours is a 400, not DRF's 404."""
+
+    ordering = ("-created_at", "-id")
+
+    def get_page_size(self, request: Request) -> int:
+        return int(agentflow_settings.runs_page_size)
+
+    def decode_cursor(self, request: Request) -> Any:
+        try:
+            return super().decode_cursor(request)
+        except NotFound:
+            raise InvalidParameter("cursor", "is not a cursor this API gave", kind="cursor") from None
+
+
+class RunListView(AgentflowAPIView, generics.ListAPIView):
+    serializer_class = RunSerializer
+    pagination_class = RunPagination
+    filter_backends: list[Any] = []
+
+    def get_queryset(self) -> QuerySet[WorkflowRun]:
+        queryset = visible_runs(self.request.user).select_related("owner")
+        workflow = self.request.query_params.get("workflow")
+        if workflow:
+            queryset = queryset.filter(workflow=workflow)
+        wanted = self.request.query_params.get("status")
+        if wanted:
+            statuses = [s.strip() for s in wanted.split(",") if s.strip()]
+            unknown = [s for s in statuses if s not in RunStatus.values]
+            if unknown or not statuses:
+                raise InvalidParameter(
+                    "status",
+                    f"unknown status {', '.join(unknown)!r}: use {', '.join(RunStatus.values)}",
+                    kind="invalid_choice",
+                )
+            queryset = queryset.filter(status__in=statuses)
+        return queryset
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("workflow", str, description="Only the runs of this workflow."),
+            OpenApiParameter(
+                "status",
+                str,
+                description=f"Only runs in this status; several separated by commas. One of {', '.join(RunStatus.values)}.",
+            ),
+        ],
+        responses={200: RunSerializer(many=True), **_errors(400, 401, 403)},
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """The runs you may see (yours; staff: all), newest first, a page at a time."""
+        return super().get(request, *args, **kwargs)
+
+
+class RunDetailView(AgentflowAPIView):
+    @extend_schema(responses={200: RunDetailSerializer, **_errors(401, 403, 404)})
+    def get(self, request: Request, run_id: str) -> Response:
+        """One run: status, input, output, error, timings, usage and its steps."""
+        run = get_visible_run(request, run_id)
+        return Response(RunDetailSerializer(run, context={"request": request}).data)
+
+
+class RunEventsView(AgentflowAPIView):
+    permission_classes = [IsAuthenticatedOrStreamGrant]
+    extra_renderer_classes = [sse.EventStreamRenderer]
+
+    def get_authenticators(self) -> list[Any]:
+        # The stream token works here and nowhere else.
+        return [StreamTokenAuthentication(), *super().get_authenticators()]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "after", str, description="Only events after this event id (e.g. 1732390000000-0)."
+            ),
+            OpenApiParameter("limit", int, description="Events per page, 1 to EVENTS_MAX_PAGE_SIZE."),
+            OpenApiParameter(
+                "Last-Event-ID",
+                str,
+                OpenApiParameter.HEADER,
+                description="Event stream only: resume after this id (wins over `after`).",
+            ),
+        ],
+        responses={
+            (200, "application/json"): EventPageSerializer,
+            (200, "text/event-stream"): OpenApiResponse(
+                OpenApiTypes.STR,
+                description="Replay after `after`, then the live events, until the run ends.",
+            ),
+            (204, "text/event-stream"): OpenApiResponse(
+                description="The run ended and nothing follows `after`."
+            ),
+            **_errors(400, 401, 403, 404, 406),
+        },
+    )
+    def get(self, request: Request, run_id: str) -> Any:
+        """The run's events: a page of its history, or with `Accept: text/event-stream` replay then live."""
+        run = get_visible_run(request, run_id)
+        if self.wants_event_stream(request):
+            # An EventSource reconnects with the URL it started with and Last-Event-ID: the header is newer.
+            header = request.headers.get("Last-Event-ID")
+            after = event_id_param(header, "Last-Event-ID") if header else None
+            after = after or event_id_param(request.query_params.get("after"), "after")
+            if sse.stream_is_over(run, after):
+                # Ends an EventSource's reconnecting; a plain response, so no renderer writes a body.
+                return HttpResponse(status=status.HTTP_204_NO_CONTENT)
+            return sse.event_stream_response(str(run.pk), after)
+
+        after = event_id_param(request.query_params.get("after"), "after")
+        limit = int_param(
+            request, "limit", agentflow_settings.events_page_size, agentflow_settings.events_max_page_size
+        )
+        events = self.history(run, after, limit + 1)
+        has_more = len(events) > limit
+        events = events[:limit]
+        last_id = events[-1]["id"] if events else after
+        return Response({"events": events, "last_id": last_id, "has_more": has_more})
+
+    @staticmethod
+    def history(run: WorkflowRun, after: str | None, limit: int) -> list[dict[str, Any]]:
+        try:
+            return archive.history(str(run.pk), after=after, limit=limit)
+        except redis.RedisError:
+            if run.is_finished and run.last_event_id:  # archived: the DB has every event
+                return archive.archived_events(str(run.pk), after=after, limit=limit)
+            raise StreamUnavailable() from None
+
+
+class RunCancelView(AgentflowAPIView):
+    @extend_schema(
+        request=None,
+        responses={
+            202: OpenApiResponse(
+                RunDetailSerializer,
+                description="Cancellation requested: the run stops at its next step boundary.",
+            ),
+            200: OpenApiResponse(RunDetailSerializer, description="The run was queued and is now cancelled."),
+            **_errors(401, 403, 404, 409),
+        },
+    )
+    def post(self, request: Request, run_id: str) -> Response:
+        """Cancel the run. A queued run is cancelled at once; a running one at its next step boundary."""
+        run = get_visible_run(request, run_id)
+        if run.is_finished:
+            raise RunFinished(f"run {run.pk} is {run.status} already", details={"status": run.status})
+        cancelled = runs.cancel(run)
+        if not cancelled.cancel_requested:  # it finished between the two reads
+            raise RunFinished(
+                f"run {run.pk} is {cancelled.status} already", details={"status": cancelled.status}
+            )
+        cancelled.owner = run.owner
+        code = status.HTTP_200_OK if cancelled.is_finished else status.HTTP_202_ACCEPTED
+        return Response(RunDetailSerializer(cancelled, context={"request": request}).data, status=code)
+
+
+class RunResumeView(AgentflowAPIView):
+    @extend_schema(
+        request=None,
+        responses={
+            202: OpenApiResponse(RunDetailSerializer, description="The run is queued again."),
+            **_errors(401, 403, 404, 409),
+        },
+    )
+    def post(self, request: Request, run_id: str) -> Response:
+        """Resume a failed or cancelled run from its last checkpoint: failed steps run again, completed ones
+        replay."""
+        run = get_visible_run(request, run_id)
+        resumed = resume(run)
+        resumed.owner = run.owner
+        data = RunDetailSerializer(resumed, context={"request": request}).data
+        return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["urls"]["self"]})

@@ -1,0 +1,73 @@
+"""Fixtures of the REST API tests: users, API clients, and runs recorded straight in the database."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.urls import reverse
+from rest_framework.test import APIClient
+
+from agentflow.models import WorkflowRun
+
+
+# Users without passwords (hashing one is slow); session tests log in with force_login, which makes a real
+# session cookie.
+@pytest.fixture
+def alice(db: None) -> User:
+    return User.objects.create_user("alice")
+
+
+@pytest.fixture
+def bob(db: None) -> User:
+    return User.objects.create_user("bob")
+
+
+@pytest.fixture
+def staff(db: None) -> User:
+    return User.objects.create_user("root", is_staff=True)
+
+
+@pytest.fixture
+def client_for() -> Callable[[User | None], APIClient]:
+    def make(user: User | None) -> APIClient:
+        client = APIClient()
+        if user is not None:
+            client.force_authenticate(user)
+        return client
+
+    return make
+
+
+@pytest.fixture
+def api(client_for: Callable[[User | None], APIClient], alice: User) -> APIClient:
+    """Alice's client."""
+    return client_for(alice)
+
+
+@pytest.fixture
+def anonymous() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def make_run(db: None) -> Callable[..., WorkflowRun]:
+    def make(owner: User | None, workflow: str = "api-echo", **fields: Any) -> WorkflowRun:
+        fields.setdefault("input", {"text": "hi", "times": 1, "labels": None})
+        return WorkflowRun.objects.create(workflow=workflow, owner=owner, **fields)
+
+    return make
+
+
+def url(name: str, *args: Any) -> str:
+    return reverse(f"agentflow:{name}", args=args)
+
+
+def start_url(workflow: str) -> str:
+    return url("workflow-start", workflow)
+
+
+def run_url(workflow: str) -> str:
+    return url("workflow-run", workflow)

@@ -1,0 +1,122 @@
+"""Server-sent events from agentflow.sse.event_stream_response, served by a real uvicorn process: frames,
+headers, keep-alives, and reconnection with Last-Event-ID."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import httpx
+import pytest
+
+import agentflow
+from agentflow import streams
+from agentflow.access import make_stream_token
+from agentflow.core import events as ev
+from agentflow.models import RunStatus, WorkflowRun
+from tests.conftest import wait_for
+from tests.streaming.conftest import sse_frames
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+TIMEOUT = httpx.Timeout(10.0)
+
+
+def url(server, run_id) -> str:
+    return f"{server.http}/runs/{run_id}/events/"
+
+
+def test_last_event_id_reconnections_rebuild_the_exact_history(asgi_server, shared_worker):
+    run = agentflow.start("slow", {"tag": uuid.uuid4().hex, "steps": 8, "delay_seconds": 0.15})
+    params = {"token": make_stream_token(run.pk)}
+    received: list[dict] = []
+    connections, ended = 0, False
+    with httpx.Client(timeout=TIMEOUT) as client:
+        while not ended:
+            headers = {"Accept": "text/event-stream"}
+            if received:
+                headers["Last-Event-ID"] = received[-1]["id"]
+            with client.stream("GET", url(asgi_server, run.pk), params=params, headers=headers) as response:
+                assert response.status_code == 200
+                assert response.headers["content-type"].startswith("text/event-stream")
+                assert response.headers["cache-control"] == "no-cache"
+                assert response.headers["x-accel-buffering"] == "no"
+                connections += 1
+                frames = sse_frames(response)
+                assert next(frames).retry == 500  # SSE_RETRY_SECONDS of the test server
+                taken = 0
+                for frame in frames:
+                    if frame.data is None:
+                        continue  # a keep-alive
+                    event = json.loads(frame.data)
+                    assert frame.id == event["id"] and frame.event == event["type"]
+                    received.append(event)
+                    taken += 1
+                    if taken == 3:
+                        break  # drop the connection mid-run
+                else:
+                    ended = True  # the server closed the stream after the terminal event
+            assert connections < 100
+    assert received == streams.read_events(str(run.pk))
+    assert received[-1]["type"] == ev.RUN_COMPLETED
+    assert connections >= 8
+
+    # Reconnecting after the end: 204, which tells EventSource to stop reconnecting.
+    wait_for(lambda: WorkflowRun.objects.get(pk=run.pk).last_event_id, 10, "the archive")
+    response = httpx.get(
+        url(asgi_server, run.pk),
+        params=params,
+        headers={"Last-Event-ID": received[-1]["id"]},
+        timeout=TIMEOUT,
+    )
+    assert response.status_code == 204
+
+
+def test_keep_alive_comments_while_idle(asgi_server):
+    run = WorkflowRun.objects.create(workflow="slow")  # queued, nothing appended: an idle stream
+    comments = 0
+    with httpx.stream(
+        "GET", url(asgi_server, run.pk), params={"token": make_stream_token(run.pk)}, timeout=TIMEOUT
+    ) as response:
+        for frame in sse_frames(response):
+            assert frame.data is None
+            comments += frame.comments.count("keep-alive")
+            if comments == 3:
+                break
+    assert comments == 3
+
+
+def test_after_query_parameter_and_the_archive(asgi_server):
+    """``?after=`` works like Last-Event-ID, and a finished run without a stream is served from the archive."""
+    run = WorkflowRun.objects.create(workflow="slow", status=RunStatus.RUNNING)
+    run_id = str(run.pk)
+    ids = [
+        streams.announce(run_id, ev.envelope(t, run_id, step=None, attempt=None, epoch=1, data={"n": n}))
+        for n, t in enumerate([ev.RUN_QUEUED, ev.RUN_STARTED, ev.STATUS, ev.OUTPUT, ev.RUN_COMPLETED])
+    ]
+    from agentflow.archive import archive_events
+
+    archive_events(run_id)
+    streams.get_client().delete(streams.stream_key(run_id))
+    WorkflowRun.objects.filter(pk=run.pk).update(status=RunStatus.COMPLETED, last_event_id=ids[-1])
+
+    with httpx.stream(
+        "GET",
+        url(asgi_server, run_id),
+        params={"token": make_stream_token(run_id), "after": ids[1]},
+        timeout=TIMEOUT,
+    ) as response:
+        events = [json.loads(f.data) for f in sse_frames(response) if f.data is not None]
+    assert [e["id"] for e in events] == ids[2:]
+    assert [e["data"]["n"] for e in events] == [2, 3, 4]
+
+
+def test_malformed_last_event_id_is_a_400(asgi_server):
+    run = WorkflowRun.objects.create(workflow="slow")
+    response = httpx.get(
+        url(asgi_server, run.pk),
+        params={"token": make_stream_token(run.pk)},
+        headers={"Last-Event-ID": "not-an-id"},
+        timeout=TIMEOUT,
+    )
+    assert response.status_code == 400
