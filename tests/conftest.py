@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -48,6 +49,84 @@ def _clean_redis() -> Iterator[None]:
     with contextlib.suppress(redis.ConnectionError):
         client.flushdb()
     yield
+
+
+class AsgiServer:
+    """``uvicorn tests.asgi:application`` in its own process group, on a socket bound here (no port race),
+    against the test database. Tests using it need ``transactional_db``: the server sees committed rows."""
+
+    def __init__(self, db_name: str, settings_module: str, ready_path: str) -> None:
+        self.log: list[str] = []
+        self.ready_path = ready_path
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(512)
+        self.port = sock.getsockname()[1]
+        self.http = f"http://127.0.0.1:{self.port}"
+        self.ws = f"ws://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "DJANGO_SETTINGS_MODULE": settings_module,
+            "PGDATABASE": db_name,
+            "PYTHONUNBUFFERED": "1",
+        }
+        cmd = [
+            sys.executable, "-m", "uvicorn", "tests.asgi:application", "--fd", str(sock.fileno()),
+            "--lifespan", "off", "--no-access-log", "--log-level", "warning", "--timeout-graceful-shutdown", "2",
+        ]  # fmt: skip
+        try:
+            self.process = subprocess.Popen(
+                cmd,
+                cwd=ROOT,
+                env=env,
+                pass_fds=(sock.fileno(),),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        finally:
+            sock.close()  # the server has its own copy
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.log.append(line)
+
+    def wait_ready(self, timeout_seconds: float = 30) -> AsgiServer:
+        import httpx
+
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError("the ASGI server exited:\n" + "".join(self.log[-40:]))
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.http}{self.ready_path}", timeout=2).status_code == 200:
+                    return self
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the ASGI server did not answer:\n" + "".join(self.log[-40:]))
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self._reader.join(timeout=5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 class Worker:

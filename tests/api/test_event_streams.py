@@ -3,14 +3,7 @@ streamed as it runs, and a run's events followed with the stream token and resum
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +15,7 @@ from rest_framework.authtoken.models import Token
 
 from agentflow import streams
 from agentflow.models import WorkflowRun
-from tests.conftest import ROOT, wait_for
+from tests.conftest import AsgiServer, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -35,75 +28,11 @@ THREE_STEPS = [
 ]  # fmt: skip
 
 
-class Server:
-    """``uvicorn tests.asgi:application`` with tests.api.settings, on a socket bound here (no port race)."""
-
-    def __init__(self, db_name: str) -> None:
-        self.log: list[str] = []
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(128)
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        env = {
-            **os.environ,
-            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-            "DJANGO_SETTINGS_MODULE": "tests.api.settings",
-            "PGDATABASE": db_name,
-            "PYTHONUNBUFFERED": "1",
-        }
-        cmd = [
-            sys.executable, "-m", "uvicorn", "tests.asgi:application", "--fd", str(sock.fileno()),
-            "--lifespan", "off", "--no-access-log", "--log-level", "warning", "--timeout-graceful-shutdown", "2",
-        ]  # fmt: skip
-        try:
-            self.process = subprocess.Popen(
-                cmd,
-                cwd=ROOT,
-                env=env,
-                pass_fds=(sock.fileno(),),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
-            )
-        finally:
-            sock.close()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.log.append(line)
-
-    def wait_ready(self, timeout_seconds: float = 30) -> Server:
-        deadline = time.monotonic() + timeout_seconds
-        while self.process.poll() is None and time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/api/schema/", timeout=5).status_code == 200:
-                    return self
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("the ASGI server did not start:\n" + "".join(self.log[-40:]))
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self._reader.join(timeout=5)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-
-
 @pytest.fixture(scope="module")
-def server(django_db_setup: None, redis_client) -> Iterator[Server]:
+def server(django_db_setup: None, redis_client) -> Iterator[AsgiServer]:
     from django.db import connection
 
-    server = Server(connection.settings_dict["NAME"])
+    server = AsgiServer(connection.settings_dict["NAME"], "tests.api.settings", "/api/schema/")
     try:
         yield server.wait_ready()
     finally:
@@ -111,7 +40,7 @@ def server(django_db_setup: None, redis_client) -> Iterator[Server]:
 
 
 @pytest.fixture(autouse=True)
-def _no_server_errors(server: Server, shared_worker) -> Iterator[None]:
+def _no_server_errors(server: AsgiServer, shared_worker) -> Iterator[None]:
     start = len(server.log)
     yield
     time.sleep(0.05)
@@ -149,7 +78,7 @@ def test_a_synchronous_run_streamed(server, auth):
     with (
         httpx.Client(timeout=TIMEOUT) as client,
         client.stream(
-            "POST", f"{server.url}/api/workflows/three-steps/run/", json={"tag": t}, headers={**SSE, **auth}
+            "POST", f"{server.http}/api/workflows/three-steps/run/", json={"tag": t}, headers={**SSE, **auth}
         ) as response,
     ):
         assert response.status_code == 200
@@ -164,7 +93,7 @@ def test_a_synchronous_run_streamed(server, auth):
 def test_following_a_run_with_its_stream_token_and_last_event_id(server, auth):
     with httpx.Client(timeout=TIMEOUT) as client:
         started = client.post(
-            f"{server.url}/api/workflows/slow/runs/",
+            f"{server.http}/api/workflows/slow/runs/",
             json={"tag": uuid.uuid4().hex, "steps": 6, "delay_seconds": 0.1},
             headers=auth,
         )

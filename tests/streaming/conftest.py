@@ -9,12 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,81 +22,14 @@ import redis
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import ROOT
+from tests.conftest import AsgiServer
 
 
-class Server:
-    """``uvicorn tests.asgi:application`` in its own process group."""
+class Server(AsgiServer):
+    """The streaming tests' server (tests.streaming.settings), with clients for it."""
 
     def __init__(self, db_name: str) -> None:
-        self.log: list[str] = []
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(512)
-        self.port = sock.getsockname()[1]
-        env = {
-            **os.environ,
-            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-            "DJANGO_SETTINGS_MODULE": "tests.streaming.settings",
-            "PGDATABASE": db_name,
-            "PYTHONUNBUFFERED": "1",
-        }
-        cmd = [
-            sys.executable, "-m", "uvicorn", "tests.asgi:application", "--fd", str(sock.fileno()),
-            "--lifespan", "off", "--no-access-log", "--log-level", "warning", "--timeout-graceful-shutdown", "2",
-        ]  # fmt: skip
-        try:
-            self.process = subprocess.Popen(
-                cmd,
-                cwd=ROOT,
-                env=env,
-                pass_fds=(sock.fileno(),),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
-            )
-        finally:
-            sock.close()  # the server has its own copy
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.http = f"http://127.0.0.1:{self.port}"
-        self.ws = f"ws://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.log.append(line)
-
-    def wait_ready(self, timeout_seconds: float = 30) -> Server:
-        deadline = time.monotonic() + timeout_seconds
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError("the ASGI server exited:\n" + "".join(self.log[-40:]))
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.http}/health/", timeout=2).status_code == 200:
-                    return self
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the ASGI server did not answer:\n" + "".join(self.log[-40:]))
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self._reader.join(timeout=5)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        super().__init__(db_name, "tests.streaming.settings", "/health/")
 
     def hub_connections(self, redis_client: redis.Redis) -> dict[str, int]:
         """The server's hub connections to Redis by role (``reader``, ``pool``), from ``CLIENT LIST``."""
