@@ -7,7 +7,7 @@ imported lazily.
 
 from typing import Any
 
-from .core.api import current_step, map, publish, status, stream_output
+from .core.api import current_step, map, publish, sleep, status, stream_output
 from .core.component import Component, component
 from .core.errors import (
     AgentflowError,
@@ -21,6 +21,7 @@ from .core.errors import (
     RunInterrupted,
     RunNotFound,
     RunNotResumable,
+    RunSuspended,
     RunTimeout,
     SerializationError,
     StepFailed,
@@ -47,6 +48,7 @@ __all__ = [
     "RunInterrupted",
     "RunNotFound",
     "RunNotResumable",
+    "RunSuspended",
     "RunTimeout",
     "SerializationError",
     "StepFailed",
@@ -62,6 +64,7 @@ __all__ = [
     "publish",
     "registry",
     "resume",
+    "sleep",
     "start",
     "status",
     "stream_output",

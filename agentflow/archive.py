@@ -1,4 +1,8 @@
-"""A finished run's events, copied from its Redis stream into the DB so history outlives the stream."""
+"""A run's events, copied from its Redis stream into the DB so history outlives the stream.
+
+A worker copies them as the run goes (``streams._Archiver``) and the whole stream once the run ended
+(``archive_events``); every copy is idempotent (the Redis id is unique per run).
+"""
 
 from __future__ import annotations
 
@@ -6,28 +10,43 @@ import uuid
 from typing import Any
 
 from django.db import connection
+from django.db.models import Q
 
 from . import streams
+from .core import events as ev
 from .models import RunEvent
 
 
-def archive_events(run_id: str, batch_size: int = 1000) -> int:
-    """Copy every event of the run's stream into ``RunEvent`` (idempotent). Returns how many were read."""
+def archive_events(
+    run_id: str, batch_size: int = 1000, *, after: str | None = None, before: str | None = None
+) -> int:
+    """Copy the events of the run's stream (all, or those between ids ``after`` and ``before``, both
+    excluded) into ``RunEvent`` (idempotent). Returns how many were read."""
     client, key = streams.get_client(), streams.stream_key(run_id)
-    total, start = 0, "-"
+    total, start, end = 0, f"({after}" if after else "-", f"({before}" if before else "+"
     while True:
-        entries: Any = client.xrange(key, min=start, max="+", count=batch_size)
+        entries: Any = client.xrange(key, min=start, max=end, count=batch_size)
         if not entries:
             return total
-        if connection.vendor == "postgresql":
-            _insert_postgresql(run_id, entries)
-        else:
-            rows = [_row(run_id, streams.parse_entry(entry_id, fields)) for entry_id, fields in entries]
-            RunEvent.objects.bulk_create(rows, ignore_conflicts=True)
+        store_entries(run_id, entries)
         total += len(entries)
         if len(entries) < batch_size:
             return total
         start = f"({entries[-1][0]}"
+
+
+def last_archived_id(run_id: str) -> str | None:
+    row = RunEvent.objects.filter(run__pk=run_id).order_by("-stream_ms", "-stream_seq").first()
+    return row.stream_id if row else None
+
+
+def store_entries(run_id: str, entries: list[tuple[str, dict[str, str]]]) -> None:
+    """Insert stream entries ``(id, {"d": json})`` into ``RunEvent``, skipping those already there."""
+    if connection.vendor == "postgresql":
+        _insert_postgresql(run_id, entries)
+    else:
+        rows = [_row(run_id, streams.parse_entry(entry_id, fields)) for entry_id, fields in entries]
+        RunEvent.objects.bulk_create(rows, ignore_conflicts=True)
 
 
 def _insert_postgresql(run_id: str, entries: list[tuple[str, dict[str, str]]]) -> None:
@@ -65,22 +84,40 @@ def _row(run_id: str, event: dict[str, Any]) -> RunEvent:
     )
 
 
-def archived_events(run_id: str, after: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-    """Archived events after id ``after``, oldest first."""
+def archived_events(
+    run_id: str, after: str | None = None, limit: int | None = None, *, before: str | None = None
+) -> list[dict[str, Any]]:
+    """Archived events after id ``after`` (and before id ``before``), oldest first."""
     qs = RunEvent.objects.filter(run__pk=run_id).order_by("stream_ms", "stream_seq")
     if after:
         ms, seq = streams.split_id(after)
-        from django.db.models import Q
-
         qs = qs.filter(Q(stream_ms__gt=ms) | Q(stream_ms=ms, stream_seq__gt=seq))
+    if before:
+        ms, seq = streams.split_id(before)
+        qs = qs.filter(Q(stream_ms__lt=ms) | Q(stream_ms=ms, stream_seq__lt=seq))
     if limit is not None:
         qs = qs[:limit]
     return [row.as_event() for row in qs]
 
 
 def history(run_id: str, after: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-    """A run's events after ``after``: from the stream while it exists, else from the archive."""
-    events = streams.read_events(run_id, after=after, count=limit)
-    if events or streams.get_client().exists(streams.stream_key(run_id)):
+    """A run's events after ``after``: from the stream while it exists, else from the archive.
+
+    A stream that does not start with the run's first event (``run.queued``) lost its older events (Redis
+    restarted without persistence, or the stream was trimmed): those come from the archive, which the worker
+    fills as the run goes.
+    """
+    client, key = streams.get_client(), streams.stream_key(run_id)
+    pipe = client.pipeline(transaction=False)
+    pipe.xrange(key, min=f"({after}" if after else "-", max="+", count=limit)
+    pipe.xrange(key, min="-", max="+", count=1)
+    entries, head = pipe.execute()
+    events = [streams.parse_entry(entry_id, fields) for entry_id, fields in entries]
+    if not head:
+        return archived_events(run_id, after=after, limit=limit)
+    first = streams.parse_entry(*head[0])
+    if first["type"] == ev.RUN_QUEUED or (after and streams.split_id(after) >= streams.split_id(first["id"])):
         return events
-    return archived_events(run_id, after=after, limit=limit)
+    older = archived_events(run_id, after=after, limit=limit, before=first["id"])
+    merged = older + events
+    return merged if limit is None else merged[:limit]

@@ -15,6 +15,9 @@ _POSITIVE_NUMBERS = (
     "HEARTBEAT_INTERVAL_SECONDS",
     "LEASE_SECONDS",
     "QUEUED_TIMEOUT_SECONDS",
+    "SLICE_SECONDS",
+    "SUSPEND_THRESHOLD_SECONDS",
+    "DRAIN_SECONDS",
     "WAIT_TIMEOUT_SECONDS",
     "STREAM_TOKEN_TTL_SECONDS",
     "SSE_KEEPALIVE_SECONDS",
@@ -102,6 +105,21 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 "AGENTFLOW['EVENTS_PAGE_SIZE'] is greater than EVENTS_MAX_PAGE_SIZE.",
                 hint="The default page of a run's events cannot be larger than the largest page allowed.",
                 id="agentflow.E011",
+            )
+        )
+    for key in ("RETENTION_DAYS", "EVENT_RETENTION_DAYS"):
+        value = merged[key]
+        if value is not None and (not _is_number(value) or value <= 0):
+            errors.append(
+                Error(f"AGENTFLOW[{key!r}] must be None or a positive number of days.", id="agentflow.E012")
+            )
+    keep_runs, keep_events = merged["RETENTION_DAYS"], merged["EVENT_RETENTION_DAYS"]
+    if _is_number(keep_runs) and _is_number(keep_events) and keep_events > keep_runs:
+        errors.append(
+            Warning(
+                "AGENTFLOW['EVENT_RETENTION_DAYS'] is greater than RETENTION_DAYS: events go with their runs, "
+                "after RETENTION_DAYS.",
+                id="agentflow.W002",
             )
         )
     lease, beat = merged["LEASE_SECONDS"], merged["HEARTBEAT_INTERVAL_SECONDS"]

@@ -32,6 +32,11 @@ DEFAULTS: dict[str, Any] = {
     "STREAM_TTL_SECONDS": 24 * 3600,
     # Copy a finished run's events into the DB (RunEvent), so history outlives the stream.
     "ARCHIVE_EVENTS": True,
+    # Retention (agentflow.retention.prune, the agentflow.prune task, manage.py agentflow_prune): finished runs
+    # older than RETENTION_DAYS are deleted with their steps and events; their archived events alone may go
+    # earlier, after EVENT_RETENTION_DAYS. None keeps them forever.
+    "RETENTION_DAYS": None,
+    "EVENT_RETENTION_DAYS": None,
     # A worker renews its lease on a run every HEARTBEAT_INTERVAL_SECONDS; a run whose lease is older than
     # LEASE_SECONDS is taken over by the monitor.
     "HEARTBEAT_INTERVAL_SECONDS": 5.0,
@@ -40,6 +45,15 @@ DEFAULTS: dict[str, Any] = {
     "MAX_RECOVERIES": 5,
     # A run still queued this long after it was accepted is enqueued again by the monitor.
     "QUEUED_TIMEOUT_SECONDS": 300.0,
+    # A worker hands a run back (re-enqueues it) at the first step boundary after SLICE_SECONDS, so no task
+    # outlives the broker's visibility timeout and a deploy drains within one slice.
+    "SLICE_SECONDS": 300.0,
+    # A retry delay or agentflow.sleep() longer than this suspends the run (status waiting), freeing the
+    # worker; shorter waits block in-process.
+    "SUSPEND_THRESHOLD_SECONDS": 30.0,
+    # On warm shutdown (SIGTERM) a worker hands its runs back at their next step boundary; a step still
+    # running after DRAIN_SECONDS is abandoned (the process exits) and the monitor recovers its run.
+    "DRAIN_SECONDS": 30.0,
     # Checkpoints as server-side prepared statements on PostgreSQL (faster). Turn off behind a connection
     # pooler that cannot keep prepared statements, such as PgBouncer in transaction mode before 1.21.
     "PREPARED_STATEMENTS": True,

@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import threading
+import time
 from functools import cache
 from typing import Protocol
 
@@ -18,15 +20,18 @@ from .conf import agentflow_settings
 
 
 class Executor(Protocol):
-    def enqueue(self, run_id: str, epoch: int) -> None:
-        """Arrange for ``runner.execute_run(run_id, epoch)`` to be called, at least once."""
+    def enqueue(self, run_id: str, epoch: int, *, countdown_seconds: float | None = None) -> None:
+        """Arrange for ``runner.execute_run(run_id, epoch)`` to be called, at least once (not before
+        ``countdown_seconds``, when given: a suspended run's wake-up)."""
 
 
 class CeleryExecutor:
-    def enqueue(self, run_id: str, epoch: int) -> None:
+    def enqueue(self, run_id: str, epoch: int, *, countdown_seconds: float | None = None) -> None:
         from .tasks import execute_run_task
 
-        execute_run_task.apply_async(args=(str(run_id), int(epoch)), queue=agentflow_settings.task_queue)
+        execute_run_task.apply_async(
+            args=(str(run_id), int(epoch)), queue=agentflow_settings.task_queue, countdown=countdown_seconds
+        )
 
 
 class InProcessExecutor:
@@ -38,16 +43,23 @@ class InProcessExecutor:
     def __init__(self) -> None:
         self._pool = _pool(self.max_workers)
 
-    def enqueue(self, run_id: str, epoch: int) -> None:
+    def enqueue(self, run_id: str, epoch: int, *, countdown_seconds: float | None = None) -> None:
+        if countdown_seconds:
+            timer = threading.Timer(countdown_seconds, self.enqueue, (str(run_id), int(epoch)))
+            timer.daemon = True  # lost with the process; the monitor wakes the run then
+            timer.start()
+            return
         self._pool.submit(_run_in_thread, str(run_id), int(epoch))
 
 
 class InlineExecutor:
     """Executes the run at once in the calling thread (after the transaction commits)."""
 
-    def enqueue(self, run_id: str, epoch: int) -> None:
+    def enqueue(self, run_id: str, epoch: int, *, countdown_seconds: float | None = None) -> None:
         from .runner import execute_run
 
+        if countdown_seconds:
+            time.sleep(countdown_seconds)  # synchronous by design: the caller waits for the wake-up
         execute_run(str(run_id), int(epoch))
 
 

@@ -5,7 +5,8 @@
             ...                          # the run's terminal event
 
 A subscription replays the run's history itself (``XRANGE`` pages from Redis, or the DB archive once the stream
-is gone), then attaches to the hub. The hub holds ONE blocking connection and reads every watched stream with a
+is gone; a stream that lost its older events, in a Redis restarted without persistence, is preceded by them from
+the archive), then attaches to the hub. The hub holds ONE blocking connection and reads every watched stream with a
 single ``XREAD BLOCK``, fanning each event out to the bounded queues of that run's subscribers. A per-hub
 wake-up stream interrupts the block when a new stream must be watched, so nobody waits for the block to time
 out.
@@ -178,6 +179,8 @@ class Subscription:
         self._phase = _REPLAY
         self._cursor = after or None  # exclusive start of the next history page
         self._tip: str | None = None  # the highest id seen in the Redis stream
+        self._before: str | None = None  # replaying the archive ahead of a stream: the stream's first id
+        self._head_checked = False
         self._through = "0-0"  # the hub's position of the stream when this subscription attached
         self._tail_terminal = False  # whether the last event read from Redis is a terminal one
         self._ready: deque[Event] = deque()  # history and catch-up pages, in order
@@ -270,11 +273,14 @@ class Subscription:
                 pipe = client.pipeline(transaction=False)
                 pipe.xrange(self.key, min=start, max="+", count=PAGE)
                 pipe.xrevrange(self.key, max="+", min="-", count=1)
+                pipe.xrange(self.key, min="-", max="+", count=1)
                 return pipe.execute()
 
-            entries, last = await self._redis(first)
+            entries, last, head = await self._redis(first)
             if not last:
                 self._phase = _ARCHIVE  # no stream (expired, deleted, or not started): history is in the DB
+                return
+            if self._lost_head(Event.from_entry(*head[0])):
                 return
             self._tip = last[0][0]
             if not entries and self._ended_before(Event.from_entry(*last[0])):
@@ -289,6 +295,15 @@ class Subscription:
                 self._phase = _ATTACH
             else:
                 self._attach()
+
+    def _lost_head(self, head: Event) -> bool:
+        """A stream that does not start with ``run.queued`` lost older events (a Redis restarted without
+        persistence, or trimming): replay those from the archive first, up to the stream's first id."""
+        if self._head_checked or head.type == ev.RUN_QUEUED or head.key <= self._last:
+            return False
+        self._head_checked = True
+        self._before, self._phase = head.id, _ARCHIVE
+        return True
 
     def _ended_before(self, tip: Event) -> bool:
         """End now if the stream's last event is a terminal one the client already has (it reconnected with
@@ -308,12 +323,15 @@ class Subscription:
                 self._tip = self._cursor
 
     async def _archive_page(self) -> None:
-        events, finished = await _in_db(_archived, self.run_id, self._cursor, PAGE)
+        events, finished = await _in_db(_archived, self.run_id, self._cursor, PAGE, self._before)
         self._ready.extend(Event.from_dict(event) for event in events)
         if events:
             self._cursor = events[-1]["id"]
         if len(events) < PAGE:
-            if finished:
+            if self._before is not None:
+                # The archive's part is done: the stream from its first event on.
+                self._before, self._phase = None, _REPLAY
+            elif finished:
                 self._phase, self.end_reason = _DONE, "archive"
             else:
                 # An active run without a stream (its first append is still to come): watch for it.
@@ -686,13 +704,17 @@ def _raise_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
-def _archived(run_id: str, after: str | None, limit: int | None) -> tuple[list[dict[str, Any]], bool]:
-    """Archived events after ``after``, and whether the run is over (finished, or deleted)."""
+def _archived(
+    run_id: str, after: str | None, limit: int | None, before: str | None = None
+) -> tuple[list[dict[str, Any]], bool]:
+    """Archived events after ``after`` (and before ``before``), and whether the run is over (finished, or
+    deleted)."""
     from .archive import archived_events
     from .models import FINISHED_STATUSES, WorkflowRun
 
     status = WorkflowRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
-    return archived_events(run_id, after=after, limit=limit), status is None or status in FINISHED_STATUSES
+    events = archived_events(run_id, after=after, limit=limit, before=before)
+    return events, status is None or status in FINISHED_STATUSES
 
 
 def _finished_runs(run_ids: list[str]) -> dict[str, float | None]:

@@ -49,6 +49,9 @@ class WorkflowRun(models.Model):
     worker = models.CharField(max_length=255, blank=True, default="", help_text="Worker holding the lease.")
     recoveries = models.PositiveIntegerField(default=0)
     cancel_requested = models.BooleanField(default=False)
+    # When a waiting run continues: a long retry delay or agentflow.sleep() suspended it until then, or its
+    # worker handed it back at the end of a time slice (wake_at = then). The monitor wakes overdue runs.
+    wake_at = models.DateTimeField(null=True, blank=True)
     last_event_id = models.CharField(max_length=64, blank=True, default="")
     step_count = models.PositiveIntegerField(default=0)
     usage = models.JSONField(default=dict, blank=True, help_text="Totals: tokens, cost, ...")
@@ -102,10 +105,12 @@ class WorkflowRun(models.Model):
 class StepStatus(models.TextChoices):
     COMPLETED = "completed", "Completed"
     FAILED = "failed", "Failed"
+    # Suspended between two attempts (or in agentflow.sleep) until ``output["wake_at"]``; not finished.
+    WAITING = "waiting", "Waiting"
 
 
 class StepRun(models.Model):
-    """A step's checkpoint: written once the step completed or failed for good."""
+    """A step's checkpoint: written once the step completed or failed for good (or suspended the run)."""
 
     run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="steps")
     step_id = models.CharField(max_length=500)

@@ -5,6 +5,8 @@
   incarnation takes it over as epoch + 1 and emits ``run.recovered``;
 - after ``MAX_RECOVERIES`` such recoveries the run is failed instead, and ``run_abandoned`` is sent;
 - a run accepted but not started after ``QUEUED_TIMEOUT_SECONDS`` is enqueued again;
+- a waiting run (suspended, or handed back at the end of a time slice) still waiting ``LEASE_SECONDS`` after
+  its ``wake_at`` is enqueued again, in case its delayed message was lost;
 - a finished run whose stream lacks its terminal event (the worker died between the commit and the append)
   gets it, so no subscriber waits forever.
 """
@@ -36,6 +38,7 @@ class MonitorReport:
     recovered: int = 0
     abandoned: int = 0
     requeued: int = 0
+    woken: int = 0
     terminals_repaired: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -74,6 +77,23 @@ def check_runs(now: Any = None) -> MonitorReport:
             logger.warning("run %s: queued but never started; enqueueing it again", run_id)
             enqueue(str(run_id), epoch)
             report.requeued += 1
+
+    # Grace of one lease after wake_at: the run's own delayed message normally claims it at wake_at.
+    # heartbeat_at of a waiting run is when it was handed back or last enqueued again.
+    overdue = WorkflowRun.objects.filter(status=RunStatus.WAITING, wake_at__lt=lease_cutoff).filter(
+        Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=lease_cutoff)
+    )
+    for run_id, epoch in overdue.values_list("id", "epoch")[:500]:
+        if (
+            WorkflowRun.objects.filter(
+                id=run_id, epoch=epoch, status=RunStatus.WAITING, wake_at__lt=lease_cutoff
+            )
+            .filter(Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=lease_cutoff))
+            .update(heartbeat_at=now)
+        ):
+            logger.warning("run %s: overdue after waiting; enqueueing it again", run_id)
+            enqueue(str(run_id), epoch)
+            report.woken += 1
 
     # Grace of one lease: a live worker appends the terminal event right after committing the status.
     unfinished_streams = WorkflowRun.objects.filter(

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
+import threading
+import time
 import traceback
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import transaction
@@ -19,15 +23,73 @@ from django.utils import timezone
 from . import streams
 from .conf import agentflow_settings
 from .core import events as ev
-from .core.context import Checkpoint, RunContext
-from .core.errors import AgentflowError, LeaseLost, RunCancelled, StepFailed, WorkflowNotFound
+from .core import keys
+from .core.context import WAITING, Checkpoint, RunContext
+from .core.errors import AgentflowError, LeaseLost, RunCancelled, RunSuspended, StepFailed, WorkflowNotFound
 from .core.workflow import registry
 from .models import ACTIVE_STATUSES, RunStatus, StepRun, WorkflowRun
 from .store import DjangoRunStore, Lease, load_checkpoints
 
 logger = logging.getLogger("agentflow.runner")
 
-WORKER_NAME = f"{socket.gethostname()}:{__import__('os').getpid()}"
+WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+
+# Set when this process shuts down: its incarnations hand their runs back at their next step boundary.
+_draining = threading.Event()
+_active_lock = threading.Lock()
+_active = 0  # incarnations executing in this process
+
+
+def begin_drain() -> None:
+    """Hand every run this process executes back at its next step boundary (a worker's warm shutdown).
+
+    A step still running ``DRAIN_SECONDS`` later is abandoned: the process exits, its lease stops, and the
+    monitor recovers the run elsewhere. Idempotent.
+    """
+    if _draining.is_set():
+        return
+    _draining.set()
+    timer = threading.Timer(agentflow_settings.drain_seconds, _drain_expired)
+    timer.daemon = True
+    timer.start()
+
+
+def announce_drain() -> None:
+    """In a worker's main process: drain, and tell its prefork children, which poll a Redis key."""
+    begin_drain()
+    key = keys.drain(agentflow_settings.key_prefix, socket.gethostname(), os.getpid())
+    try:
+        streams.get_client().set(key, "1", ex=3600)
+    except Exception:  # Redis down: children finish their slices instead, or are recovered
+        logger.warning("drain: cannot tell the worker's child processes", exc_info=True)
+
+
+def watch_parent_drain() -> None:
+    """In a prefork child process: drain once the parent worker announces its shutdown.
+
+    A thread polls the parent's key every ``HEARTBEAT_INTERVAL_SECONDS``: one ``EXISTS`` per child.
+    """
+    key = keys.drain(agentflow_settings.key_prefix, socket.gethostname(), os.getppid())
+    interval = agentflow_settings.heartbeat_interval_seconds
+
+    def watch() -> None:
+        while not _draining.wait(interval):
+            try:
+                if streams.get_client().exists(key):
+                    begin_drain()
+            except Exception:  # Redis blip: look again at the next interval
+                logger.debug("drain: cannot read %s", key, exc_info=True)
+
+    threading.Thread(target=watch, name="agentflow-drain-watch", daemon=True).start()
+
+
+def _drain_expired() -> None:
+    with _active_lock:
+        active = _active
+    if active:
+        logger.error("drain: %d run(s) still inside a step after DRAIN_SECONDS; abandoning them", active)
+        logging.shutdown()
+        os._exit(1)
 
 
 def public_error(error: dict[str, Any] | None) -> dict[str, Any]:
@@ -70,7 +132,8 @@ def _claim(run_id: str, epoch: int, worker: str) -> tuple[WorkflowRun, str] | No
         run.started_at = run.started_at or now
         run.heartbeat_at = now
         run.worker = worker
-        run.save(update_fields=["epoch", "status", "started_at", "heartbeat_at", "worker"])
+        run.wake_at = None
+        run.save(update_fields=["epoch", "status", "started_at", "heartbeat_at", "worker", "wake_at"])
     return run, previous
 
 
@@ -89,7 +152,9 @@ def _announce_recovery(
             open_steps[event["step"]] = event.get("attempt") or 1
         elif event["type"] in (ev.STEP_COMPLETED, ev.STEP_FAILED):
             open_steps.pop(event["step"], None)
-    void = [step for step in open_steps if step not in checkpoints]
+    # A waiting checkpoint (a step suspended between attempts) is not an end: its open attempt is void.
+    finished = {step for step, checkpoint in checkpoints.items() if checkpoint.status != WAITING}
+    void = [step for step in open_steps if step not in finished]
     sink.emit(
         ev.envelope(
             ev.RUN_RECOVERED,
@@ -102,7 +167,7 @@ def _announce_recovery(
     )
     for step, attempt in open_steps.items():
         checkpoint = checkpoints.get(step)
-        if checkpoint is not None:
+        if checkpoint is not None and step in finished:
             kind = ev.STEP_COMPLETED if checkpoint.status == "completed" else ev.STEP_FAILED
             data: dict[str, Any] = {"recovered": True}
             if checkpoint.error:
@@ -112,6 +177,18 @@ def _announce_recovery(
 
 def execute_run(run_id: str, epoch: int, *, worker: str = WORKER_NAME) -> str | None:
     """Run one incarnation of ``run_id`` if ``epoch`` is current. Returns the status it left the run in."""
+    global _active
+    with _active_lock:
+        _active += 1
+    try:
+        return _execute(run_id, epoch, worker)
+    finally:
+        with _active_lock:
+            _active -= 1
+
+
+def _execute(run_id: str, epoch: int, worker: str) -> str | None:
+    slice_deadline = time.monotonic() + agentflow_settings.slice_seconds
     claimed = _claim(str(run_id), int(epoch), worker)
     if claimed is None:
         return None
@@ -133,6 +210,9 @@ def execute_run(run_id: str, epoch: int, *, worker: str = WORKER_NAME) -> str | 
         if previous_status == RunStatus.RUNNING:
             # The previous incarnation died (the monitor handed the run to us): void what it left unfinished.
             _announce_recovery(run, sink, claim.start, checkpoints)
+        elif previous_status == RunStatus.WAITING:
+            # The previous incarnation handed the run back (time slice, suspension, drain): nothing is void.
+            sink.emit(ev.envelope(ev.RUN_CONTINUED, run_id, step=None, attempt=None, epoch=epoch, data={}))
         else:
             sink.emit(ev.envelope(ev.RUN_STARTED, run_id, step=None, attempt=None, epoch=epoch, data={}))
         sink.flush()
@@ -149,6 +229,9 @@ def execute_run(run_id: str, epoch: int, *, worker: str = WORKER_NAME) -> str | 
             cache_prefix=f"{agentflow_settings.key_prefix}cache:",
             workflow_content_seen=claim.workflow_content,
             interrupt=lease.check,
+            slice_deadline=slice_deadline,
+            draining=_draining.is_set,
+            suspend_threshold_seconds=agentflow_settings.suspend_threshold_seconds,
         )
         status, output, error = RunStatus.COMPLETED, None, None
         try:
@@ -156,6 +239,8 @@ def execute_run(run_id: str, epoch: int, *, worker: str = WORKER_NAME) -> str | 
         except LeaseLost:
             logger.warning("run %s: lost epoch %s mid-run; another worker has it", run_id, epoch)
             return None
+        except RunSuspended as exc:
+            return _suspend(run, sink, exc)
         except RunCancelled:
             status = RunStatus.CANCELLED
         except Exception as exc:
@@ -172,6 +257,38 @@ def execute_run(run_id: str, epoch: int, *, worker: str = WORKER_NAME) -> str | 
         store.close()
         with contextlib.suppress(LeaseLost, TimeoutError):
             sink.close(timeout_seconds=30)
+
+
+def _suspend(run: WorkflowRun, sink: streams.RedisSink, exc: RunSuspended) -> str | None:
+    """Hand the run back: status ``waiting`` until ``exc.wake_at``, ``run.waiting``, and a new task then.
+
+    The run keeps its epoch, so the next task claims ``epoch + 1`` as usual. Events are flushed before the
+    task is enqueued: once the next incarnation claims the run, this one's appends are refused.
+    """
+    from .runs import enqueue
+
+    run_id = str(run.id)
+    now = timezone.now()
+    wake_at = now if exc.wake_at is None else max(now, datetime.fromtimestamp(exc.wake_at, tz=UTC))
+    sink.flush()
+    ours = WorkflowRun.objects.filter(id=run_id, epoch=run.epoch, status=RunStatus.RUNNING)
+    updated = ours.filter(cancel_requested=False).update(
+        status=RunStatus.WAITING, wake_at=wake_at, heartbeat_at=now
+    )
+    if not updated:
+        if ours.filter(cancel_requested=True).exists():
+            # Cancelled meanwhile: end it now rather than after a wait that may be long.
+            return _finish(run, sink, RunStatus.CANCELLED, None, None)
+        logger.warning("run %s: epoch %s went stale before it could be handed back", run_id, run.epoch)
+        return None
+    data = {"wake_at": wake_at.isoformat().replace("+00:00", "Z"), "reason": exc.reason}
+    sink.emit(ev.envelope(ev.RUN_WAITING, run_id, step=None, attempt=None, epoch=run.epoch, data=data))
+    sink.flush()
+    delay = (wake_at - now).total_seconds()
+    logger.info("run %s: handed back (%s), continues in %.1fs", run_id, exc.reason, delay)
+    # If this message is lost, the monitor enqueues the run once wake_at has passed.
+    enqueue(run_id, run.epoch, countdown_seconds=delay if delay > 0 else None)
+    return RunStatus.WAITING
 
 
 def _cache() -> Any:

@@ -68,7 +68,9 @@ def _existing(workflow: str, owner_id: Any, key: str) -> WorkflowRun | None:
     return WorkflowRun.objects.filter(workflow=workflow, owner_id=owner_id, idempotency_key=key).first()
 
 
-def enqueue(run_id: str, epoch: int, *, announce: bool = False) -> None:
+def enqueue(
+    run_id: str, epoch: int, *, announce: bool = False, countdown_seconds: float | None = None
+) -> None:
     if announce:
         try:
             streams.announce(
@@ -76,7 +78,12 @@ def enqueue(run_id: str, epoch: int, *, announce: bool = False) -> None:
             )
         except Exception:  # Redis down: the run still starts; its stream begins at run.started
             logger.exception("run %s: could not append run.queued", run_id)
-    get_executor().enqueue(run_id, epoch)
+    executor = get_executor()
+    if countdown_seconds:
+        # Executors without delayed delivery may leave this out: the monitor wakes the run when it is due.
+        executor.enqueue(run_id, epoch, countdown_seconds=countdown_seconds)
+    else:
+        executor.enqueue(run_id, epoch)
 
 
 def get_run(run_id: Any) -> WorkflowRun:
@@ -139,8 +146,8 @@ def wait(run: Any, timeout_seconds: float | None = None, *, raise_on_failure: bo
 
 
 def cancel(run: Any) -> WorkflowRun:
-    """Ask a run to stop. A queued run is cancelled at once; a running one at its next step boundary or
-    heartbeat. Returns the run; finished runs are left as they are."""
+    """Ask a run to stop. A queued or waiting run is cancelled at once; a running one at its next step
+    boundary or heartbeat. Returns the run; finished runs are left as they are."""
     current = get_run(run)
     with transaction.atomic():
         locked = WorkflowRun.objects.select_for_update().get(pk=current.pk)
@@ -148,10 +155,10 @@ def cancel(run: Any) -> WorkflowRun:
             return locked
         locked.cancel_requested = True
         fields = ["cancel_requested"]
-        cancelled_now = locked.status == RunStatus.QUEUED
+        cancelled_now = locked.status in (RunStatus.QUEUED, RunStatus.WAITING)
         if cancelled_now:
             locked.status, locked.finished_at = RunStatus.CANCELLED, timezone.now()
-            locked.epoch += 1  # fences the queued task
+            locked.epoch += 1  # fences the queued (or delayed) task
             fields += ["status", "finished_at", "epoch"]
         locked.save(update_fields=fields)
     if cancelled_now:

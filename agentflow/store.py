@@ -55,12 +55,17 @@ class DjangoRunStore:
     def _statement(self) -> str:
         if self._sql is None:
             steps, runs = StepRun._meta.db_table, WorkflowRun._meta.db_table
-            json = "%s::jsonb" if connection.vendor == "postgresql" else "%s"
+            postgresql = connection.vendor == "postgresql"
+            json = "%s::jsonb" if postgresql else "%s"
+            # FOR KEY SHARE: a claim holding the run row (FOR UPDATE, epoch bump) makes this statement wait and
+            # then re-check the epoch, so a stale incarnation inserts nothing (without it the epoch is read
+            # from the statement's snapshot). SQLite serialises writers, so it needs no lock clause.
+            lock = "FOR KEY SHARE " if postgresql else ""
             self._sql = (
                 f"INSERT INTO {steps} (run_id, step_id, parent_id, component, status, input, input_hash, output, "
                 f"error, attempts, cached, started_at, finished_at, epoch) "
                 f"SELECT id, %s, %s, %s, %s, {json}, %s, {json}, {json}, %s, %s, %s, %s, epoch FROM {runs} "
-                f"WHERE id = %s AND epoch = %s "
+                f"WHERE id = %s AND epoch = %s {lock}"
                 f"ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, input = excluded.input, "
                 f"input_hash = excluded.input_hash, output = excluded.output, error = excluded.error, "
                 f"attempts = excluded.attempts, cached = excluded.cached, started_at = excluded.started_at, "

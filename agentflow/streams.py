@@ -2,7 +2,8 @@
 
 Appends go through one Lua script that checks the run's epoch in its meta hash before ``XADD``, so a zombie
 worker whose run moved on cannot write. Each event carries a per-run sequence number and the script skips
-numbers already appended, so a batch retried after a lost reply is not written twice.
+numbers already appended, so a batch retried after a lost reply is not written twice. A meta hash lost with
+Redis's data is told apart from a stale epoch; the writer restores it once the DB confirms its epoch.
 """
 
 from __future__ import annotations
@@ -25,8 +26,13 @@ from .core.serialization import dumps
 
 logger = logging.getLogger("agentflow.redis")
 
+# A missing epoch is not a stale one: the meta hash is gone (a Redis restarted without persistence, or a key
+# evicted), and only the database can say whether this epoch still owns the run.
 _APPEND = """
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  return redis.error_reply('AGENTFLOW_META_LOST')
+end
 if epoch ~= ARGV[1] then
   return redis.error_reply('AGENTFLOW_STALE_EPOCH ' .. tostring(epoch))
 end
@@ -37,10 +43,28 @@ for i = 4, #ARGV, 2 do
   if seq > last then
     ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'd', ARGV[i + 1])
     last = seq
+  else
+    ids[#ids + 1] = ''
   end
 end
 redis.call('HSET', KEYS[2], 'seq', last, 'wfc', ARGV[3])
 return ids
+"""
+
+# After the meta hash was lost: make ARGV[1] the run's epoch again and continue its numbering (ARGV[2] is the
+# last sequence number known appended, ARGV[3] the workflow content count with it), unless a newer epoch
+# claimed the run meanwhile.
+_RESTORE = """
+local current = redis.call('HGET', KEYS[1], 'epoch')
+if current and tonumber(current) > tonumber(ARGV[1]) then
+  return redis.error_reply('AGENTFLOW_STALE_EPOCH ' .. current)
+end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1])
+if tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'seq', ARGV[2], 'wfc', ARGV[3])
+end
+redis.call('PERSIST', KEYS[1])
+return 1
 """
 
 # Make ARGV[1] the only epoch allowed to append; never go back to an older one. A run that runs again
@@ -182,11 +206,16 @@ def mark_incarnation_start(run_id: str, event_id: str) -> None:
 
 class RedisSink:
     """Appends a run incarnation's events in order, from a writer thread that batches whatever queued up
-    while the previous append was in flight (low latency when idle, few round trips under load)."""
+    while the previous append was in flight (low latency when idle, few round trips under load).
+
+    Appended events are also copied to the DB as the run goes (see :class:`_Archiver`), so its history
+    survives a Redis that loses its data. When the run's meta hash is gone, the writer asks the DB whether its
+    epoch still owns the run before it restores the hash and carries on.
+    """
 
     BATCH = 500
 
-    def __init__(self, run_id: str, epoch: int, claim: Claim) -> None:
+    def __init__(self, run_id: str, epoch: int, claim: Claim, *, archive: bool | None = None) -> None:
         self.run_id = str(run_id)
         self.epoch = epoch
         self._keys = [stream_key(run_id), meta_key(run_id)]
@@ -197,11 +226,16 @@ class RedisSink:
         self._cond = threading.Condition()
         self._seq = claim.seq
         self._appended_seq = claim.seq
+        self._appended_wfc = claim.workflow_content
         self._wfc = claim.workflow_content
+        self._terminal_seq = -1  # the sequence number of a terminal event emitted
         self._fenced = False
         self._closed = False
         self.last_id: str | None = None
         self.first_id: str | None = None
+        if archive is None:
+            archive = agentflow_settings.archive_events
+        self._archiver = _Archiver(self.run_id) if archive else None
         self._thread = threading.Thread(target=self._loop, name=f"agentflow-events-{run_id}", daemon=True)
         self._thread.start()
 
@@ -217,6 +251,8 @@ class RedisSink:
             self._seq += 1
             if event["step"] is None and event["type"] in ev.CONTENT_TYPES:
                 self._wfc += 1
+            elif event["type"] in ev.TERMINAL_TYPES:
+                self._terminal_seq = self._seq
             self._queue.append((self._seq, self._wfc, data))
             self._cond.notify()
 
@@ -240,6 +276,35 @@ class RedisSink:
                 self._closed = True
                 self._cond.notify_all()
             self._thread.join(timeout=5)
+            if self._archiver is not None:
+                self._archiver.close(timeout_seconds=10)
+
+    def _fence(self, dropped: int) -> None:
+        logger.warning("run %s: epoch %s is stale; dropping %d events", self.run_id, self.epoch, dropped)
+        with self._cond:
+            self._fenced = True
+            self._queue.clear()
+            self._cond.notify_all()
+
+    def _restore_meta(self) -> bool:
+        """The meta hash is gone: restore it if the DB says this epoch still owns the run. False if not."""
+        if not _epoch_is_current(self.run_id, self.epoch):
+            return False
+        with self._cond:
+            seq, wfc = self._appended_seq, self._appended_wfc
+        try:
+            self._client.eval(_RESTORE, 1, self._keys[1], self.epoch, seq, wfc)
+        except redis.ResponseError as exc:
+            if "AGENTFLOW_STALE_EPOCH" in str(exc):
+                return False
+            raise
+        logger.warning(
+            "run %s: its stream's meta hash was lost (Redis restarted?); restored it for epoch %s at seq %s",
+            self.run_id,
+            self.epoch,
+            seq,
+        )
+        return True
 
     def _loop(self) -> None:
         failures = 0
@@ -258,14 +323,17 @@ class RedisSink:
                 ids = self._script(keys=self._keys, args=args)
             except Exception as exc:
                 if isinstance(exc, redis.ResponseError) and "AGENTFLOW_STALE_EPOCH" in str(exc):
-                    logger.warning(
-                        "run %s: epoch %s is stale; dropping %d events", self.run_id, self.epoch, len(batch)
-                    )
-                    with self._cond:
-                        self._fenced = True
-                        self._queue.clear()
-                        self._cond.notify_all()
+                    self._fence(len(batch))
                     continue
+                if isinstance(exc, redis.ResponseError) and "AGENTFLOW_META_LOST" in str(exc):
+                    try:
+                        restored = self._restore_meta()
+                    except Exception as restore_exc:
+                        exc = restore_exc  # the DB or Redis failing in turn: retry as below
+                    else:
+                        if not restored:
+                            self._fence(len(batch))
+                        continue
                 # Redis down, restarting or out of memory: retry. The sequence numbers make the retry
                 # idempotent, so nothing is lost and nothing doubled.
                 failures += 1
@@ -276,14 +344,121 @@ class RedisSink:
                 time.sleep(delay)
                 continue
             failures = 0
+            # An empty id: that event was appended by an earlier try whose reply was lost.
+            appended = [(entry_id, batch[i][2]) for i, entry_id in enumerate(ids) if entry_id]
+            if self._archiver is not None and appended:
+                self._archiver.add(appended, finished=batch[-1][0] == self._terminal_seq)
             with self._cond:
                 del self._queue[: len(batch)]
                 self._appended_seq = batch[-1][0]
-                if ids:
-                    self.last_id = ids[-1]
+                self._appended_wfc = batch[-1][1]
+                if appended:
+                    self.last_id = appended[-1][0]
                     if self.first_id is None:
-                        self.first_id = ids[0]
+                        self.first_id = appended[0][0]
                 self._cond.notify_all()
+
+
+def _epoch_is_current(run_id: str, epoch: int) -> bool:
+    """Whether the DB (the source of truth) still gives the run to ``epoch``; from a sink's writer thread,
+    whose DB connection is closed again at once (the thread rarely needs one)."""
+    from django.db import connection
+
+    from .models import WorkflowRun
+
+    try:
+        return WorkflowRun.objects.filter(id=run_id, epoch=epoch).exists()
+    finally:
+        connection.close()
+
+
+class _Archiver:
+    """Copies a run's appended events into the DB (``RunEvent``) while the run goes on, so its history
+    survives a Redis that loses its data (a restart without persistence, an eviction, a failover).
+
+    Its own thread, off the append path: it writes at most every ``INTERVAL_SECONDS`` (one statement per
+    batch), from the events the writer already has in memory (no read from Redis), and ignores events already
+    archived. ``finalize_stream`` still archives the whole stream when the run ends, which also covers what
+    this thread could not write. Its DB connection is closed when it goes idle and when the sink closes.
+    """
+
+    INTERVAL_SECONDS = 0.5
+    IDLE_SECONDS = 5.0
+    BATCH = 1000
+    MAX_PENDING = 100_000  # while the DB is down, keep at most this many events to retry
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self._pending: list[tuple[str, dict[str, str]]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._caught_up = False
+        self._finished = False
+        self._thread = threading.Thread(target=self._loop, name=f"agentflow-archive-{run_id}", daemon=True)
+        self._thread.start()
+
+    def add(self, entries: list[tuple[str, str]], *, finished: bool = False) -> None:
+        with self._cond:
+            self._pending.extend((entry_id, {"d": data}) for entry_id, data in entries)
+            self._finished = finished
+            self._cond.notify()
+
+    def close(self, timeout_seconds: float) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=timeout_seconds)
+
+    def _loop(self) -> None:
+        from django.db import connection
+
+        # The first write waits an interval too: a short run leaves everything to finalize_stream.
+        last_write = time.monotonic()
+        try:
+            while True:
+                with self._cond:
+                    while not self._pending and not self._closed:
+                        if not self._cond.wait(self.IDLE_SECONDS) and not self._pending:
+                            connection.close()  # idle: give the connection back
+                    if not self._pending:
+                        return
+                    # Gather what comes within the interval: one INSERT for many events.
+                    deadline = last_write + self.INTERVAL_SECONDS
+                    while not self._closed and (remaining := deadline - time.monotonic()) > 0:
+                        self._cond.wait(remaining)
+                    batch, self._pending = self._pending, []
+                    closing = self._closed
+                if closing and self._finished:
+                    return  # the run ended: finalize_stream archives its whole stream, these included
+                last_write = time.monotonic()
+                if not self._write(batch) and not closing:
+                    with self._cond:
+                        self._pending[:0] = batch[-self.MAX_PENDING :]
+        finally:
+            connection.close()
+
+    def _write(self, batch: list[tuple[str, dict[str, str]]]) -> bool:
+        from .archive import archive_events, last_archived_id, store_entries
+
+        try:
+            if not self._caught_up:
+                # Once per incarnation: what others appended before it (run.queued from the API, or what an
+                # earlier incarnation left unarchived), so the archive has no hole either.
+                archive_events(self.run_id, after=last_archived_id(self.run_id), before=batch[0][0])
+                self._caught_up = True
+            for i in range(0, len(batch), self.BATCH):
+                store_entries(self.run_id, batch[i : i + self.BATCH])
+        except Exception as exc:
+            from django.db import IntegrityError, connection
+
+            connection.close()
+            if isinstance(exc, IntegrityError):
+                # The run's row is gone (deleted) or not visible: nothing to archive these events under.
+                logger.warning("run %s: %d events not archived: %s", self.run_id, len(batch), exc)
+                return True
+            logger.warning("run %s: archiving %d events failed, will retry: %s", self.run_id, len(batch), exc)
+            return False
+        return True
 
 
 def iter_all(run_id: str, page: int = 1000) -> Iterator[dict[str, Any]]:

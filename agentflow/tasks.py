@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import shared_task
+from celery.signals import worker_process_init, worker_shutting_down
 
 from .conf import agentflow_settings
 
@@ -36,3 +39,31 @@ def beat_schedule(every_seconds: float | None = None) -> dict[str, dict[str, obj
             "options": {"queue": agentflow_settings.monitor_queue, "expires": 60},
         }
     }
+
+
+@worker_shutting_down.connect
+def _drain_on_shutdown(**kwargs: Any) -> None:
+    """Warm shutdown (SIGTERM): hand running runs back at their next step boundary (``DRAIN_SECONDS``).
+
+    The signal is sent in the worker's main process, where the solo and threads pools execute tasks; it
+    also sets a Redis key that the prefork pool's child processes watch.
+    """
+    from .runner import announce_drain
+
+    announce_drain()
+
+
+@worker_process_init.connect
+def _watch_for_drain(**kwargs: Any) -> None:
+    """In each prefork child: drain when the parent worker's warm shutdown begins."""
+    from .runner import watch_parent_drain
+
+    watch_parent_drain()
+
+
+@shared_task(name="agentflow.prune", ignore_result=True, serializer="json")
+def prune_task() -> dict[str, int]:
+    """Retention (``RETENTION_DAYS``, ``EVENT_RETENTION_DAYS``); schedule it daily with Celery beat."""
+    from .retention import prune
+
+    return prune().as_dict()

@@ -132,7 +132,14 @@ class AsgiServer:
 class Worker:
     """A Celery worker process (its own process group, so a SIGKILL takes the whole worker down)."""
 
-    def __init__(self, queue: str, db_name: str, pool: str = "solo", name: str = "w") -> None:
+    def __init__(
+        self,
+        queue: str,
+        db_name: str,
+        pool: str = "solo",
+        name: str = "w",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.queue = queue
         self.log: list[str] = []
         self._ready = threading.Event()
@@ -142,6 +149,7 @@ class Worker:
             "DJANGO_SETTINGS_MODULE": "tests.settings",
             "PGDATABASE": db_name,
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),  # e.g. AGENTFLOW_TEST_OVERRIDES: settings for this worker only (tests/settings.py)
         }
         if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
             env["AGENTFLOW_SQLITE"] = db_name
@@ -202,8 +210,10 @@ def worker_factory(redis_client: redis.Redis, django_db_blocker: object) -> Iter
 
     workers: list[Worker] = []
 
-    def start(queue: str = "agentflow", pool: str = "solo", name: str = "w") -> Worker:
-        worker = Worker(queue, connection.settings_dict["NAME"], pool=pool, name=name)
+    def start(
+        queue: str = "agentflow", pool: str = "solo", name: str = "w", env: dict[str, str] | None = None
+    ) -> Worker:
+        worker = Worker(queue, connection.settings_dict["NAME"], pool=pool, name=name, env=env)
         workers.append(worker)
         return worker.wait_ready()
 

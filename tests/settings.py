@@ -1,5 +1,6 @@
 """Settings for agentflow's own test suite: PostgreSQL and Redis from the environment (CI has both)."""
 
+import json
 import os
 from typing import Any
 
@@ -85,6 +86,8 @@ AGENTFLOW = {
     "LEASE_SECONDS": 2.0,
     "STREAM_TTL_SECONDS": 600,
 }
+# A test can start a worker with other AGENTFLOW settings: Worker(..., env={"AGENTFLOW_TEST_OVERRIDES": json}).
+AGENTFLOW.update(json.loads(os.environ.get("AGENTFLOW_TEST_OVERRIDES") or "{}"))
 
 LOGGING = {
     "version": 1,

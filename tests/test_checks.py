@@ -92,6 +92,18 @@ def test_w001_lease_shorter_than_two_heartbeats():
     assert ids(LEASE_SECONDS=5, HEARTBEAT_INTERVAL_SECONDS=3) == ["agentflow.W001"]
 
 
+@pytest.mark.parametrize("key", ["RETENTION_DAYS", "EVENT_RETENTION_DAYS"])
+@pytest.mark.parametrize("value", [0, -1, "30", True])
+def test_e012_retention_days_none_or_positive(key, value):
+    assert ids(**{key: value}) == ["agentflow.E012"]
+    assert ids(**{key: None}) == ids(**{key: 0.5}) == []
+
+
+def test_w002_events_kept_longer_than_their_runs():
+    assert ids(RETENTION_DAYS=30, EVENT_RETENTION_DAYS=90) == ["agentflow.W002"]
+    assert ids(RETENTION_DAYS=90, EVENT_RETENTION_DAYS=30) == ids(EVENT_RETENTION_DAYS=90) == []
+
+
 def test_settings_are_read_lazily_and_follow_override_settings():
     assert agentflow_settings.stream_maxlen == DEFAULTS["STREAM_MAXLEN"]
     with override_settings(AGENTFLOW={"STREAM_MAXLEN": 7}):
@@ -108,3 +120,10 @@ def test_redis_url_falls_back_to_the_environment(monkeypatch):
     monkeypatch.setenv("REDIS_URL", "redis://example:6380/2")
     with override_settings(AGENTFLOW={"REDIS_URL": None}):
         assert agentflow_settings.redis_url == "redis://example:6380/2"
+
+
+@pytest.mark.parametrize("key", ["SLICE_SECONDS", "SUSPEND_THRESHOLD_SECONDS", "DRAIN_SECONDS"])
+@pytest.mark.parametrize("value", [0, -1, "30", None])
+def test_e004_slice_suspend_and_drain_durations(key, value):
+    assert ids(**{key: value}) == ["agentflow.E004"]
+    assert ids(**{key: 0.5}) == []

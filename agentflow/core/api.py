@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from . import events as ev
 from .component import Component
-from .context import StepInfo, current_run
+from .context import COMPLETED, WAITING, Checkpoint, StepInfo, StepRecord, _frame, current_run
 from .errors import RunInterrupted
 from .serialization import to_jsonable
 
@@ -102,3 +103,53 @@ async def map(
     if failures:
         raise failures[0]
     return results
+
+
+def sleep(seconds: float) -> None:
+    """Wait ``seconds``, durably: a replayed run does not wait again.
+
+    In the workflow body, a wait longer than ``AGENTFLOW["SUSPEND_THRESHOLD_SECONDS"]`` suspends the run
+    (status ``waiting``, event ``run.waiting``) and frees the worker; the run continues on any worker once the
+    time is up. A shorter wait, or any wait inside a running step, blocks in-process (waking every half
+    second for a cancellation). Each call is checkpointed under a step id ``sleep#<n>`` that records the
+    wake-up time. Outside a workflow it is ``time.sleep``.
+    """
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
+        raise TypeError(f"sleep seconds must be a number >= 0, not {seconds!r}")
+    ctx = current_run()
+    if ctx is None:
+        time.sleep(seconds)
+        return
+    frame = _frame.get() or ctx.root
+    step_id = frame.next_child_id("sleep")
+    ctx.check_interrupt()
+    checkpoint = ctx.checkpoints.get(step_id)
+    if checkpoint is not None and checkpoint.status == COMPLETED:
+        return  # replay: an earlier incarnation slept already
+    ctx.check_slice()
+    now = time.time()
+    if checkpoint is not None and checkpoint.status == WAITING:
+        wake_at = float((checkpoint.output or {}).get("wake_at") or now)
+    else:
+        wake_at = now + seconds
+    record = StepRecord(
+        step_id=step_id,
+        parent_id=frame.step_id,
+        component="sleep",
+        status=WAITING,
+        input={"args": [seconds], "kwargs": {}},
+        input_hash="",
+        output={"wake_at": wake_at},
+        error=None,
+        attempts=0,
+        started_at=now,
+        finished_at=now,
+    )
+    if ctx.suspends(wake_at - now):
+        if checkpoint is None:
+            ctx.store.save_step(record)
+        ctx.suspend(wake_at, "sleep")
+    ctx.sleep(wake_at - now)
+    record.status, record.finished_at = COMPLETED, time.time()
+    ctx.store.save_step(record)
+    ctx.checkpoints[step_id] = Checkpoint(COMPLETED, record.output, None, 0, None)

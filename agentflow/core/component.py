@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, ParamSpec, TypeVar, get_type_hints, overload
 
 from . import events as ev
-from .context import COMPLETED, FAILED, MISSING, Checkpoint, RunContext, StepRecord, _frame, _run
+from .context import COMPLETED, FAILED, MISSING, WAITING, Checkpoint, RunContext, StepRecord, _frame, _run
 from .context import Frame as _Frame
 from .errors import RunInterrupted, SerializationError, StepFailed, StepTimeout, WorkflowDivergence
 from .retry import NO_RETRY, RetryPolicy
@@ -179,8 +179,10 @@ class StepCall:
         "input_hash",
         "kwargs",
         "parent_id",
+        "resumed_attempts",
         "started_at",
         "step_id",
+        "wake_at",
     )
 
     def __init__(
@@ -198,6 +200,9 @@ class StepCall:
         self.input: Any = None
         self.input_hash = ""
         self.started_at = 0.0
+        # Set when an earlier incarnation suspended this step between two attempts.
+        self.resumed_attempts = 0
+        self.wake_at = 0.0
 
     # The shared lifecycle; run_sync and run_async differ only in how they wait and call.
 
@@ -217,8 +222,12 @@ class StepCall:
                     "workflow code between steps must be deterministic",
                     details={"step": self.step_id},
                 )
-            ctx.steps_replayed += 1
-            return self._replay(checkpoint)
+            if checkpoint.status != WAITING:
+                ctx.steps_replayed += 1
+                return self._replay(checkpoint)
+            self.resumed_attempts = checkpoint.attempts
+            self.wake_at = float((checkpoint.output or {}).get("wake_at") or 0.0)
+        ctx.check_slice()
         self.started_at = time.time()
         policy = self.component.cache_policy
         if policy is not None and ctx.cache is not None:
@@ -260,6 +269,7 @@ class StepCall:
 
     def _start_attempt(self, attempt: int) -> contextvars.Token[_Frame | None]:
         self.ctx.check_interrupt()
+        self.ctx.attempt_started()
         self.ctx.emit(ev.STEP_STARTED, self._step_data(), step=self.step_id, attempt=attempt)
         return _frame.set(_Frame(step_id=self.step_id, attempt=attempt))
 
@@ -282,6 +292,20 @@ class StepCall:
             )
             return delay
         self._fail(exc, attempt)
+
+    def _suspend_or_wait(self, seconds: float, attempt: int) -> float:
+        """Suspend the run when the wait before the next attempt is long; else return the seconds to wait.
+
+        The suspended step is checkpointed as ``waiting`` with its attempt count and wake-up time, so the
+        next incarnation goes on with the next attempt instead of starting over.
+        """
+        if not self.ctx.suspends(seconds):
+            return max(0.0, seconds)
+        if self.resumed_attempts == attempt:
+            self.ctx.suspend(self.wake_at, "retry")  # woken early: its checkpoint holds the wake-up time
+        wake_at = time.time() + seconds
+        self.ctx.store.save_step(self._record(WAITING, output={"wake_at": wake_at}, attempts=attempt))
+        self.ctx.suspend(wake_at, "retry")
 
     def _fail(self, exc: Exception, attempt: int) -> NoReturn:
         """Record the step as failed for good and raise the ``StepFailed`` the workflow sees."""
@@ -367,7 +391,9 @@ class StepCall:
         if result is not MISSING:
             return result
         fn, timeout = self.component.fn, self.component.timeout_seconds
-        attempt = 0
+        attempt = self.resumed_attempts
+        if attempt:
+            self.ctx.sleep(self._suspend_or_wait(self.wake_at - time.time(), attempt))
         while True:
             attempt += 1
             token = self._start_attempt(attempt)
@@ -375,13 +401,16 @@ class StepCall:
                 result = (
                     fn(*self.args, **self.kwargs) if timeout is None else self._call_with_timeout(timeout)
                 )
-            except RunInterrupted:
-                raise
-            except Exception as exc:
+            except BaseException as exc:
+                self.ctx.attempt_ended()
+                if not isinstance(exc, Exception) or isinstance(exc, RunInterrupted):
+                    raise
                 _frame.reset(token)
-                self.ctx.sleep(self._failed_attempt(exc, attempt))
+                self.resumed_attempts = 0
+                self.ctx.sleep(self._suspend_or_wait(self._failed_attempt(exc, attempt), attempt))
                 continue
             _frame.reset(token)
+            self.ctx.attempt_ended()
             record = self._success_record(result, attempt)
             self.ctx.store.save_step(record)
             self._completed(record)
@@ -408,20 +437,25 @@ class StepCall:
         if result is not MISSING:
             return result
         fn, timeout = self.component.fn, self.component.timeout_seconds
-        attempt = 0
+        attempt = self.resumed_attempts
+        if attempt:
+            await self.ctx.asleep(self._suspend_or_wait(self.wake_at - time.time(), attempt))
         while True:
             attempt += 1
             token = self._start_attempt(attempt)
             try:
                 awaitable: Awaitable[Any] = fn(*self.args, **self.kwargs)
                 result = await (awaitable if timeout is None else asyncio.wait_for(awaitable, timeout))
-            except RunInterrupted:
-                raise
-            except Exception as exc:
+            except BaseException as exc:
+                self.ctx.attempt_ended()
+                if not isinstance(exc, Exception) or isinstance(exc, RunInterrupted):
+                    raise
                 _frame.reset(token)
-                await self.ctx.asleep(self._failed_attempt(exc, attempt))
+                self.resumed_attempts = 0
+                await self.ctx.asleep(self._suspend_or_wait(self._failed_attempt(exc, attempt), attempt))
                 continue
             _frame.reset(token)
+            self.ctx.attempt_ended()
             record = self._success_record(result, attempt)
             # Off the event loop where the store can, so concurrent steps keep running meanwhile.
             asave = getattr(self.ctx.store, "asave_step", None)

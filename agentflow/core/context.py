@@ -15,20 +15,23 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from . import events as ev
-from .errors import LeaseLost, NotInWorkflow
+from .errors import LeaseLost, NotInWorkflow, RunSuspended, SliceEnded
 
 COMPLETED = "completed"
 FAILED = "failed"
+# Not finished: a step (or agentflow.sleep) suspended the run until ``Checkpoint.output["wake_at"]``.
+# ``attempts`` counts the attempts already made, so the next incarnation goes on with the next one.
+WAITING = "waiting"
 
 
 @dataclass(slots=True)
 class Checkpoint:
     """What the store remembers of a finished step."""
 
-    status: str  # COMPLETED or FAILED
+    status: str  # COMPLETED, FAILED or WAITING
     output: Any = None
     error: dict[str, Any] | None = None
     attempts: int = 1
@@ -136,6 +139,9 @@ class RunContext:
         cache_prefix: str = "agentflow:cache:",
         workflow_content_seen: int = 0,
         interrupt: Callable[[], None] | None = None,
+        slice_deadline: float | None = None,
+        draining: Callable[[], bool] | None = None,
+        suspend_threshold_seconds: float | None = None,
     ) -> None:
         self.run_id = run_id
         self.epoch = epoch
@@ -147,6 +153,17 @@ class RunContext:
         self.workflow_content_seen = workflow_content_seen
         self.workflow_content_emitted = 0
         self._interrupt = interrupt
+        # time.monotonic() after which the incarnation hands the run back at its next step boundary.
+        self.slice_deadline = slice_deadline
+        self._draining = draining
+        # Waits longer than this suspend the run instead of blocking the worker (None: never suspend).
+        self.suspend_threshold_seconds = suspend_threshold_seconds
+        # Attempts running now. The run is handed back only when none is: a parent step or a sibling of a
+        # concurrent fan-out cut short would emit its content again in the next incarnation, unvoided.
+        self.attempts_running = 0
+        # Set once a step or agentflow.sleep() suspends the run: concurrent code starting another step then
+        # stops too, instead of starting an attempt that the hand-off would cut short.
+        self.suspension: RunSuspended | None = None
         self.root = Frame(step_id=None, attempt=None)
         self.steps_executed = 0
         self.steps_replayed = 0
@@ -183,6 +200,41 @@ class RunContext:
             raise LeaseLost(f"run {self.run_id} moved to a newer epoch than {self.epoch}")
         if self._interrupt is not None:
             self._interrupt()
+
+    def attempt_started(self) -> None:
+        with self._emit_lock:
+            self.attempts_running += 1
+
+    def attempt_ended(self) -> None:
+        with self._emit_lock:
+            self.attempts_running -= 1
+
+    def check_slice(self) -> None:
+        """Raise ``SliceEnded`` when the slice is over or the worker drains. Called before a new step runs,
+        so everything done so far is checkpointed when the run is handed back."""
+        if self.suspension is not None:
+            self.suspend(self.suspension.wake_at, self.suspension.reason)
+        if self.attempts_running:
+            return
+        if self._draining is not None and self._draining():
+            raise SliceEnded(reason="drain")
+        # At least one step per incarnation, or a slice shorter than the replay would never make progress.
+        if (
+            self.slice_deadline is not None
+            and self.steps_executed
+            and time.monotonic() >= self.slice_deadline
+        ):
+            raise SliceEnded(reason="slice")
+
+    def suspend(self, wake_at: float | None, reason: str) -> NoReturn:
+        """End this incarnation: the run continues at ``wake_at`` (epoch seconds) in a new task."""
+        self.suspension = RunSuspended(f"run suspended ({reason})", wake_at=wake_at, reason=reason)
+        raise RunSuspended(f"run suspended ({reason})", wake_at=wake_at, reason=reason)
+
+    def suspends(self, seconds: float) -> bool:
+        """Whether a wait of ``seconds`` ends the incarnation instead of blocking the worker."""
+        threshold = self.suspend_threshold_seconds
+        return threshold is not None and seconds > threshold and not self.attempts_running
 
     def sleep(self, seconds: float) -> None:
         """Wait ``seconds``, waking every half second to honour a cancellation or a lost lease."""

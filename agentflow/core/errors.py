@@ -151,3 +151,24 @@ class LeaseLost(RunInterrupted):
     """This worker no longer owns the run (its epoch is stale): it must stop writing at once."""
 
     code = "lease_lost"
+
+
+class RunSuspended(RunInterrupted):
+    """The incarnation hands its run back: it continues later, in a new Celery task, on any worker.
+
+    ``wake_at`` (epoch seconds) is when the run may continue (a long retry delay or ``agentflow.sleep``);
+    ``None`` means at once. ``reason`` is ``"retry"``, ``"sleep"``, ``"slice"`` or ``"drain"``.
+    """
+
+    code = "run_suspended"
+
+    def __init__(self, message: str = "", *, wake_at: float | None = None, reason: str = "") -> None:
+        super().__init__(message or f"run suspended ({reason})")
+        self.wake_at = wake_at
+        self.reason = reason
+
+
+class SliceEnded(RunSuspended):
+    """The incarnation's time slice is over (or its worker is shutting down): continue in a new task now."""
+
+    code = "slice_ended"

@@ -17,6 +17,7 @@ RUN_QUEUED = "run.queued"
 RUN_STARTED = "run.started"
 RUN_RECOVERED = "run.recovered"
 RUN_WAITING = "run.waiting"
+RUN_CONTINUED = "run.continued"
 STEP_STARTED = "step.started"
 STEP_RETRYING = "step.retrying"
 STEP_COMPLETED = "step.completed"
@@ -40,6 +41,7 @@ ALL_TYPES = frozenset(
         RUN_STARTED,
         RUN_RECOVERED,
         RUN_WAITING,
+        RUN_CONTINUED,
         STEP_STARTED,
         STEP_RETRYING,
         STEP_COMPLETED,

@@ -10,3 +10,8 @@ def meta(prefix: str, run_id: str) -> str:
     """Hash beside the stream: ``epoch`` (the only incarnation allowed to append), ``seq`` (last appended
     sequence number, for idempotent retries), ``wfc`` (workflow-level content events appended)."""
     return f"{prefix}run:{{{run_id}}}:meta"
+
+
+def drain(prefix: str, host: str, pid: int) -> str:
+    """Set by a Celery worker's main process when its warm shutdown begins; its prefork children poll it."""
+    return f"{prefix}drain:{host}:{pid}"

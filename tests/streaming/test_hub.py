@@ -238,6 +238,32 @@ def test_archive_when_the_stream_is_gone(run_id):
     run(main)
 
 
+def test_archive_then_stream_when_the_stream_lost_its_older_events(run_id):
+    """A Redis restarted without persistence: the archive has the older events, the stream the newer ones."""
+    from agentflow.archive import archive_events, history
+
+    older = [append(run_id, t) for t in (ev.RUN_QUEUED, ev.RUN_STARTED, ev.STATUS)]
+    archive_events(run_id)
+    streams.get_client().delete(streams.stream_key(run_id))
+    newer = [append(run_id, t) for t in (ev.STATUS, ev.OUTPUT)]
+    everything = older + newer
+    assert [e["id"] for e in history(run_id)] == everything
+    assert [e["id"] for e in history(run_id, after=older[0], limit=3)] == everything[1:4]
+    assert [e["id"] for e in history(run_id, after=older[-1])] == newer
+
+    async def main(hub: Hub) -> None:
+        async with hub.subscribe(run_id) as sub:
+            assert await ids(sub, 5) == everything
+            last = append(run_id, ev.RUN_COMPLETED)
+            assert await ids(sub, 1) == [last]  # then live
+        async with hub.subscribe(run_id, after=older[1]) as sub:
+            assert await ids(sub, 4) == [*everything[2:], last]
+        async with hub.subscribe(run_id, after=newer[0]) as sub:
+            assert await ids(sub, 2) == [newer[1], last]
+
+    run(main)
+
+
 def test_closing_the_hub_drops_its_subscribers(run_id):
     async def main(hub: Hub) -> None:
         first = append(run_id)

@@ -153,4 +153,6 @@ def retry_request(tag: str) -> str:
     return asks_retry.retry(max_attempts=3)(tag)
 
 
-from . import workflows_api  # noqa: E402, F401  (the REST API tests' workflows, registered on the workers too)
+# The REST API tests' and the time-slice tests' workflows, registered on the workers too.
+from . import workflows_api, workflows_slices  # noqa: E402, F401
+from .workflows_chaos import chaos_stream  # noqa: E402, F401  (registers the chaos tests' workflows, tests/chaos)

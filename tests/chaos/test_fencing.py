@@ -1,0 +1,64 @@
+"""Checkpoint fencing against a claim that commits while a stale worker's checkpoint statement runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+from django.db import connection
+
+import agentflow
+from agentflow.core.context import StepRecord
+from agentflow.core.errors import LeaseLost
+from agentflow.models import StepRun, WorkflowRun
+from agentflow.store import DjangoRunStore
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def _record(step_id: str) -> StepRecord:
+    now = time.time()
+    return StepRecord(
+        step_id=step_id, parent_id=None, component="fetch", status="completed", input={"args": [], "kwargs": {}},
+        input_hash="h", output="late", error=None, attempts=1, started_at=now, finished_at=now,
+    )  # fmt: skip
+
+
+def test_a_claim_committing_during_a_stale_checkpoint_write_fences_it():
+    run = agentflow.start("three-steps", {"tag": "fencing"})  # no worker: the run stays queued at epoch 0
+    WorkflowRun.objects.filter(pk=run.pk).update(epoch=1, status="running")
+    settings = connection.settings_dict
+    claimer = psycopg.connect(
+        host=settings["HOST"], port=settings["PORT"], user=settings["USER"], dbname=settings["NAME"]
+    )
+    outcome: list[BaseException | None] = []
+    try:
+        # The new incarnation's claim (runner._claim): lock the run row and bump its epoch, not yet committed.
+        claimer.execute(f"SELECT id FROM {WorkflowRun._meta.db_table} WHERE id = %s FOR UPDATE", [run.pk])
+        claimer.execute(f"UPDATE {WorkflowRun._meta.db_table} SET epoch = 2 WHERE id = %s", [run.pk])
+
+        def stale_write() -> None:
+            try:
+                DjangoRunStore(str(run.pk), 1).save_step(_record("fetch#0"))
+                outcome.append(None)
+            except BaseException as exc:  # LeaseLost expected
+                outcome.append(exc)
+            finally:
+                connection.close()
+
+        writer = threading.Thread(target=stale_write)
+        writer.start()
+        time.sleep(0.5)  # the stale statement has taken its snapshot (epoch 1) and waits on the row lock
+        blocked = writer.is_alive() and not outcome
+        claimer.commit()
+        writer.join(timeout=10)
+    finally:
+        claimer.close()
+    assert outcome, "the stale checkpoint write did not return"
+    # Not a bug if it finished first: then it committed before the claim, and fencing was not bypassed.
+    if not blocked:
+        pytest.skip("the stale write did not wait for the claim's lock; nothing raced")
+    assert isinstance(outcome[0], LeaseLost), f"the stale write returned {outcome[0]!r}"
+    assert not StepRun.objects.filter(run_id=run.pk, epoch=1).exists()
