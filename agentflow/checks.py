@@ -131,4 +131,36 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id="agentflow.W001",
             )
         )
+    errors.extend(_check_rate_limits(merged["RATE_LIMITS"]))
+    return errors
+
+
+def _check_rate_limits(limits: Any) -> list[CheckMessage]:
+    """RATE_LIMITS: {"<provider>:<model>" | "<provider>:*" | "*": {"requests_per_minute": N, ...}}."""
+
+    def error(problem: str) -> Error:
+        return Error(f"AGENTFLOW['RATE_LIMITS'] {problem}", id="agentflow.E013")
+
+    if not isinstance(limits, dict):
+        return [error("must be a dict of patterns to limits.")]
+    errors: list[CheckMessage] = []
+    names = ("requests_per_minute", "tokens_per_minute")
+    for pattern, values in limits.items():
+        provider = pattern.partition(":")[0] if isinstance(pattern, str) else ""
+        if not isinstance(pattern, str) or (pattern != "*" and (not provider or ":" not in pattern)):
+            errors.append(
+                error(f"has a pattern {pattern!r} that is not '<provider>:<model>', '<provider>:*' or '*'.")
+            )
+        elif "*" in pattern[:-1] or (pattern.endswith("*") and not pattern.endswith(":*") and pattern != "*"):
+            errors.append(error(f"has a pattern {pattern!r} with a '*' other than a whole last part."))
+        if not isinstance(values, dict) or not values:
+            errors.append(error(f"[{pattern!r}] must be a non-empty dict with {' and/or '.join(names)}."))
+            continue
+        for name, value in values.items():
+            if name not in names:
+                errors.append(
+                    error(f"[{pattern!r}] has an unknown key {name!r} (valid: {', '.join(names)}).")
+                )
+            elif not _is_whole(value, 1):
+                errors.append(error(f"[{pattern!r}][{name!r}] must be a whole number >= 1."))
     return errors

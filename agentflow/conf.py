@@ -77,6 +77,9 @@ DEFAULTS: dict[str, Any] = {
     "RUNS_PAGE_SIZE": 50,
     "EVENTS_PAGE_SIZE": 100,
     "EVENTS_MAX_PAGE_SIZE": 1000,
+    # Shared rate limits (agentflow.ratelimit): {"<provider>:<model>" or "<provider>:*" or "*":
+    # {"requests_per_minute": N, "tokens_per_minute": M}}; a limit key takes the most specific pattern.
+    "RATE_LIMITS": {},
 }
 
 REMOVED: dict[str, str] = {}

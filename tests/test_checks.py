@@ -127,3 +127,29 @@ def test_redis_url_falls_back_to_the_environment(monkeypatch):
 def test_e004_slice_suspend_and_drain_durations(key, value):
     assert ids(**{key: value}) == ["agentflow.E004"]
     assert ids(**{key: 0.5}) == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [],
+        {"openai": {"requests_per_minute": 10}},  # no model part
+        {"openai:gpt*": {"requests_per_minute": 10}},  # '*' not a whole part
+        {"openai:*": {}},
+        {"openai:*": {"requests_per_minut": 10}},
+        {"openai:gpt-4o": {"tokens_per_minute": 0}},
+        {"openai:gpt-4o": {"requests_per_minute": 1.5}},
+        {"openai:gpt-4o": 100},
+    ],
+)
+def test_e013_rate_limits(value):
+    assert ids(RATE_LIMITS=value) == ["agentflow.E013"]
+
+
+def test_e013_valid_rate_limits_pass():
+    limits = {
+        "*": {"requests_per_minute": 1000},
+        "openai:*": {"requests_per_minute": 500, "tokens_per_minute": 200_000},
+        "openai:ft:gpt-4o:acme": {"tokens_per_minute": 10_000},
+    }
+    assert ids(RATE_LIMITS=limits) == ids(RATE_LIMITS={}) == []

@@ -15,3 +15,9 @@ def meta(prefix: str, run_id: str) -> str:
 def drain(prefix: str, host: str, pid: int) -> str:
     """Set by a Celery worker's main process when its warm shutdown begins; its prefork children poll it."""
     return f"{prefix}drain:{host}:{pid}"
+
+
+def rate_limit(prefix: str, limit_key: str, part: str) -> str:
+    """A rate limit's ``log`` (sorted set of acquisitions), ``totals`` (hash) or ``block`` (a 429's
+    Retry-After, with a PX expiry). ``{limit_key}`` is a hash tag, so one Lua script may touch all three."""
+    return f"{prefix}ratelimit:{{{limit_key}}}:{part}"

@@ -4,6 +4,9 @@
   Redis, no worker. It returns the output, every event and every checkpoint, so a test can assert on them.
 - :func:`inline_executor` makes ``agentflow.start()`` execute runs synchronously in the caller (with the
   database and Redis as usual), for tests of code that starts runs.
+- :class:`FakeOpenAI` (in :mod:`agentflow.testing.fake_openai`) is a real HTTP server speaking the OpenAI
+  wire format, with configurable latency and injected failures; also ``python -m
+  agentflow.testing.fake_openai``.
 """
 
 from __future__ import annotations
@@ -11,11 +14,27 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .core.context import StepRecord
-from .core.memory import MemoryCache, MemorySink, MemoryStore, run_in_memory
-from .core.workflow import Workflow, registry
+from ..core.context import StepRecord
+from ..core.memory import MemoryCache, MemorySink, MemoryStore, run_in_memory
+from ..core.workflow import Workflow, registry
+
+if TYPE_CHECKING:
+    from .fake_openai import FakeOpenAI, FakeOpenAIProcess
+
+__all__ = ["FakeOpenAI", "FakeOpenAIProcess", "InlineRun", "inline_executor", "run_inline"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported lazily: most users of this package never start the fake server, and importing
+    # ``fake_openai`` here would make ``python -m agentflow.testing.fake_openai`` warn about a module
+    # found in sys.modules before its execution.
+    if name in {"FakeOpenAI", "FakeOpenAIProcess"}:
+        from . import fake_openai
+
+        return getattr(fake_openai, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -47,7 +66,7 @@ def inline_executor() -> Iterator[None]:
     when the transaction commits (so use a transactional test, or ``captureOnCommitCallbacks``)."""
     from django.test import override_settings
 
-    from .conf import agentflow_settings
+    from ..conf import agentflow_settings
 
     with override_settings(
         AGENTFLOW={**agentflow_settings.user_settings, "EXECUTOR": "agentflow.executors.InlineExecutor"}

@@ -1,0 +1,371 @@
+"""Rate limits shared by every worker through Redis: requests and tokens per minute, per provider/model/key.
+
+    from agentflow.ratelimit import limit_key, limiter
+
+    key = limit_key("openai", "gpt-4o", api_key)  # "openai:gpt-4o:<12 hex digits>", never the key itself
+    limiter.wait_for_capacity(key, tokens=estimate)  # sleeps briefly, or raises RateLimited (a Retry)
+    try:
+        response = call_the_provider()
+    except ProviderRateLimitError as exc:  # a 429
+        limiter.penalize(key, exc.retry_after)  # every worker waits until then
+        raise
+    limiter.reconcile(key, estimate, response.usage.total_tokens)
+
+Each limit key has a sliding-window log in a sorted set: one entry per acquisition, scored with the Redis
+server's clock (``TIME``, so workers' clocks do not matter), holding its request and token counts, with the
+totals beside it in a hash. One Lua script trims what left the window, then grants the acquisition (adds an
+entry) or answers how long until enough of the window frees up (adds nothing). Unlike a token bucket, a log
+never lets more than the limit through in *any* window, a burst included. A 429's ``Retry-After`` is a key
+with a PX expiry that every acquisition checks first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from .conf import agentflow_settings
+from .core import keys
+from .core.context import current_run
+from .core.errors import Retry
+
+LIMIT_NAMES = ("requests_per_minute", "tokens_per_minute")
+
+# KEYS: log (sorted set), totals (hash), block (string with PX expiry).
+# ARGV: window (us), requests limit (0: none), tokens limit (0: none), requests, tokens.
+# Returns {granted 0/1, wait (us), server time (us)}. Entries are "<unique>:<requests>:<tokens>".
+_ACQUIRE = """
+-- Lua would print a 16-digit number as 1.7e+15, losing microseconds: format times as integers.
+local function int(n) return string.format('%.0f', n) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local blocked = redis.call('PTTL', KEYS[3])
+if blocked > 0 then
+  return {0, blocked * 1000, now}
+end
+local window, max_r, max_t = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local req, tok = tonumber(ARGV[4]), tonumber(ARGV[5])
+if max_r == 0 and max_t == 0 then
+  return {1, 0, now}
+end
+local function parse(member)
+  local r, k = string.match(member, ':(%d+):(%d+)$')
+  return tonumber(r), tonumber(k)
+end
+local r, k
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  r = tonumber(redis.call('HGET', KEYS[2], 'r') or '0')
+  k = tonumber(redis.call('HGET', KEYS[2], 'k') or '0')
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', int(now - window))) do
+    local er, ek = parse(member)
+    r, k = r - er, k - ek
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', int(now - window))
+else
+  -- The totals are gone (evicted): count them again from the log.
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', int(now - window))
+  r, k = 0, 0
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    local er, ek = parse(member)
+    r, k = r + er, k + ek
+  end
+end
+local function fits(r0, k0)
+  return (max_r == 0 or r0 + req <= max_r) and (max_t == 0 or k0 + tok <= max_t)
+end
+local ttl = math.floor(window / 1000) + 1000
+if fits(r, k) then
+  local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+  redis.call('ZADD', KEYS[1], int(now), seq .. '-' .. int(now) .. ':' .. req .. ':' .. tok)
+  redis.call('HSET', KEYS[2], 'r', r + req, 'k', k + tok)
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  return {1, 0, now}
+end
+-- The totals must never outlive the log they count: both expire together.
+redis.call('HSET', KEYS[2], 'r', r, 'k', k)
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #entries, 2 do
+  local er, ek = parse(entries[i])
+  r, k = r - er, k - ek
+  if fits(r, k) then
+    return {0, math.max(1, tonumber(entries[i + 1]) + window - now), now}
+  end
+end
+return {0, window, now}
+"""
+
+# KEYS: block. ARGV: milliseconds. Extends the block, never shortens it. Returns the block's milliseconds.
+_PENALIZE = """
+local current = redis.call('PTTL', KEYS[1])
+local ms = tonumber(ARGV[1])
+if current < ms then
+  redis.call('SET', KEYS[1], '1', 'PX', ms)
+  return ms
+end
+return current
+"""
+
+# KEYS: log, totals. ARGV: estimated tokens, actual tokens, window (us).
+# More tokens than estimated: a debit entry now. Fewer: the oldest entry in the window holding the estimate
+# gives back the difference. It may be another caller's equal estimate: an older entry leaves the window
+# sooner, so the refund errs on the cautious side.
+_RECONCILE = """
+local estimated, actual, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local function int(n) return string.format('%.0f', n) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local has_totals = redis.call('EXISTS', KEYS[2]) == 1
+if actual > estimated then
+  local extra = actual - estimated
+  local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+  redis.call('ZADD', KEYS[1], int(now), seq .. '-' .. int(now) .. ':0:' .. extra)
+  if has_totals then
+    redis.call('HINCRBY', KEYS[2], 'k', extra)
+  else
+    redis.call('DEL', KEYS[2])  -- the next acquisition counts the totals from the log
+  end
+  local ttl = math.floor(window / 1000) + 1000
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  return extra
+end
+local entries = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. int(now - window), '+inf', 'WITHSCORES')
+for i = 1, #entries, 2 do
+  local head, er, ek = string.match(entries[i], '^(.*):(%d+):(%d+)$')
+  if tonumber(ek) == estimated then
+    redis.call('ZREM', KEYS[1], entries[i])
+    redis.call('ZADD', KEYS[1], entries[i + 1], head .. ':' .. er .. ':' .. actual)
+    if has_totals then
+      redis.call('HINCRBY', KEYS[2], 'k', actual - estimated)
+    end
+    return actual - estimated
+  end
+end
+return 0
+"""
+
+
+class RateLimited(Retry):
+    """No capacity under a rate limit for longer than the caller would wait in-process.
+
+    A :class:`~agentflow.Retry`: raised from a component with retries left, the step is attempted again after
+    ``retry_after`` seconds, and a wait above ``SUSPEND_THRESHOLD_SECONDS`` suspends the run, freeing the
+    worker. The attempt counts against ``max_attempts``.
+    """
+
+    code = "rate_limited"
+
+    def __init__(self, key: str, retry_after: float) -> None:
+        super().__init__(retry_after, f"rate limit {key!r}: capacity in {retry_after:.3f}s")
+        self.key = key
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Acquisition:
+    """One acquisition's answer: ``wait_seconds`` is 0 when granted (capacity consumed), else the time until
+    it may succeed (nothing consumed). ``server_time`` is the Redis clock at the decision, in seconds."""
+
+    granted: bool
+    wait_seconds: float
+    server_time: float
+
+
+def fingerprint(api_key: str) -> str:
+    """A short, stable hash of an API key, to tell keys apart without storing or logging them."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:12]
+
+
+def limit_key(provider: str, model: str, api_key: str | None = None) -> str:
+    """``"provider:model"``, or ``"provider:model:<fingerprint>"`` when each API key has its own limits."""
+    key = f"{provider}:{model}"
+    return f"{key}:{fingerprint(api_key)}" if api_key else key
+
+
+def _specificity(pattern: str, key: str) -> tuple[int, int] | None:
+    """How closely ``pattern`` matches ``key`` (larger is closer), or None if it does not."""
+    if pattern == "*":
+        return (0, 0)
+    if pattern.endswith(":*"):
+        stem = pattern[:-1]
+        return (len(stem), 0) if key.startswith(stem) else None
+    # "openai:gpt-4o" covers "openai:gpt-4o" and each of its keys, "openai:gpt-4o:<fingerprint>".
+    if key == pattern or key.startswith(pattern + ":"):
+        return (len(pattern), 1)
+    return None
+
+
+def resolve_limits(limits: Mapping[str, Mapping[str, Any]], key: str) -> dict[str, int]:
+    """The limits of ``key``: those of the most specific pattern matching it (``{}``: no limit)."""
+    best: tuple[int, int] | None = None
+    found: Mapping[str, Any] = {}
+    for pattern, values in limits.items():
+        score = _specificity(pattern, key)
+        if score is not None and (best is None or score > best):
+            best, found = score, values
+    return {name: int(found[name]) for name in LIMIT_NAMES if found.get(name)}
+
+
+def _count(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, not {value!r}")
+    return value
+
+
+class RateLimiter:
+    """Requests and tokens per minute per limit key, shared by every process using the same Redis.
+
+    ``limits`` maps patterns to limits, like ``AGENTFLOW["RATE_LIMITS"]`` (read at each call when omitted).
+    ``window_seconds`` is the length of "a minute": shorter windows are for tests. ``client`` and
+    ``key_prefix`` default to the streams' Redis client and ``KEY_PREFIX``.
+    """
+
+    def __init__(
+        self,
+        limits: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        window_seconds: float = 60.0,
+        client: redis.Redis | None = None,
+        key_prefix: str | None = None,
+    ) -> None:
+        if window_seconds <= 0:
+            raise ValueError(f"window_seconds must be > 0, not {window_seconds!r}")
+        self._limits = limits
+        self.window_seconds = window_seconds
+        self._client = client
+        self._key_prefix = key_prefix
+
+    # Lazily, so a limiter can be created at import time without settings or a connection.
+    def _redis(self) -> redis.Redis:
+        if self._client is not None:
+            return self._client
+        from . import streams
+
+        return streams.get_client()
+
+    def _keys(self, key: str) -> list[str]:
+        prefix = self._key_prefix if self._key_prefix is not None else agentflow_settings.key_prefix
+        return [keys.rate_limit(prefix, key, part) for part in ("log", "totals", "block")]
+
+    def limits_for(self, key: str) -> dict[str, int]:
+        limits = self._limits if self._limits is not None else agentflow_settings.rate_limits
+        return resolve_limits(limits, key)
+
+    def try_acquire(self, key: str, *, requests: int = 1, tokens: int = 0) -> Acquisition:
+        """Take ``requests`` and ``tokens`` from ``key``'s capacity if all fit now; see :class:`Acquisition`."""
+        requests, tokens = _count(requests, "requests"), _count(tokens, "tokens")
+        limits = self.limits_for(key)
+        max_requests = limits.get("requests_per_minute", 0)
+        max_tokens = limits.get("tokens_per_minute", 0)
+        # More than a whole window's capacity would wait forever.
+        if max_requests and requests > max_requests:
+            raise ValueError(f"{requests} requests exceed {key!r}'s limit of {max_requests} per minute")
+        if max_tokens and tokens > max_tokens:
+            raise ValueError(f"{tokens} tokens exceed {key!r}'s limit of {max_tokens} per minute")
+        window_us = round(self.window_seconds * 1_000_000)
+        client = self._redis()
+        granted, wait_us, now_us = client.register_script(_ACQUIRE)(
+            keys=self._keys(key), args=[window_us, max_requests, max_tokens, requests, tokens]
+        )
+        return Acquisition(bool(int(granted)), int(wait_us) / 1_000_000, int(now_us) / 1_000_000)
+
+    def acquire(self, key: str, *, requests: int = 1, tokens: int = 0) -> float:
+        """0 if granted now (capacity consumed), else the seconds to wait before trying again."""
+        return self.try_acquire(key, requests=requests, tokens=tokens).wait_seconds
+
+    async def aacquire(self, key: str, *, requests: int = 1, tokens: int = 0) -> float:
+        # One short Redis round trip: a thread keeps the event loop free without a second client.
+        return await asyncio.to_thread(self.acquire, key, requests=requests, tokens=tokens)
+
+    def penalize(self, key: str, retry_after_seconds: float) -> None:
+        """Block ``key`` for every process for ``retry_after_seconds`` (a 429's ``Retry-After``). A block
+        only ever grows: a shorter penalty does not end a longer one early."""
+        if retry_after_seconds <= 0:
+            return
+        ms = max(1, round(retry_after_seconds * 1000))
+        self._redis().register_script(_PENALIZE)(keys=self._keys(key)[2:], args=[ms])
+
+    def reconcile(self, key: str, estimated_tokens: int, actual_tokens: int) -> None:
+        """Correct the tokens taken by an acquisition of ``estimated_tokens`` once the call reports its usage."""
+        estimated = _count(estimated_tokens, "estimated_tokens")
+        actual = _count(actual_tokens, "actual_tokens")
+        if estimated == actual or not self.limits_for(key).get("tokens_per_minute"):
+            return
+        window_us = round(self.window_seconds * 1_000_000)
+        self._redis().register_script(_RECONCILE)(
+            keys=self._keys(key)[:2], args=[estimated, actual, window_us]
+        )
+
+    def wait_for_capacity(
+        self, key: str, *, requests: int = 1, tokens: int = 0, max_wait_seconds: float | None = None
+    ) -> float:
+        """Acquire, sleeping in-process while the wait is short; return the seconds waited.
+
+        A wait that would take the total past ``max_wait_seconds`` (default: ``SUSPEND_THRESHOLD_SECONDS``)
+        raises :class:`RateLimited` instead, so a step's retry frees the worker rather than holding it. In a
+        run, sleeping wakes every half second to honour a cancellation.
+        """
+        limit = self._max_wait(max_wait_seconds)
+        started = time.monotonic()
+        waited = 0.0  # stays 0 when granted at once
+        while True:
+            wait = self.acquire(key, requests=requests, tokens=tokens)
+            if wait == 0:
+                return waited
+            waited = time.monotonic() - started
+            if waited + wait > limit:
+                raise RateLimited(key, wait)
+            ctx = current_run()
+            pause = wait + _spread()
+            if ctx is not None:
+                ctx.sleep(pause)
+            else:
+                time.sleep(pause)
+            waited = time.monotonic() - started
+
+    async def await_for_capacity(
+        self, key: str, *, requests: int = 1, tokens: int = 0, max_wait_seconds: float | None = None
+    ) -> float:
+        """:meth:`wait_for_capacity` for async code."""
+        limit = self._max_wait(max_wait_seconds)
+        started = time.monotonic()
+        waited = 0.0  # stays 0 when granted at once
+        while True:
+            wait = await self.aacquire(key, requests=requests, tokens=tokens)
+            if wait == 0:
+                return waited
+            waited = time.monotonic() - started
+            if waited + wait > limit:
+                raise RateLimited(key, wait)
+            ctx = current_run()
+            pause = wait + _spread()
+            if ctx is not None:
+                await ctx.asleep(pause)
+            else:
+                await asyncio.sleep(pause)
+            waited = time.monotonic() - started
+
+    @staticmethod
+    def _max_wait(max_wait_seconds: float | None) -> float:
+        if max_wait_seconds is None:
+            return float(agentflow_settings.suspend_threshold_seconds)
+        return max_wait_seconds
+
+
+def _spread() -> float:
+    # Waiters told the same moment would all come back at once and most be turned away again.
+    return random.uniform(0, 0.01)
+
+
+limiter = RateLimiter()
+"""The limiter configured by ``AGENTFLOW["RATE_LIMITS"]``, on the streams' Redis."""

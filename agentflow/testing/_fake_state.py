@@ -1,0 +1,95 @@
+"""The fake OpenAI server's fault script and token counters (see :mod:`agentflow.testing.fake_openai`)."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Fault:
+    model: str
+    status: int | None = None
+    retry_after: float | None = None
+    drop_after_chunks: int | None = None
+    message: str | None = None
+    times: int = 1
+
+
+@dataclass
+class Counts:
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+@dataclass
+class State:
+    """Counters and the fault script; touched only on the server's event loop, so no lock."""
+
+    faults: list[Fault] = field(default_factory=list)
+    requests: int = 0
+    faults_injected: int = 0
+    totals: Counts = field(default_factory=Counts)
+    by_model: dict[str, Counts] = field(default_factory=dict)
+    by_key: dict[str, Counts] = field(default_factory=dict)
+
+    def take_fault(self, model: str) -> Fault | None:
+        for fault in self.faults:
+            if fnmatch.fnmatchcase(model, fault.model):
+                fault.times -= 1
+                if fault.times <= 0:
+                    self.faults.remove(fault)
+                self.faults_injected += 1
+                return fault
+        return None
+
+    def count(self, model: str, key: str, prompt_tokens: int, completion_tokens: int) -> None:
+        for counts in (
+            self.totals,
+            self.by_model.setdefault(model, Counts()),
+            self.by_key.setdefault(key, Counts()),
+        ):
+            counts.requests += 1
+            counts.prompt_tokens += prompt_tokens
+            counts.completion_tokens += completion_tokens
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "faults_injected": self.faults_injected,
+            "faults_pending": len(self.faults),
+            "totals": self.totals.as_dict(),
+            "by_model": {name: counts.as_dict() for name, counts in self.by_model.items()},
+            "by_key": {name: counts.as_dict() for name, counts in self.by_key.items()},
+        }
+
+
+def parse_faults(payload: Any) -> list[Fault]:
+    """``{"model": "*", "fail": [{...}, ...]}``, a list of faults, or one fault."""
+    if isinstance(payload, dict) and "fail" in payload:
+        model, items = payload.get("model", "*"), payload["fail"]
+    else:
+        model, items = "*", payload
+    if isinstance(items, dict):
+        items = [items]
+    if not isinstance(items, list):
+        raise ValueError("expected a fault, a list of faults or {'model': ..., 'fail': [...]}")
+    known = {"model", "status", "retry_after", "drop_after_chunks", "message", "times"}
+    faults = []
+    for item in items:
+        if not isinstance(item, dict) or set(item) - known:
+            raise ValueError(f"unknown fault fields in {item!r}; known: {sorted(known)}")
+        if (item.get("status") is None) == (item.get("drop_after_chunks") is None):
+            raise ValueError(f"a fault needs exactly one of 'status' or 'drop_after_chunks': {item!r}")
+        faults.append(Fault(**{"model": model, **item}))
+    return faults
