@@ -10,6 +10,7 @@ import logging
 import time
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -91,12 +92,9 @@ def get_run(run_id: Any) -> WorkflowRun:
         run_id = run_id.pk
     try:
         return WorkflowRun.objects.get(pk=run_id)
-    except (WorkflowRun.DoesNotExist, ValueError, TypeError):
+    # A malformed UUID surfaces as a ValidationError.
+    except (WorkflowRun.DoesNotExist, ValidationError, ValueError, TypeError):
         raise RunNotFound(f"no run has id {run_id!r}") from None
-    except Exception as exc:  # a malformed UUID surfaces as a ValidationError
-        if type(exc).__name__ == "ValidationError":
-            raise RunNotFound(f"no run has id {run_id!r}") from None
-        raise
 
 
 def wait(run: Any, timeout_seconds: float | None = None, *, raise_on_failure: bool = True) -> Any:

@@ -1,6 +1,6 @@
 """The benchmark's Celery app: ``celery -A bench.celery_app worker -P solo -Q agentflow,celery``.
 
-Same configuration as tests/celery_app.py (acks late, prefetch 1, JSON), plus a Redis result backend for the
+The same CELERY_* settings as the test workers (acks late, prefetch 1, JSON), plus a Redis result backend for the
 baseline's chain. It defines the baseline's no-op task; importing it also registers the bench workflow (which
 agentflow's autodiscovery of ``bench.workflows`` does as well once Django is set up).
 
@@ -17,18 +17,9 @@ from celery.signals import worker_ready
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
 
 app = Celery("agentflow_bench")
+# The CELERY_* settings come from tests/settings.py through bench/settings.py.
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.update(
-    task_serializer="json",
-    accept_content=["json"],
-    result_serializer="json",
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    broker_connection_retry_on_startup=True,
-    worker_hijack_root_logger=False,
-    result_expires=600,
-)
+app.conf.update(result_expires=600)
 app.set_default()
 app.autodiscover_tasks(["agentflow"])
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol
 
 from . import events as ev
-from .errors import LeaseLost, NotInWorkflow, RunSuspended, SliceEnded
+from .errors import LeaseLost, RunSuspended, SliceEnded
 
 COMPLETED = "completed"
 FAILED = "failed"
@@ -268,10 +268,3 @@ class RunContext:
     def current_step(self) -> StepInfo:
         frame = _frame.get() or self.root
         return StepInfo(run_id=self.run_id, step_id=frame.step_id, attempt=frame.attempt, epoch=self.epoch)
-
-
-def require_run(api: str) -> RunContext:
-    ctx = _run.get()
-    if ctx is None:
-        raise NotInWorkflow(f"agentflow.{api}() can only be called while a workflow runs")
-    return ctx
