@@ -11,6 +11,7 @@ from .core.api import current_step, map, publish, sleep, status, stream_output
 from .core.component import Component, component
 from .core.errors import (
     AgentflowError,
+    BudgetExceeded,
     ConfigurationError,
     InvalidInput,
     LeaseLost,
@@ -30,12 +31,15 @@ from .core.errors import (
     WorkflowNotFound,
 )
 from .core.retry import RetryPolicy
+from .core.usage import Budget, record_usage
 from .core.workflow import Workflow, registry, workflow
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AgentflowError",
+    "Budget",
+    "BudgetExceeded",
     "Component",
     "ConfigurationError",
     "InvalidInput",
@@ -62,6 +66,7 @@ __all__ = [
     "get_run",
     "map",
     "publish",
+    "record_usage",
     "registry",
     "resume",
     "sleep",

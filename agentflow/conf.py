@@ -80,6 +80,20 @@ DEFAULTS: dict[str, Any] = {
     # Shared rate limits (agentflow.ratelimit): {"<provider>:<model>" or "<provider>:*" or "*":
     # {"requests_per_minute": N, "tokens_per_minute": M}}; a limit key takes the most specific pattern.
     "RATE_LIMITS": {},
+    # The length of a rate limit's "minute". Only tests should shorten it.
+    "RATE_LIMIT_WINDOW_SECONDS": 60.0,
+    # The LLM layer (agentflow.llm). LLM_PROVIDERS: the OpenAI-compatible providers a client built without
+    # api_key/base_url uses, in fallback order: [{"name": "openai", "base_url": ..., "api_key": ...,
+    # "models": {"<requested>": "<provider's model>"}}, ...]. None: one provider "openai" from the
+    # OPENAI_API_KEY and OPENAI_BASE_URL environment variables, like the openai SDK.
+    "LLM_PROVIDERS": None,
+    # USD per million tokens: {"<model or glob>": {"input": 0.15, "output": 0.60}}; the most specific wins.
+    "LLM_PRICES": {},
+    # Provider calls in flight at once: per run, and per worker process (all runs of the process together).
+    "LLM_MAX_CONCURRENCY_PER_RUN": 256,
+    "LLM_MAX_CONCURRENCY_PER_WORKER": 1024,
+    # Streamed tokens are forwarded to the run's stream at most once per this many seconds (coalesced).
+    "LLM_STREAM_COALESCE_SECONDS": 0.05,
 }
 
 REMOVED: dict[str, str] = {}

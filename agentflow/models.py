@@ -54,7 +54,12 @@ class WorkflowRun(models.Model):
     wake_at = models.DateTimeField(null=True, blank=True)
     last_event_id = models.CharField(max_length=64, blank=True, default="")
     step_count = models.PositiveIntegerField(default=0)
-    usage = models.JSONField(default=dict, blank=True, help_text="Totals: tokens, cost, ...")
+    usage = models.JSONField(
+        default=dict, blank=True, help_text="Tokens and cost of every step so far (agentflow.core.usage)."
+    )
+    budget = models.JSONField(
+        null=True, blank=True, help_text='Spending limit: {"usd": ..., "tokens": ...}; None: no limit.'
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -126,6 +131,11 @@ class StepRun(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     epoch = models.PositiveIntegerField(default=0)
+    usage = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Tokens and cost of the step's own provider calls, provider, fallbacks.",
+    )
 
     class Meta:
         ordering = ["run", "id"]

@@ -25,8 +25,18 @@ from .conf import agentflow_settings
 from .core import events as ev
 from .core import keys
 from .core.context import WAITING, Checkpoint, RunContext
-from .core.errors import AgentflowError, LeaseLost, RunCancelled, RunSuspended, StepFailed, WorkflowNotFound
+from .core.errors import (
+    AgentflowError,
+    BudgetExceeded,
+    LeaseLost,
+    RunCancelled,
+    RunSuspended,
+    StepFailed,
+    WorkflowNotFound,
+)
+from .core.usage import Budget
 from .core.workflow import registry
+from .llm import pricing
 from .models import ACTIVE_STATUSES, RunStatus, StepRun, WorkflowRun
 from .store import DjangoRunStore, Lease, load_checkpoints
 
@@ -106,8 +116,10 @@ def _error_dict(exc: BaseException) -> dict[str, Any]:
             step=exc.step_id,
             cause={"type": exc.error_type, "message": exc.error_message},
         )
-    elif isinstance(exc, AgentflowError):
+    elif isinstance(exc, AgentflowError | BudgetExceeded):
         error["code"] = exc.code
+        if isinstance(exc, BudgetExceeded):
+            error["details"] = exc.details
     else:
         error["traceback"] = "".join(traceback.format_exception(exc, limit=-20))[-8000:]
     return error
@@ -232,7 +244,11 @@ def _execute(run_id: str, epoch: int, worker: str) -> str | None:
             slice_deadline=slice_deadline,
             draining=_draining.is_set,
             suspend_threshold_seconds=agentflow_settings.suspend_threshold_seconds,
+            budget=Budget.parse(run.budget) if run.budget else None,
+            pricer=pricing.price,
         )
+        lease.usage = lambda: ctx.usage
+        run.usage = ctx.usage  # _finish and _suspend write the totals with the run's status
         status, output, error = RunStatus.COMPLETED, None, None
         try:
             output = wf.execute(run.input, ctx)
@@ -243,6 +259,9 @@ def _execute(run_id: str, epoch: int, worker: str) -> str | None:
             return _suspend(run, sink, exc)
         except RunCancelled:
             status = RunStatus.CANCELLED
+        except BudgetExceeded as exc:
+            logger.info("run %s stopped: %s", run_id, exc)
+            status, error = RunStatus.FAILED, _error_dict(exc)
         except Exception as exc:
             logger.info("run %s failed: %s", run_id, exc, exc_info=not isinstance(exc, AgentflowError))
             status, error = RunStatus.FAILED, _error_dict(exc)
@@ -273,7 +292,7 @@ def _suspend(run: WorkflowRun, sink: streams.RedisSink, exc: RunSuspended) -> st
     sink.flush()
     ours = WorkflowRun.objects.filter(id=run_id, epoch=run.epoch, status=RunStatus.RUNNING)
     updated = ours.filter(cancel_requested=False).update(
-        status=RunStatus.WAITING, wake_at=wake_at, heartbeat_at=now
+        status=RunStatus.WAITING, wake_at=wake_at, heartbeat_at=now, usage=run.usage
     )
     if not updated:
         if ours.filter(cancel_requested=True).exists():
@@ -309,6 +328,7 @@ def _finish(
         error=error,
         finished_at=now,
         step_count=StepRun.objects.filter(run__pk=run_id).count(),
+        usage=run.usage,
     )
     if not updated:
         logger.warning("run %s: epoch %s went stale before it could finish", run_id, run.epoch)

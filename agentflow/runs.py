@@ -18,6 +18,7 @@ from . import streams
 from .conf import agentflow_settings
 from .core import events as ev
 from .core.errors import RunFailed, RunNotFound, RunTimeout
+from .core.usage import Budget
 from .core.workflow import Workflow, registry
 from .executors import get_executor
 from .models import FINISHED_STATUSES, RunStatus, WorkflowRun
@@ -31,16 +32,19 @@ def start(
     *,
     owner: Any = None,
     idempotency_key: str | None = None,
+    budget: Budget | dict[str, Any] | None = None,
 ) -> WorkflowRun:
     """Validate ``input``, record a run and enqueue it once the current transaction commits.
 
     Raises ``WorkflowNotFound`` or ``InvalidInput`` before anything is recorded. With ``idempotency_key``,
     a second call with the same key, owner and workflow returns the first run instead of starting another.
+    ``budget`` (``{"usd": ..., "tokens": ...}``) replaces the workflow's default spending limit for this run.
     """
     wf = registry.get(workflow) if isinstance(workflow, str) else workflow
     if not isinstance(wf, Workflow):
         raise TypeError(f"start() needs a workflow or its name, not {workflow!r}")
     data = wf.validate_input(input)
+    limit = Budget.parse(budget) if budget is not None else wf.budget
     if idempotency_key is not None and (
         not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255
     ):
@@ -53,7 +57,11 @@ def start(
     try:
         with transaction.atomic():
             run = WorkflowRun.objects.create(
-                workflow=wf.name, input=data, owner_id=owner_id, idempotency_key=idempotency_key
+                workflow=wf.name,
+                input=data,
+                owner_id=owner_id,
+                idempotency_key=idempotency_key,
+                budget=limit.as_dict() if limit is not None else None,
             )
     except IntegrityError:
         existing = _existing(wf.name, owner_id, idempotency_key) if idempotency_key else None

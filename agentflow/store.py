@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import copy
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,11 +35,11 @@ def _psycopg3(conn: Any) -> bool:
 def load_checkpoints(run_id: str, *, include_failed: bool = True) -> dict[str, Checkpoint]:
     """All of a run's checkpoints in one query: replay is then a dictionary lookup."""
     rows = StepRun.objects.filter(run__pk=run_id).values_list(
-        "step_id", "status", "output", "error", "attempts", "input_hash"
+        "step_id", "status", "output", "error", "attempts", "input_hash", "usage"
     )
     return {
-        step_id: Checkpoint(status, output, error, attempts, input_hash or None)
-        for step_id, status, output, error, attempts, input_hash in rows
+        step_id: Checkpoint(status, output, error, attempts, input_hash or None, usage)
+        for step_id, status, output, error, attempts, input_hash, usage in rows
         if include_failed or status == "completed"
     }
 
@@ -63,13 +65,14 @@ class DjangoRunStore:
             lock = "FOR KEY SHARE " if postgresql else ""
             self._sql = (
                 f"INSERT INTO {steps} (run_id, step_id, parent_id, component, status, input, input_hash, output, "
-                f"error, attempts, cached, started_at, finished_at, epoch) "
-                f"SELECT id, %s, %s, %s, %s, {json}, %s, {json}, {json}, %s, %s, %s, %s, epoch FROM {runs} "
+                f"error, attempts, cached, started_at, finished_at, usage, epoch) "
+                f"SELECT id, %s, %s, %s, %s, {json}, %s, {json}, {json}, %s, %s, %s, %s, {json}, epoch "
+                f"FROM {runs} "
                 f"WHERE id = %s AND epoch = %s {lock}"
                 f"ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, input = excluded.input, "
                 f"input_hash = excluded.input_hash, output = excluded.output, error = excluded.error, "
                 f"attempts = excluded.attempts, cached = excluded.cached, started_at = excluded.started_at, "
-                f"finished_at = excluded.finished_at, epoch = excluded.epoch"
+                f"finished_at = excluded.finished_at, usage = excluded.usage, epoch = excluded.epoch"
             )
         return self._sql
 
@@ -87,6 +90,7 @@ class DjangoRunStore:
             record.cached,
             _ts(record.started_at or record.finished_at),
             _ts(record.finished_at),
+            None if record.usage is None else dumps(record.usage),
             uuid.UUID(self.run_id),
             self.epoch,
         ]
@@ -100,7 +104,7 @@ class DjangoRunStore:
             ops = connection.ops
             params[10] = ops.adapt_datetimefield_value(params[10])
             params[11] = ops.adapt_datetimefield_value(params[11])
-            params[12] = WorkflowRun._meta.pk.get_db_prep_value(params[12], connection)
+            params[13] = WorkflowRun._meta.pk.get_db_prep_value(params[13], connection)
             with connection.cursor() as cursor:
                 cursor.execute(self._statement(), params)
                 rowcount = cursor.rowcount
@@ -159,6 +163,9 @@ class Lease:
         self.interval_seconds = interval_seconds
         self.lost = False
         self.cancelled = False
+        # The run's usage totals, written with each beat when they changed (for the API and the admin).
+        self.usage: Callable[[], dict[str, Any]] | None = None
+        self._usage_written: dict[str, Any] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"agentflow-lease-{run_id}", daemon=True)
 
@@ -187,7 +194,13 @@ class Lease:
         if not rows:
             self.lost = True
             return
-        WorkflowRun.objects.filter(id=self.run_id, epoch=self.epoch).update(heartbeat_at=timezone.now())
+        changes: dict[str, Any] = {"heartbeat_at": timezone.now()}
+        usage = self.usage() if self.usage is not None else None
+        if usage and usage != self._usage_written:
+            changes["usage"] = usage = copy.deepcopy(usage)
+        WorkflowRun.objects.filter(id=self.run_id, epoch=self.epoch).update(**changes)
+        if "usage" in changes:
+            self._usage_written = usage
         self.cancelled = bool(rows[0])
 
     def _loop(self) -> None:

@@ -23,14 +23,17 @@ from . import events as ev
 from .context import COMPLETED, FAILED, MISSING, WAITING, Checkpoint, RunContext, StepRecord, _frame, _run
 from .context import Frame as _Frame
 from .errors import RunInterrupted, SerializationError, StepFailed, StepTimeout, WorkflowDivergence
-from .retry import NO_RETRY, RetryPolicy
+from .retry import NO_RETRY, RetryPolicy, requested_delay_seconds
 from .serialization import from_jsonable, stable_hash, to_jsonable
+from .usage import COUNTS as _COUNTS
+from .usage import merge as merge_usage
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 logger = logging.getLogger("agentflow.steps")
 
+_USAGE_SUMS = {*_COUNTS, "cost_usd", "unpriced_calls", "by_model"}
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
 
 
@@ -175,6 +178,7 @@ class StepCall:
         "args",
         "component",
         "ctx",
+        "free_attempts",
         "input",
         "input_hash",
         "kwargs",
@@ -182,6 +186,7 @@ class StepCall:
         "resumed_attempts",
         "started_at",
         "step_id",
+        "usage",
         "wake_at",
     )
 
@@ -203,6 +208,9 @@ class StepCall:
         # Set when an earlier incarnation suspended this step between two attempts.
         self.resumed_attempts = 0
         self.wake_at = 0.0
+        # Attempts that waited for capacity (Retry.consumes_attempt false): max_attempts does not count them.
+        self.free_attempts = 0
+        self.usage: dict[str, Any] | None = None
 
     # The shared lifecycle; run_sync and run_async differ only in how they wait and call.
 
@@ -227,7 +235,10 @@ class StepCall:
                 return self._replay(checkpoint)
             self.resumed_attempts = checkpoint.attempts
             self.wake_at = float((checkpoint.output or {}).get("wake_at") or 0.0)
+            self.free_attempts = int((checkpoint.output or {}).get("free_attempts") or 0)
+            self.usage = checkpoint.usage
         ctx.check_slice()
+        ctx.check_budget()
         self.started_at = time.time()
         policy = self.component.cache_policy
         if policy is not None and ctx.cache is not None:
@@ -267,6 +278,15 @@ class StepCall:
     def _step_data(self, **extra: Any) -> dict[str, Any]:
         return {"component": self.component.name, "parent": self.parent_id, **extra}
 
+    def _collect_usage(self) -> None:
+        """Keep what the attempt ending now spent (a failed attempt's tokens were billed too)."""
+        frame = _frame.get()
+        if frame is not None and frame.usage:
+            self.usage = merge_usage(self.usage if self.usage is not None else {}, frame.usage)
+            for key, value in frame.usage.items():  # the LLM layer's notes: last attempt's win
+                if key not in _USAGE_SUMS:
+                    self.usage[key] = value
+
     def _start_attempt(self, attempt: int) -> contextvars.Token[_Frame | None]:
         self.ctx.check_interrupt()
         self.ctx.attempt_started()
@@ -281,8 +301,12 @@ class StepCall:
             exc = StepTimeout(f"attempt {attempt} of {self.step_id!r} exceeded {timeout}s")
         policy = self.component.retry_policy
         error = {"type": type(exc).__name__, "message": str(exc)}
-        if policy.should_retry(exc, attempt):
-            delay = policy.delay_seconds(exc, attempt)
+        free = getattr(exc, "consumes_attempt", True) is False
+        if free:
+            self.free_attempts += 1
+        counted = attempt - self.free_attempts
+        if policy.should_retry(exc, counted) or (free and not isinstance(exc, RunInterrupted)):
+            delay = (requested_delay_seconds(exc) or 0.0) if free else policy.delay_seconds(exc, counted)
             self.ctx.discard_failed_below(self.step_id)
             self.ctx.emit(
                 ev.STEP_RETRYING,
@@ -304,7 +328,8 @@ class StepCall:
         if self.resumed_attempts == attempt:
             self.ctx.suspend(self.wake_at, "retry")  # woken early: its checkpoint holds the wake-up time
         wake_at = time.time() + seconds
-        self.ctx.store.save_step(self._record(WAITING, output={"wake_at": wake_at}, attempts=attempt))
+        output = {"wake_at": wake_at, "free_attempts": self.free_attempts}
+        self.ctx.store.save_step(self._record(WAITING, output=output, attempts=attempt))
         self.ctx.suspend(wake_at, "retry")
 
     def _fail(self, exc: Exception, attempt: int) -> NoReturn:
@@ -365,11 +390,12 @@ class StepCall:
             started_at=self.started_at,
             finished_at=time.time(),
             cached=cached,
+            usage=self.usage,
         )
 
     def _register(self, record: StepRecord) -> None:
         self.ctx.checkpoints[self.step_id] = Checkpoint(
-            record.status, record.output, record.error, record.attempts, self.input_hash
+            record.status, record.output, record.error, record.attempts, self.input_hash, record.usage
         )
         self.ctx.steps_executed += 1
 
@@ -403,12 +429,14 @@ class StepCall:
                 )
             except BaseException as exc:
                 self.ctx.attempt_ended()
+                self._collect_usage()
                 if not isinstance(exc, Exception) or isinstance(exc, RunInterrupted):
                     raise
                 _frame.reset(token)
                 self.resumed_attempts = 0
                 self.ctx.sleep(self._suspend_or_wait(self._failed_attempt(exc, attempt), attempt))
                 continue
+            self._collect_usage()
             _frame.reset(token)
             self.ctx.attempt_ended()
             record = self._success_record(result, attempt)
@@ -448,12 +476,14 @@ class StepCall:
                 result = await (awaitable if timeout is None else asyncio.wait_for(awaitable, timeout))
             except BaseException as exc:
                 self.ctx.attempt_ended()
+                self._collect_usage()
                 if not isinstance(exc, Exception) or isinstance(exc, RunInterrupted):
                     raise
                 _frame.reset(token)
                 self.resumed_attempts = 0
                 await self.ctx.asleep(self._suspend_or_wait(self._failed_attempt(exc, attempt), attempt))
                 continue
+            self._collect_usage()
             _frame.reset(token)
             self.ctx.attempt_ended()
             record = self._success_record(result, attempt)

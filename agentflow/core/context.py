@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from . import events as ev
-from .errors import LeaseLost, RunSuspended, SliceEnded
+from .errors import BudgetExceeded, LeaseLost, RunSuspended, SliceEnded
+
+if TYPE_CHECKING:
+    from .usage import Budget, Pricer
 
 COMPLETED = "completed"
 FAILED = "failed"
@@ -36,6 +39,7 @@ class Checkpoint:
     error: dict[str, Any] | None = None
     attempts: int = 1
     input_hash: str | None = None
+    usage: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -54,6 +58,8 @@ class StepRecord:
     started_at: float  # epoch seconds
     finished_at: float
     cached: bool = False
+    # Tokens and cost the step's own provider calls spent (agentflow.core.usage), with the LLM layer's notes.
+    usage: dict[str, Any] | None = None
 
 
 class RunStore(Protocol):
@@ -84,6 +90,8 @@ class Frame:
     # Set when a sync attempt's time-out abandoned the thread still running this frame's code.
     abandoned: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # What this attempt's provider calls spent (record_usage), and notes about them (provider, fallbacks).
+    usage: dict[str, Any] | None = None
 
     def next_child_id(self, name: str) -> str:
         # A lock, because sync components fanned out by agentflow.map run in threads.
@@ -142,6 +150,8 @@ class RunContext:
         slice_deadline: float | None = None,
         draining: Callable[[], bool] | None = None,
         suspend_threshold_seconds: float | None = None,
+        budget: Budget | None = None,
+        pricer: Pricer | None = None,
     ) -> None:
         self.run_id = run_id
         self.epoch = epoch
@@ -168,6 +178,18 @@ class RunContext:
         self.steps_executed = 0
         self.steps_replayed = 0
         self._emit_lock = threading.Lock()
+        self.budget = budget
+        self.pricer = pricer
+        # Tokens and cost so far, replayed steps included (they were spent by this run, earlier).
+        self.usage: dict[str, Any] = {}
+        from .usage import merge
+
+        for checkpoint in self.checkpoints.values():
+            merge(self.usage, checkpoint.usage)
+        # Per-run resources of the LLM layer (its concurrency limit, HTTP clients), created on first use;
+        # ``closers`` are awaited when an async workflow's event loop is about to end.
+        self.resources: dict[str, Any] = {}
+        self.closers: list[Callable[[], Awaitable[None]]] = []
 
     # -- events ------------------------------------------------------------------------------------------
 
@@ -208,6 +230,38 @@ class RunContext:
     def attempt_ended(self) -> None:
         with self._emit_lock:
             self.attempts_running -= 1
+
+    def add_usage(self, frame: Frame, usage: dict[str, Any]) -> None:
+        """Count ``usage`` on the attempt running in ``frame`` and in the run's totals."""
+        from .usage import merge
+
+        with self._emit_lock:
+            frame.usage = merge(frame.usage if frame.usage is not None else {}, usage)
+            merge(self.usage, usage)
+
+    def check_budget(self) -> None:
+        """Raise ``BudgetExceeded`` once the run's usage reached its budget. Called before steps and calls."""
+        budget = self.budget
+        if budget is None:
+            return
+        with self._emit_lock:
+            limit = budget.exceeded(self.usage)
+            if limit is None:
+                return
+            usage = {key: self.usage.get(key) for key in ("calls", "total_tokens", "cost_usd")}
+        spent = f"${usage['cost_usd']:.6f}" if limit == "usd" else f"{usage['total_tokens']} tokens"
+        raise BudgetExceeded(
+            f"run {self.run_id} spent {spent}, reaching its budget of "
+            + (f"${budget.usd}" if limit == "usd" else f"{budget.tokens} tokens"),
+            limit=limit,
+            budget=budget.as_dict(),
+            usage=usage,
+        )
+
+    async def aclose_resources(self) -> None:
+        closers, self.closers = self.closers, []
+        for close in closers:
+            await close()
 
     def check_slice(self) -> None:
         """Raise ``SliceEnded`` when the slice is over or the worker drains. Called before a new step runs,

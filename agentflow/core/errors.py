@@ -127,6 +127,8 @@ class Retry(AgentflowError):
     """
 
     code = "retry"
+    # False for waits that are not failures (a local rate limit's capacity): they do not use up an attempt.
+    consumes_attempt = True
 
     def __init__(self, delay_seconds: float | None = None, reason: str = "") -> None:
         super().__init__(reason or "retry requested")
@@ -166,6 +168,22 @@ class RunSuspended(RunInterrupted):
         super().__init__(message or f"run suspended ({reason})")
         self.wake_at = wake_at
         self.reason = reason
+
+
+class BudgetExceeded(RunInterrupted):
+    """The run spent its budget (``AGENTFLOW`` price table, ``@workflow(budget=...)`` or ``start(budget=...)``).
+
+    Raised before the next step or provider call once the run's usage reaches a limit; the run ends
+    ``failed`` with this code, keeping every checkpoint, so it can be resumed with a larger budget.
+    """
+
+    code = "budget_exceeded"
+
+    def __init__(self, message: str, *, limit: str, budget: dict[str, Any], usage: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.limit = limit
+        self.details = {"limit": limit, "budget": budget, "usage": usage}
 
 
 class SliceEnded(RunSuspended):

@@ -7,6 +7,7 @@ from typing import Any
 
 from .context import Checkpoint, RunContext, StepRecord
 from .errors import LeaseLost
+from .usage import Budget, Pricer
 from .workflow import Workflow
 
 
@@ -22,7 +23,7 @@ class MemoryStore:
 
     def checkpoints(self) -> dict[str, Checkpoint]:
         return {
-            r.step_id: Checkpoint(r.status, r.output, r.error, r.attempts, r.input_hash)
+            r.step_id: Checkpoint(r.status, r.output, r.error, r.attempts, r.input_hash, r.usage)
             for r in self.records.values()
         }
 
@@ -69,8 +70,13 @@ def run_in_memory(
     cache: MemoryCache | None = None,
     epoch: int = 1,
     workflow_content_seen: int = 0,
+    budget: Budget | None = None,
+    pricer: Pricer | None = None,
 ) -> tuple[Any, RunContext]:
-    """Execute ``wf`` once against memory backends; pass the same ``store`` again to replay."""
+    """Execute ``wf`` once against memory backends; pass the same ``store`` again to replay.
+
+    ``budget`` defaults to the workflow's; ``pricer`` prices recorded usage (default: no prices).
+    """
     store = store if store is not None else MemoryStore()
     ctx = RunContext(
         run_id="memory-run",
@@ -80,5 +86,7 @@ def run_in_memory(
         checkpoints=store.checkpoints(),
         cache=cache,
         workflow_content_seen=workflow_content_seen,
+        budget=budget if budget is not None else wf.budget,
+        pricer=pricer,
     )
     return wf.execute(wf.validate_input(input or {}), ctx), ctx

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from .context import RunContext, _frame, _run
 from .errors import InvalidInput, WorkflowAlreadyRegistered, WorkflowNotFound
 from .serialization import adapter_for, to_jsonable
+from .usage import Budget
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -36,7 +37,14 @@ def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
 class Workflow(Generic[P, R]):
     """A function wrapped by :func:`workflow`. Calling it runs the function directly (handy in tests)."""
 
-    def __init__(self, fn: Callable[P, R], *, name: str, description: str) -> None:
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str,
+        description: str,
+        budget: Budget | dict[str, Any] | None = None,
+    ) -> None:
         if not _NAME_RE.match(name):
             raise TypeError(
                 f"workflow name must be 1-100 lowercase letters, digits, '_', '.' or '-' "
@@ -45,6 +53,8 @@ class Workflow(Generic[P, R]):
         self.fn = fn
         self.name = name
         self.description = description
+        # The default spending limit of its runs (start(budget=...) overrides it).
+        self.budget = Budget.parse(budget)
         self.is_async = inspect.iscoroutinefunction(fn)
         self.input_model = self._build_input_model(fn)
         hints = get_type_hints(fn)
@@ -122,11 +132,19 @@ class Workflow(Generic[P, R]):
         frame_token = _frame.set(ctx.root)
         try:
             fn: Callable[..., Any] = self.fn
-            result = asyncio.run(fn(**kwargs)) if self.is_async else fn(**kwargs)
+            result = asyncio.run(self._main(fn, kwargs, ctx)) if self.is_async else fn(**kwargs)
         finally:
             _frame.reset(frame_token)
             _run.reset(run_token)
         return self.dump_output(result)
+
+    @staticmethod
+    async def _main(fn: Callable[..., Any], kwargs: dict[str, Any], ctx: RunContext) -> Any:
+        try:
+            return await fn(**kwargs)
+        finally:
+            # Resources bound to this event loop (the LLM layer's HTTP clients) close before it does.
+            await ctx.aclose_resources()
 
 
 class Registry:
@@ -175,16 +193,26 @@ def workflow(fn: Callable[P, R], /) -> Workflow[P, R]: ...
 
 @overload
 def workflow(
-    *, name: str | None = None, description: str | None = None
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    budget: Budget | dict[str, Any] | None = None,
 ) -> Callable[[Callable[P, R]], Workflow[P, R]]: ...
 
 
 def workflow(
-    fn: Callable[..., Any] | None = None, /, *, name: str | None = None, description: str | None = None
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    budget: Budget | dict[str, Any] | None = None,
 ) -> Any:
     """Register ``fn`` as a workflow: ``@workflow`` or ``@workflow(name="blog-post", description=...)``.
 
     The name defaults to the function's name with ``_`` as ``-``; the description to its docstring.
+    ``budget`` (``{"usd": 0.5, "tokens": 200_000}`` or a :class:`~agentflow.Budget`) stops each run once
+    its usage reaches either limit.
     """
 
     def wrap(func: Callable[..., Any]) -> Workflow[Any, Any]:
@@ -194,6 +222,7 @@ def workflow(
             func,
             name=name or func.__name__.replace("_", "-"),
             description=description if description is not None else inspect.cleandoc(func.__doc__ or ""),
+            budget=budget,
         )
         registry.register(wf)
         return wf

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.context import StepRecord
 from ..core.memory import MemoryCache, MemorySink, MemoryStore, run_in_memory
+from ..core.usage import Budget, Pricer
 from ..core.workflow import Workflow, registry
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class InlineRun:
     output: Any
     events: list[dict[str, Any]]
     steps: dict[str, StepRecord] = field(default_factory=dict)
+    usage: dict[str, Any] = field(default_factory=dict)
 
     def of_type(self, type: str) -> list[dict[str, Any]]:
         return [event for event in self.events if event["type"] == type]
@@ -52,12 +54,35 @@ def run_inline(
     input: dict[str, Any] | None = None,
     *,
     cache: MemoryCache | None = None,
+    budget: Budget | dict[str, Any] | None = None,
 ) -> InlineRun:
-    """Validate ``input`` and run ``workflow`` to the end in this thread; exceptions propagate."""
+    """Validate ``input`` and run ``workflow`` to the end in this thread; exceptions propagate.
+
+    Usage is priced with ``AGENTFLOW["LLM_PRICES"]`` when Django is configured; ``budget`` replaces the
+    workflow's (a ``BudgetExceeded`` then propagates like any other exception). ``usage`` holds the totals.
+    """
     wf = registry.get(workflow) if isinstance(workflow, str) else workflow
     store, sink = MemoryStore(), MemorySink()
-    output, _ctx = run_in_memory(wf, input, store=store, sink=sink, cache=cache or MemoryCache())
-    return InlineRun(output=output, events=sink.events, steps=dict(store.records))
+    output, ctx = run_in_memory(
+        wf,
+        input,
+        store=store,
+        sink=sink,
+        cache=cache or MemoryCache(),
+        budget=Budget.parse(budget),
+        pricer=_pricer(),
+    )
+    return InlineRun(output=output, events=sink.events, steps=dict(store.records), usage=ctx.usage)
+
+
+def _pricer() -> Pricer | None:
+    from django.conf import settings
+
+    if not settings.configured:
+        return None
+    from ..llm.pricing import price
+
+    return price
 
 
 @contextmanager

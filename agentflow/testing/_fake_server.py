@@ -205,6 +205,7 @@ class Server:
         payload = request.json()
         model = str(payload.get("model", ""))
         self.state.requests += 1
+        self.state.log_request(model, request.api_key)
         latency_ms = request.float_header("X-Fake-Latency-Ms", self.options.latency_ms)
         if latency_ms > 0:
             await asyncio.sleep(latency_ms / 1000)
@@ -215,7 +216,7 @@ class Server:
                 ("requests", "rate_limit_exceeded") if fault.status == 429 else ("server_error", None)
             )
             message = fault.message or f"injected failure (fake server): HTTP {fault.status}"
-            return await respond.error(fault.status, message, kind, code, **headers)
+            return await respond.error(fault.status, message, kind, fault.code or code, **headers)
         drop_after_chunks = fault.drop_after_chunks if fault is not None else None
         if drop_after_chunks is not None and not payload.get("stream"):
             raise Dropped  # a non-streamed response cannot break half-way: close before answering

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ class Fault:
     retry_after: float | None = None
     drop_after_chunks: int | None = None
     message: str | None = None
+    code: str | None = None  # the error's code, e.g. "insufficient_quota" on a 429
     times: int = 1
 
 
@@ -38,6 +40,8 @@ class State:
 
     faults: list[Fault] = field(default_factory=list)
     requests: int = 0
+    # One entry per API request at its arrival: {"time": epoch seconds, "model", "key"} (bounded).
+    request_log: list[dict[str, Any]] = field(default_factory=list)
     faults_injected: int = 0
     totals: Counts = field(default_factory=Counts)
     by_model: dict[str, Counts] = field(default_factory=dict)
@@ -53,6 +57,11 @@ class State:
                 return fault
         return None
 
+    def log_request(self, model: str, key: str) -> None:
+        self.request_log.append({"time": time.time(), "model": model, "key": key})
+        if len(self.request_log) > 20_000:
+            del self.request_log[:10_000]
+
     def count(self, model: str, key: str, prompt_tokens: int, completion_tokens: int) -> None:
         for counts in (
             self.totals,
@@ -66,6 +75,8 @@ class State:
     def as_dict(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
+            "request_log": self.request_log[-10_000:],
+            "request_times": [entry["time"] for entry in self.request_log[-10_000:]],
             "faults_injected": self.faults_injected,
             "faults_pending": len(self.faults),
             "totals": self.totals.as_dict(),
@@ -84,7 +95,7 @@ def parse_faults(payload: Any) -> list[Fault]:
         items = [items]
     if not isinstance(items, list):
         raise ValueError("expected a fault, a list of faults or {'model': ..., 'fail': [...]}")
-    known = {"model", "status", "retry_after", "drop_after_chunks", "message", "times"}
+    known = {"model", "status", "retry_after", "drop_after_chunks", "message", "code", "times"}
     faults = []
     for item in items:
         if not isinstance(item, dict) or set(item) - known:
