@@ -160,10 +160,11 @@ class RateLimited(Retry):
 
     A :class:`~agentflow.Retry`: raised from a component with retries left, the step is attempted again after
     ``retry_after`` seconds, and a wait above ``SUSPEND_THRESHOLD_SECONDS`` suspends the run, freeing the
-    worker. The attempt counts against ``max_attempts``.
+    worker. Waiting for capacity is not a failure: the attempt does not count against ``max_attempts``.
     """
 
     code = "rate_limited"
+    consumes_attempt = False
 
     def __init__(self, key: str, retry_after: float) -> None:
         super().__init__(retry_after, f"rate limit {key!r}: capacity in {retry_after:.3f}s")
@@ -226,24 +227,31 @@ class RateLimiter:
     """Requests and tokens per minute per limit key, shared by every process using the same Redis.
 
     ``limits`` maps patterns to limits, like ``AGENTFLOW["RATE_LIMITS"]`` (read at each call when omitted).
-    ``window_seconds`` is the length of "a minute": shorter windows are for tests. ``client`` and
-    ``key_prefix`` default to the streams' Redis client and ``KEY_PREFIX``.
+    ``window_seconds`` is the length of "a minute" (default ``RATE_LIMIT_WINDOW_SECONDS``); shorter windows
+    are for tests. ``client`` and ``key_prefix`` default to the streams' Redis client and ``KEY_PREFIX``.
     """
 
     def __init__(
         self,
         limits: Mapping[str, Mapping[str, Any]] | None = None,
         *,
-        window_seconds: float = 60.0,
+        window_seconds: float | None = None,
         client: redis.Redis | None = None,
         key_prefix: str | None = None,
     ) -> None:
-        if window_seconds <= 0:
+        if window_seconds is not None and window_seconds <= 0:
             raise ValueError(f"window_seconds must be > 0, not {window_seconds!r}")
         self._limits = limits
-        self.window_seconds = window_seconds
+        self._window_seconds = window_seconds
         self._client = client
         self._key_prefix = key_prefix
+
+    @property
+    def window_seconds(self) -> float:
+        """The length of "a minute": ``RATE_LIMIT_WINDOW_SECONDS`` unless given."""
+        if self._window_seconds is not None:
+            return self._window_seconds
+        return float(agentflow_settings.rate_limit_window_seconds)
 
     # Lazily, so a limiter can be created at import time without settings or a connection.
     def _redis(self) -> redis.Redis:

@@ -246,3 +246,28 @@ def test_lost_totals_are_counted_again_from_the_log(prefix, redis_client):
     redis_client.delete(keys.rate_limit(prefix, "p:m", "totals"))  # evicted, say
     assert limiter.acquire("p:m") == 0
     assert limiter.acquire("p:m") > 0
+
+
+def test_waiting_for_capacity_does_not_use_up_attempts(prefix, redis_client):
+    import agentflow
+    from agentflow.testing import run_inline
+
+    limiter = make(prefix, redis_client, window_seconds=0.2, requests_per_minute=1)
+    limiter.acquire("p:m")
+
+    @agentflow.component  # no retry policy: one real attempt, yet it waits its turn for capacity
+    def call() -> str:
+        limiter.wait_for_capacity("p:m", max_wait_seconds=0)
+        return "ok"
+
+    @agentflow.workflow(name="ratelimit-free-attempts")
+    def flow() -> str:
+        return call()
+
+    try:
+        run = run_inline(flow)
+    finally:
+        agentflow.registry.unregister("ratelimit-free-attempts")
+    assert run.output == "ok"
+    assert [e["data"]["error"]["type"] for e in run.of_type("step.retrying")] == ["RateLimited"]
+    assert run.steps["call#0"].attempts == 2
