@@ -18,6 +18,7 @@ from . import streams
 from .core import events as ev
 from .core.errors import RunNotResumable
 from .core.serialization import dumps
+from .core.usage import Budget
 from .models import RunStatus, StepRun, StepStatus, WorkflowRun
 
 logger = logging.getLogger("agentflow.runs")
@@ -25,7 +26,10 @@ logger = logging.getLogger("agentflow.runs")
 RESUMABLE_STATUSES = (RunStatus.FAILED, RunStatus.CANCELLED)
 
 
-def resume(run: Any) -> WorkflowRun:
+_KEEP: Any = object()
+
+
+def resume(run: Any, *, budget: Any = _KEEP) -> WorkflowRun:
     """Queue a failed or cancelled run again, from its last checkpoint. Returns the run, now ``queued``.
 
     In one transaction: the run's failed step checkpoints are deleted, its error, output, finish time,
@@ -33,9 +37,13 @@ def resume(run: Any) -> WorkflowRun:
     incarnation still holds). Once that commits, the run's stream is made persistent again (rebuilt from the
     archive if it expired) and the run is enqueued; the worker that takes it emits ``run.started``.
     Raises ``RunNotFound``, or ``RunNotResumable`` if the run is not failed or cancelled.
+
+    ``budget`` (``{"usd": ..., "tokens": ...}``, a ``Budget`` or ``None`` for no limit) replaces the run's:
+    a run stopped by its budget would stop again at once without a larger one. Its usage so far still counts.
     """
     from .runs import get_run
 
+    limit = Budget.parse(budget) if budget is not _KEEP else None
     current = get_run(run)
     with transaction.atomic():
         locked = WorkflowRun.objects.select_for_update().get(pk=current.pk)
@@ -58,10 +66,12 @@ def resume(run: Any) -> WorkflowRun:
         # Unset until this incarnation's events are archived again, which is what the monitor looks for
         # when it repairs a missing terminal event.
         locked.last_event_id = ""
+        if budget is not _KEEP:
+            locked.budget = limit.as_dict() if limit is not None else None
         locked.save(
             update_fields=[
                 "status", "output", "error", "finished_at", "cancel_requested", "epoch", "recoveries",
-                "heartbeat_at", "worker", "last_event_id",
+                "heartbeat_at", "worker", "last_event_id", "budget",
             ]
         )  # fmt: skip
         run_id, epoch = str(locked.pk), locked.epoch

@@ -103,6 +103,27 @@ def test_resume_from_python(alice, make_run):
     assert resume(str(run.pk)).status == "queued"
 
 
+def test_resume_can_give_the_run_another_budget(alice, make_run):
+    run = make_run(alice, status="failed")
+    run.budget = {"usd": 0.1}
+    run.error = {"type": "BudgetExceeded", "code": "budget_exceeded"}
+    run.save()
+    assert resume(run).budget == {"usd": 0.1}  # kept by default
+    run.refresh_from_db()
+    run.status = "failed"
+    run.save()
+    resume(run, budget={"usd": 1, "tokens": 5000})
+    run.refresh_from_db()
+    assert run.budget == {"usd": 1, "tokens": 5000} and run.error is None
+    run.status = "failed"
+    run.save()
+    resume(run, budget=None)
+    run.refresh_from_db()
+    assert run.budget is None
+    with pytest.raises(TypeError, match="budget"):
+        resume(run, budget={"euros": 3})
+
+
 # -- the stream of a resumed run -------------------------------------------------------------------------------
 
 
