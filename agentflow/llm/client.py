@@ -284,12 +284,7 @@ async def _finish_async(kind: str, pending: Awaitable[Any]) -> Any:
 
 
 def configured_providers_or_env() -> Provider:
-    try:
-        return configured_providers()[0]
-    except Exception:  # settings not configured: the environment, like the SDK
-        from .providers import from_environment
-
-        return from_environment()
+    return configured_providers()[0]
 
 
 class _Completions:

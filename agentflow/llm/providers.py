@@ -112,7 +112,12 @@ def from_environment() -> Provider:
 
 
 def configured_providers() -> tuple[Provider, ...]:
-    """``AGENTFLOW["LLM_PROVIDERS"]``, or the environment's provider when that setting is None."""
+    """``AGENTFLOW["LLM_PROVIDERS"]``, or the environment's provider when that setting is None (or when
+    Django is not configured: a plain script using the client outside any workflow)."""
+    from django.conf import settings
+
+    if not settings.configured:
+        return (from_environment(),)
     value = agentflow_settings.llm_providers
     if value is None:
         return (from_environment(),)

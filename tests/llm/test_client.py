@@ -7,7 +7,10 @@ test_llm_integration.py; these pin the client's behaviour call by call.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -596,3 +599,18 @@ def test_a_sync_waiter_stops_when_its_check_raises() -> None:
     assert slots.in_use == 0
     with pytest.raises(TypeError, match="concurrency limit"):
         Slots(0)
+
+
+def test_without_django_settings_the_client_is_the_sdk_configured_by_the_environment(
+    fake: FakeOpenAI,
+) -> None:
+    script = (
+        "from agentflow.llm import OpenAI\n"
+        "reply = OpenAI().chat.completions.create(model='fake-model', messages=[{'role': 'user', 'content': 'x'}])\n"
+        "print(reply.choices[0].message.content)\n"
+    )
+    env = {**os.environ, "OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": "env-key"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() and fake.stats()["by_key"]["env-key"]["requests"] == 1
