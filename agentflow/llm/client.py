@@ -14,7 +14,7 @@ call forwards its tokens to the run's stream as they arrive and returns the reco
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, Generic, Literal, TypeVar
 
 import openai
@@ -23,7 +23,8 @@ from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseStreamEvent
 
-from ..core.component import Component
+from ..core import events as ev
+from ..core.component import Component, StepCall
 from ..core.context import current_run
 from ..core.retry import RetryPolicy
 from . import calls
@@ -268,19 +269,32 @@ class _Base:
                 request = {**request, "model": provider.model_for(model)}
             return calls._method(self._plain_client(), kind)(**request)
         call = self._component(kind, self.providers).prepare(ctx, request)
+        forward = self._step.stream_to if request.get("stream") else None
         if self._async:
-            return _finish_async(kind, call.run_async())
-        return to_sdk(kind, call.run_sync())
+            return self._finish_async(kind, call, forward)
+        return self._finish(kind, call, call.run_sync(), forward)
+
+    async def _finish_async(self, kind: str, call: StepCall, forward: str | None) -> Any:
+        return self._finish(kind, call, await call.run_async(), forward)
+
+    def _finish(self, kind: str, call: StepCall, output: Any, forward: str | None) -> Any:
+        result = to_sdk(kind, output)
+        checkpoint = call.ctx.checkpoints.get(call.step_id)
+        if forward and call.started_at and checkpoint is not None and checkpoint.attempts == 0:
+            # Served from the cache (attempt 0): the subscribers of this run have not seen the text yet.
+            # (A replayed step has no start time: its text is in the stream already.)
+            if forward == "data":
+                data = {"label": self._step.label, "value": result.text}
+                call.ctx.emit(ev.DATA, data, step=call.step_id, attempt=0)
+            else:
+                call.ctx.emit(ev.OUTPUT_DELTA, {"text": result.text}, step=call.step_id, attempt=0)
+        return result
 
     def close(self) -> Any:
         """Close the plain SDK client used outside workflows (run steps manage their own)."""
         if self._plain is not None:
             return self._plain.close()
         return None
-
-
-async def _finish_async(kind: str, pending: Awaitable[Any]) -> Any:
-    return to_sdk(kind, await pending)
 
 
 def configured_providers_or_env() -> Provider:

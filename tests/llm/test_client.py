@@ -380,6 +380,29 @@ def test_the_cache_serves_an_identical_request_once(fake: FakeOpenAI, providers:
     assert second.steps["openai.chat#0"].cached
 
 
+def test_a_cached_streamed_call_still_streams_its_text_to_the_new_run(
+    fake: FakeOpenAI, providers: Any
+) -> None:
+    client = OpenAI().with_step(cache_ttl_seconds=60)
+    question = [{"role": "user", "content": f"cache my stream {time.time()}"}]
+
+    @workflow
+    def flow() -> str:
+        return client.chat.completions.create(model="fake-model", messages=question, stream=True).text
+
+    cache = MemoryCache()
+    first, second = run_inline(flow, cache=cache), run_inline(flow, cache=cache)
+    assert fake.stats()["totals"]["requests"] == 1
+    assert "".join(e["data"]["text"] for e in deltas(second.events)) == second.output == first.output
+    assert [e["attempt"] for e in deltas(second.events)] == [0]
+    # Replaying the run that was served from the cache forwards nothing again.
+    store = MemoryStore()
+    run_in_memory(flow, store=store, cache=cache)
+    sink = MemorySink()
+    run_in_memory(flow, store=store, sink=sink, cache=cache)
+    assert not deltas(sink.events)
+
+
 def test_a_budget_stops_the_run_before_the_next_call(fake: FakeOpenAI, providers: Any) -> None:
     client = OpenAI()
 
