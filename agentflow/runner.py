@@ -247,7 +247,7 @@ def _execute(run_id: str, epoch: int, worker: str) -> str | None:
             budget=Budget.parse(run.budget) if run.budget else None,
             pricer=pricing.price,
         )
-        lease.usage = lambda: ctx.usage
+        lease.usage = ctx.usage_snapshot
         run.usage = ctx.usage  # _finish and _suspend write the totals with the run's status
         status, output, error = RunStatus.COMPLETED, None, None
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import copy
 import logging
 import threading
 import uuid
@@ -197,7 +196,7 @@ class Lease:
         changes: dict[str, Any] = {"heartbeat_at": timezone.now()}
         usage = self.usage() if self.usage is not None else None
         if usage and usage != self._usage_written:
-            changes["usage"] = usage = copy.deepcopy(usage)
+            changes["usage"] = usage
         WorkflowRun.objects.filter(id=self.run_id, epoch=self.epoch).update(**changes)
         if "usage" in changes:
             self._usage_written = usage

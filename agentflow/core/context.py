@@ -10,6 +10,7 @@ Ids are assigned when the call is made, before it runs, so concurrent calls (``a
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -238,6 +239,11 @@ class RunContext:
         with self._emit_lock:
             frame.usage = merge(frame.usage if frame.usage is not None else {}, usage)
             merge(self.usage, usage)
+
+    def usage_snapshot(self) -> dict[str, Any]:
+        """A copy of the run's totals, safe to read while steps in other threads record usage."""
+        with self._emit_lock:
+            return copy.deepcopy(self.usage)
 
     def check_budget(self) -> None:
         """Raise ``BudgetExceeded`` once the run's usage reached its budget. Called before steps and calls."""
