@@ -6,6 +6,7 @@ exists, else from the DB archive).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import uuid
@@ -17,15 +18,16 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models import BigIntegerField, Count, FloatField, IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import ngettext
 
 from .models import FINISHED_STATUSES, RunStatus, StepRun, StepStatus, WorkflowRun
+from .spending import budget_limits, step_usage, usage_totals, usage_value
 
 logger = logging.getLogger("agentflow.admin")
 
@@ -83,6 +85,37 @@ def compact_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+def format_tokens(tokens: int) -> str:
+    return f"{tokens:,}"
+
+
+def format_cost(usd: float | None) -> str:
+    """``"$1.25"``, ``"$0.0042"``, ``"$0.00000015"``: cents for dollars, else the significant digits."""
+    if usd is None:
+        return "unpriced"
+    if usd == 0 or abs(usd) >= 1:
+        return f"${usd:,.2f}"
+    whole, _, cents = f"{usd:.10f}".rstrip("0").partition(".")
+    return f"${whole}.{cents.ljust(2, '0')}"
+
+
+def cost_text(usd: float, unpriced_calls: int) -> str:
+    """A total cost, saying when calls to models without a price are left out of it."""
+    if not unpriced_calls:
+        return format_cost(usd)
+    unpriced = ngettext("%d unpriced call", "%d unpriced calls", unpriced_calls) % unpriced_calls
+    return f"{format_cost(usd)} + {unpriced}" if usd else unpriced
+
+
+def fallback_text(fallback: dict[str, Any]) -> str:
+    """``"primary (gpt-4o-mini): RateLimitError 429"``: a provider that failed before the one that answered."""
+    error = fallback.get("error")
+    if not isinstance(error, dict):
+        error = {}
+    status = f" {error['status']}" if error.get("status") is not None else ""
+    return f"{fallback.get('provider')} ({fallback.get('model')}): {error.get('type') or 'error'}{status}"
+
+
 def error_text(error: Any) -> str:
     """``"Type: message"`` of a step's or run's error dict (or whatever else was stored)."""
     if not error:
@@ -100,10 +133,36 @@ class StepRow:
     badge: SafeString
     duration: str | None
     error: str
+    # Its own provider calls ("" when it made none): tokens, cost, "provider / model", failed providers.
+    tokens: str = ""
+    cost: str = ""
+    provider: str = ""
+    fallbacks: tuple[str, ...] = ()
 
     @property
     def indent_em(self) -> float:
         return 1.5 * self.depth
+
+
+def _step_row(step: StepRun) -> StepRow:
+    row = StepRow(
+        step=step,
+        depth=step.depth,
+        badge=status_badge(step.status, step.get_status_display()),
+        duration=format_duration(step.duration_seconds),
+        error=error_text(step.error),
+    )
+    usage = step_usage(step.usage)
+    if usage is None:
+        return row
+    served = " / ".join(part for part in (usage["provider"], usage["model"]) if part)
+    return dataclasses.replace(
+        row,
+        tokens=format_tokens(usage["total_tokens"]) if usage["calls"] else "",
+        cost=cost_text(usage["cost_usd"], usage["unpriced_calls"]) if usage["calls"] else "",
+        provider=served,
+        fallbacks=tuple(fallback_text(item) for item in usage["fallbacks"]),
+    )
 
 
 def _start_order(step: StepRun) -> tuple[bool, float, int]:
@@ -126,15 +185,7 @@ def step_tree(steps: list[StepRun]) -> list[StepRow]:
     stack = list(reversed(children[None]))
     while stack:
         step = stack.pop()
-        rows.append(
-            StepRow(
-                step=step,
-                depth=step.depth,
-                badge=status_badge(step.status, step.get_status_display()),
-                duration=format_duration(step.duration_seconds),
-                error=error_text(step.error),
-            )
-        )
+        rows.append(_step_row(step))
         stack.extend(reversed(children.get(step.step_id, [])))
     return rows
 
@@ -149,6 +200,27 @@ def event_rows(run_id: str) -> tuple[list[dict[str, Any]], str]:
         logger.warning("run %s: cannot read its events", run_id, exc_info=True)
         return [], f"The events could not be read: {type(exc).__name__}: {exc}"
     return [{**event, "data_json": compact_json(event.get("data"))} for event in events], ""
+
+
+class BudgetFilter(admin.SimpleListFilter):
+    title = "spending"
+    parameter_name = "spending"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [
+            ("budget", "With a budget"),
+            ("exceeded", "Stopped by its budget"),
+            ("unpriced", "With unpriced calls"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "budget":
+            return queryset.filter(budget__isnull=False)
+        if self.value() == "exceeded":
+            return queryset.filter(error__code="budget_exceeded")
+        if self.value() == "unpriced":
+            return queryset.filter(usage__unpriced_calls__gt=0)
+        return queryset
 
 
 class LightChangeList(ChangeList):
@@ -178,23 +250,27 @@ class WorkflowRunAdmin(LightChangeListMixin, admin.ModelAdmin):
         "owner",
         "duration",
         "steps",
+        "tokens",
+        "cost",
         "created_at",
         "recoveries",
     )
-    list_filter = ("status", "workflow", "created_at")
+    list_filter = ("status", "workflow", BudgetFilter, "created_at")
     # A full run id is matched exactly in get_search_results; "^id" finds a run by the short id listed.
     search_fields = ("^id", "workflow", "owner__username", "idempotency_key")
     search_help_text = "A run id (or its start), workflow, owner's username or idempotency key."
     date_hierarchy = "created_at"
     list_select_related = ("owner",)
-    list_defer = ("input", "output", "error", "usage")
+    # Not usage: the tokens and cost columns read it, and it is small (a few numbers per model).
+    list_defer = ("input", "output", "error")
     # COUNT(*) of every run on each page load is wasted on a large table.
     show_full_result_count = False
     actions = ("cancel_runs",)
     fieldsets = (
         (None, {"fields": ("id", "workflow", "status_display", "owner", "idempotency_key")}),
         ("Timing", {"fields": ("created_at", "started_at", "finished_at", "duration", "heartbeat_at")}),
-        ("Data", {"fields": ("input_json", "output_json", "error_json", "usage_json")}),
+        ("Data", {"fields": ("input_json", "output_json", "error_json")}),
+        ("Usage", {"fields": ("usage_totals", "usage_by_model", "budget_display")}),
         (
             "Execution",
             {"fields": ("epoch", "worker", "recoveries", "cancel_requested", "step_count", "last_event_id")},
@@ -249,6 +325,72 @@ class WorkflowRunAdmin(LightChangeListMixin, admin.ModelAdmin):
     def duration(self, obj: WorkflowRun) -> str:
         return format_duration(obj.duration_seconds) or self.get_empty_value_display()
 
+    # Sorting reads the key out of the usage JSON of every listed run, in the database; the list is not
+    # sorted by it unless asked (an annotation would be computed for every run under the default sort too).
+    @admin.display(description="tokens", ordering=usage_value("total_tokens", BigIntegerField()))
+    def tokens(self, obj: WorkflowRun) -> str:
+        tokens = usage_totals(obj.usage)["total_tokens"]
+        return format_tokens(tokens) if tokens else self.get_empty_value_display()
+
+    @admin.display(description="cost", ordering=usage_value("cost_usd", FloatField()))
+    def cost(self, obj: WorkflowRun) -> str:
+        usage = usage_totals(obj.usage)
+        usd, unpriced = usage["cost_usd"], usage["unpriced_calls"]
+        return cost_text(usd, unpriced) if usd or unpriced else self.get_empty_value_display()
+
+    @admin.display(description="totals")
+    def usage_totals(self, obj: WorkflowRun) -> str:
+        usage = usage_totals(obj.usage)
+        if not usage["calls"]:
+            return "No provider call."
+        calls = ngettext("%d call", "%d calls", usage["calls"]) % usage["calls"]
+        return (
+            f"{calls} · {format_tokens(usage['total_tokens'])} tokens ("
+            f"{format_tokens(usage['prompt_tokens'])} prompt + {format_tokens(usage['completion_tokens'])} "
+            f"completion) · {cost_text(usage['cost_usd'], usage['unpriced_calls'])}"
+        )
+
+    @admin.display(description="by model")
+    def usage_by_model(self, obj: WorkflowRun) -> str:
+        by_model = usage_totals(obj.usage)["by_model"]
+        if not by_model:
+            return self.get_empty_value_display()
+        rows = format_html_join(
+            "",
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    model,
+                    counts["calls"],
+                    format_tokens(counts["prompt_tokens"]),
+                    format_tokens(counts["completion_tokens"]),
+                    format_tokens(counts["total_tokens"]),
+                    format_cost(counts["cost_usd"]),
+                )
+                for model, counts in sorted(by_model.items())
+            ),
+        )
+        return format_html(
+            '<table class="agentflow-usage"><thead><tr><th>Model</th><th>Calls</th><th>Prompt</th>'
+            "<th>Completion</th><th>Tokens</th><th>Cost</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
+    @admin.display(description="budget")
+    def budget_display(self, obj: WorkflowRun) -> str:
+        budget = budget_limits(obj.budget)
+        if budget is None:
+            return "None"
+        usage = usage_totals(obj.usage)
+        parts = []
+        for limit, spent, text in (
+            (budget["usd"], usage["cost_usd"], format_cost),
+            (budget["tokens"], usage["total_tokens"], lambda n: f"{format_tokens(n)} tokens"),
+        ):
+            if isinstance(limit, int | float) and limit > 0:
+                parts.append(f"{text(limit)} ({spent / limit:.0%} spent)")
+        return " · ".join(parts) or self.get_empty_value_display()
+
     @admin.display(description="input")
     def input_json(self, obj: WorkflowRun) -> str:
         return pretty_json(obj.input) or self.get_empty_value_display()
@@ -260,10 +402,6 @@ class WorkflowRunAdmin(LightChangeListMixin, admin.ModelAdmin):
     @admin.display(description="error")
     def error_json(self, obj: WorkflowRun) -> str:
         return pretty_json(obj.error) or self.get_empty_value_display()
-
-    @admin.display(description="usage")
-    def usage_json(self, obj: WorkflowRun) -> str:
-        return pretty_json(obj.usage or None) or self.get_empty_value_display()
 
     @admin.action(description="Cancel selected runs", permissions=["cancel"])
     def cancel_runs(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
@@ -338,7 +476,7 @@ class StepRunAdmin(LightChangeListMixin, admin.ModelAdmin):
     search_fields = ("step_id",)
     search_help_text = "A step id, or a run id for all of that run's steps."
     list_select_related = ("run",)
-    list_defer = ("input", "output", "run__input", "run__output", "run__error", "run__usage")
+    list_defer = ("input", "output", "usage", "run__input", "run__output", "run__error", "run__usage")
     raw_id_fields = ("run",)
     ordering = ("-id",)  # the latest checkpoints first
     show_full_result_count = False
@@ -358,6 +496,7 @@ class StepRunAdmin(LightChangeListMixin, admin.ModelAdmin):
         "input_json",
         "output_json",
         "error_json",
+        "usage_json",
     )
     readonly_fields = fields
 
@@ -400,3 +539,7 @@ class StepRunAdmin(LightChangeListMixin, admin.ModelAdmin):
     @admin.display(description="error")
     def error_json(self, obj: StepRun) -> str:
         return pretty_json(obj.error) or self.get_empty_value_display()
+
+    @admin.display(description="usage")
+    def usage_json(self, obj: StepRun) -> str:
+        return pretty_json(obj.usage) or self.get_empty_value_display()

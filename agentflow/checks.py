@@ -23,6 +23,7 @@ _POSITIVE_NUMBERS = (
     "SSE_KEEPALIVE_SECONDS",
     "SSE_RETRY_SECONDS",
     "STREAM_IDLE_CHECK_SECONDS",
+    "RATE_LIMIT_WINDOW_SECONDS",
 )
 _STRINGS = ("KEY_PREFIX", "TASK_QUEUE", "MONITOR_QUEUE", "CACHE_ALIAS")
 _API_SIZES = ("MAX_INPUT_BYTES", "RUNS_PAGE_SIZE", "EVENTS_PAGE_SIZE", "EVENTS_MAX_PAGE_SIZE")
@@ -60,6 +61,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         ("STREAM_MAXLEN", 1),
         ("MAX_RECOVERIES", 0),
         ("SUBSCRIBER_QUEUE_SIZE", 1),
+        ("LLM_MAX_CONCURRENCY_PER_RUN", 1),
+        ("LLM_MAX_CONCURRENCY_PER_WORKER", 1),
         *((name, 1) for name in _API_SIZES),
     ):
         value = merged[key]
@@ -132,6 +135,21 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             )
         )
     errors.extend(_check_rate_limits(merged["RATE_LIMITS"]))
+    errors.extend(_check_providers(merged["LLM_PROVIDERS"]))
+    errors.extend(
+        Error(f"AGENTFLOW['LLM_PRICES']{problem.removeprefix('LLM_PRICES')}", id="agentflow.E015")
+        if problem.startswith("LLM_PRICES")
+        else Error(f"AGENTFLOW['LLM_PRICES']: {problem}", id="agentflow.E015")
+        for problem in _price_problems(merged["LLM_PRICES"])
+    )
+    coalesce = merged["LLM_STREAM_COALESCE_SECONDS"]
+    if not _is_number(coalesce) or coalesce < 0:
+        errors.append(
+            Error(
+                "AGENTFLOW['LLM_STREAM_COALESCE_SECONDS'] must be a number of seconds >= 0.",
+                id="agentflow.E016",
+            )
+        )
     return errors
 
 
@@ -164,3 +182,37 @@ def _check_rate_limits(limits: Any) -> list[CheckMessage]:
             elif not _is_whole(value, 1):
                 errors.append(error(f"[{pattern!r}][{name!r}] must be a whole number >= 1."))
     return errors
+
+
+def _price_problems(prices: Any) -> list[str]:
+    from .llm.pricing import validate_prices  # the LLM layer imports the openai SDK: only when checked
+
+    return validate_prices(prices)
+
+
+def _check_providers(providers: Any) -> list[CheckMessage]:
+    """LLM_PROVIDERS: None, or a list of provider dicts (agentflow.llm.providers.Provider's fields)."""
+    from .llm.providers import parse_providers
+
+    if providers is None:
+        return []
+    if not isinstance(providers, list | tuple):
+        # Not the parser's message: it shows the value, and a dict given for a list holds an api_key.
+        problem = f"must be None or a list of provider dicts, not {type(providers).__name__}."
+    else:
+        try:
+            parse_providers(providers)
+        except (TypeError, ValueError) as exc:
+            problem = f"is invalid: {_without_secrets(str(exc), providers)}"
+        else:
+            return []
+    return [Error(f"AGENTFLOW['LLM_PROVIDERS'] {problem}", id="agentflow.E014")]
+
+
+def _without_secrets(message: str, providers: Any) -> str:
+    """``message`` with the providers' API keys masked: system checks are printed in deployment logs."""
+    for provider in providers:
+        secret = provider.get("api_key") if isinstance(provider, dict) else None
+        if secret:  # the parser's messages show a value as its repr
+            message = message.replace(repr(secret), "'***'")
+    return message

@@ -14,6 +14,7 @@ from rest_framework import serializers
 from .access import make_stream_token
 from .core.workflow import Workflow
 from .models import RunStatus, StepRun, StepStatus, WorkflowRun
+from .spending import budget_limits, step_usage, usage_totals
 
 WEBSOCKET_ROUTE = "agentflow-run-events"
 
@@ -94,17 +95,103 @@ class WorkflowSerializer(serializers.Serializer):
         }
 
 
+class WorkflowUsageSerializer(serializers.Serializer):
+    runs = serializers.IntegerField(help_text="Runs of the workflow counted (yours; staff: everyone's).")
+    calls = serializers.IntegerField(help_text="Provider calls of those runs.")
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    cost_usd = serializers.FloatField(help_text="USD of the priced calls (see `unpriced_calls`).")
+    unpriced_calls = serializers.IntegerField(
+        help_text="Calls to models without a price in LLM_PRICES: not in `cost_usd`."
+    )
+
+
+class WorkflowDetailSerializer(WorkflowSerializer):
+    """A workflow, with the tokens and cost of its runs."""
+
+    usage = serializers.SerializerMethodField(
+        help_text="Tokens and cost of the workflow's runs you may see, so far (active runs included)."
+    )
+
+    @extend_schema_field(WorkflowUsageSerializer)
+    def get_usage(self, wf: Workflow[Any, Any]) -> dict[str, Any]:
+        # One aggregate query of the view (agentflow.spending.workflow_usage), over the runs it may show.
+        return dict(self.context["usage"])
+
+
+class ModelUsageSerializer(serializers.Serializer):
+    calls = serializers.IntegerField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    cost_usd = serializers.FloatField(
+        allow_null=True, help_text="null: the model has no price in LLM_PRICES."
+    )
+
+
+class UsageSerializer(serializers.Serializer):
+    """Tokens and cost; every key is present, with zeros when nothing was spent."""
+
+    calls = serializers.IntegerField(help_text="Provider calls that answered.")
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    cost_usd = serializers.FloatField(help_text="USD of the priced calls (see `unpriced_calls`).")
+    unpriced_calls = serializers.IntegerField(
+        help_text="Calls to models without a price in LLM_PRICES: not in `cost_usd`."
+    )
+    by_model = serializers.DictField(
+        child=ModelUsageSerializer(), help_text="The same, by the model that answered."
+    )
+
+
+class FallbackErrorSerializer(serializers.Serializer):
+    type = serializers.CharField()
+    message = serializers.CharField()
+    status = serializers.IntegerField(required=False, help_text="The provider's HTTP status, if it answered.")
+
+
+class FallbackSerializer(serializers.Serializer):
+    provider = serializers.CharField()
+    model = serializers.CharField(help_text="The model as that provider names it.")
+    error = FallbackErrorSerializer()
+
+
+class StepUsageSerializer(UsageSerializer):
+    """A step's own provider calls (its children's are theirs), and which provider served them."""
+
+    provider = serializers.CharField(
+        allow_null=True, help_text="The provider that answered (null: none did)."
+    )
+    model = serializers.CharField(allow_null=True, help_text="The model as that provider names it.")
+    fallbacks = FallbackSerializer(
+        many=True,
+        help_text="Providers that failed, in order, before `provider` answered or the step gave up.",
+    )
+
+
+class BudgetSerializer(serializers.Serializer):
+    usd = serializers.FloatField(allow_null=True, help_text="Limit in USD (null: none).")
+    tokens = serializers.IntegerField(allow_null=True, help_text="Limit in tokens (null: none).")
+
+
 class StepSerializer(serializers.ModelSerializer):
     status = NamedChoiceField(StepStatus.choices, enum_name="StepStatus", read_only=True)
     duration_seconds = serializers.FloatField(read_only=True, allow_null=True)
+    usage = serializers.SerializerMethodField(help_text="null: the step made no provider call.")
 
     class Meta:
         model = StepRun
         fields = [
             "step_id", "parent_id", "component", "status", "attempts", "cached",
-            "started_at", "finished_at", "duration_seconds", "error",
+            "started_at", "finished_at", "duration_seconds", "error", "usage",
         ]  # fmt: skip
         read_only_fields = fields
+
+    @extend_schema_field(StepUsageSerializer(allow_null=True))
+    def get_usage(self, step: StepRun) -> dict[str, Any] | None:
+        return step_usage(step.usage)
 
 
 class RunUrlsSerializer(serializers.Serializer):
@@ -127,13 +214,19 @@ class RunSerializer(serializers.ModelSerializer):
     stream_token = serializers.SerializerMethodField(
         help_text="Signed, expiring token that lets its bearer read this run's events (`?token=`)."
     )
+    usage = serializers.SerializerMethodField(
+        help_text="Tokens and cost of the run's steps so far (updated while it runs, with its heartbeat)."
+    )
+    budget = serializers.SerializerMethodField(
+        help_text="The run's spending limit, or null; reaching it fails the run (`budget_exceeded`)."
+    )
 
     class Meta:
         model = WorkflowRun
         fields = [
             "id", "workflow", "status", "input", "output", "error", "owner",
             "created_at", "started_at", "finished_at", "duration_seconds",
-            "epoch", "recoveries", "cancel_requested", "step_count", "usage", "urls", "stream_token",
+            "epoch", "recoveries", "cancel_requested", "step_count", "usage", "budget", "urls", "stream_token",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -165,6 +258,14 @@ class RunSerializer(serializers.ModelSerializer):
 
     def get_stream_token(self, run: WorkflowRun) -> str:
         return make_stream_token(run.pk)
+
+    @extend_schema_field(UsageSerializer)
+    def get_usage(self, run: WorkflowRun) -> dict[str, Any]:
+        return usage_totals(run.usage)
+
+    @extend_schema_field(BudgetSerializer(allow_null=True))
+    def get_budget(self, run: WorkflowRun) -> dict[str, Any] | None:
+        return budget_limits(run.budget)
 
 
 class RunDetailSerializer(RunSerializer):

@@ -50,8 +50,10 @@ from .serializers import (
     EventPageSerializer,
     RunDetailSerializer,
     RunSerializer,
+    WorkflowDetailSerializer,
     WorkflowSerializer,
 )
+from .spending import workflow_usage
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -165,10 +167,13 @@ class WorkflowListView(AgentflowAPIView):
 
 
 class WorkflowDetailView(AgentflowAPIView):
-    @extend_schema(responses={200: WorkflowSerializer, **_errors(401, 403, 404)})
+    @extend_schema(responses={200: WorkflowDetailSerializer, **_errors(401, 403, 404)})
     def get(self, request: Request, name: str) -> Response:
-        """One workflow: its description and the JSON Schemas of its input and output."""
-        return Response(WorkflowSerializer(registry.get(name), context={"request": request}).data)
+        """One workflow: its description, the JSON Schemas of its input and output, and the tokens and cost
+        of its runs (yours; staff: everyone's)."""
+        wf = registry.get(name)
+        usage = workflow_usage(visible_runs(request.user).filter(workflow=wf.name))
+        return Response(WorkflowDetailSerializer(wf, context={"request": request, "usage": usage}).data)
 
 
 class StartRunMixin:

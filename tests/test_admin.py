@@ -349,3 +349,200 @@ def test_step_tree_orders_siblings_by_start_and_keeps_orphans() -> None:
         ("map#0/fetch#1", 1),
         ("running#0/lost#0", 1),
     ]
+
+
+# -- tokens, cost and budgets -----------------------------------------------------------------------------------
+
+
+def usage(calls: int, prompt: int, completion: int, cost: float, **extra: Any) -> dict[str, Any]:
+    """A usage dict as the engine writes it (agentflow.core.usage)."""
+    return {
+        "calls": calls,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "cost_usd": cost,
+        **extra,
+    }
+
+
+def listed_in_order(html: str) -> list[str]:
+    return re.findall(r'<th class="field-short_id"><a href="[^"]*">([0-9a-f]{8})</a>', html)
+
+
+def test_changelist_shows_and_sorts_by_tokens_and_cost(admin_client: Any) -> None:
+    big = make_run(usage=usage(3, 9000, 3345, 0.0123))
+    small = make_run(usage=usage(1, 40, 2, 0.000042))
+    unpriced = make_run(usage=usage(2, 100, 20, 0.0, unpriced_calls=2))
+    idle = make_run()  # no provider call: usage {}
+
+    html = admin_client.get(CHANGELIST).content.decode()
+
+    cells = dict(
+        zip(
+            listed_in_order(html),
+            re.findall(r'<td class="field-tokens">([^<]*)</td><td class="field-cost">([^<]*)</td>', html),
+            strict=True,
+        )
+    )
+    assert cells == {
+        short(big): ("12,345", "$0.0123"),
+        short(small): ("42", "$0.000042"),
+        short(unpriced): ("120", "2 unpriced calls"),
+        short(idle): ("-", "-"),
+    }
+    columns = agentflow_admin.WorkflowRunAdmin.list_display
+    by_tokens = str(columns.index("tokens") + 1)
+    by_cost = str(columns.index("cost") + 1)
+    most_tokens = listed_in_order(admin_client.get(CHANGELIST, {"o": f"-{by_tokens}"}).content.decode())
+    cheapest = listed_in_order(admin_client.get(CHANGELIST, {"o": by_cost}).content.decode())
+    assert most_tokens == [short(big), short(unpriced), short(small), short(idle)]
+    # A run without usage sorts as zero, not as NULL (which PostgreSQL would put first in a descending sort).
+    assert cheapest[2:] == [short(small), short(big)]
+
+
+def test_changelist_filters_by_spending(admin_client: Any) -> None:
+    budgeted = make_run(budget={"usd": 1.0}, usage=usage(1, 10, 10, 0.01))
+    stopped = make_run(
+        status=RunStatus.FAILED,
+        budget={"tokens": 100},
+        usage=usage(2, 80, 40, 0.0),
+        error={"type": "BudgetExceeded", "code": "budget_exceeded", "message": "spent 120 tokens"},
+    )
+    unpriced = make_run(usage=usage(1, 10, 10, 0.0, unpriced_calls=1))
+    make_run(status=RunStatus.FAILED, error={"type": "ValueError", "message": "no"})
+
+    def spending(value: str) -> set[str]:
+        response = admin_client.get(CHANGELIST, {"spending": value})
+        assert response.status_code == 200
+        return listed_ids(response.content.decode())
+
+    assert spending("budget") == {short(budgeted), short(stopped)}
+    assert spending("exceeded") == {short(stopped)}
+    assert spending("unpriced") == {short(unpriced)}
+    assert "?spending=exceeded" in admin_client.get(CHANGELIST).content.decode()
+
+
+def test_detail_page_shows_usage_by_model_budget_and_each_steps_spending(admin_client: Any) -> None:
+    by_model = {
+        "gpt-4o-mini": usage(2, 1000, 200, 0.00027),
+        "local-llama": {**usage(1, 500, 100, 0.0), "cost_usd": None},
+    }
+    run = make_run(
+        status=RunStatus.COMPLETED,
+        usage=usage(3, 1500, 300, 0.00027, unpriced_calls=1, by_model=by_model),
+        budget={"usd": 0.001, "tokens": 7200},
+    )
+    make_step(run, "plan#0")  # no provider call of its own
+    make_step(
+        run,
+        "plan#0/openai.chat#0",
+        usage={
+            **usage(1, 500, 100, 0.00009),
+            "provider": "backup",
+            "model": "gpt-4o-mini-2024-07-18",
+            "fallbacks": [
+                {
+                    "provider": "primary",
+                    "model": "gpt-4o-mini",
+                    "error": {"type": "RateLimitError", "message": "slow down", "status": 429},
+                }
+            ],
+        },
+    )
+    make_step(run, "plan#0/openai.chat#1", usage={**usage(1, 500, 100, 0.00018), "provider": "primary"})
+
+    response = admin_client.get(change_url(run))
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "3 calls · 1,800 tokens (1,500 prompt + 300 completion) · $0.00027 + 1 unpriced call" in html
+    models = re.findall(
+        r"<tr><td><code>([^<]+)</code></td><td>(\d+)</td><td>([\d,]+)</td><td>([\d,]+)</td><td>([\d,]+)</td>"
+        r"<td>([^<]+)</td></tr>",
+        html,
+    )
+    assert models == [
+        ("gpt-4o-mini", "2", "1,000", "200", "1,200", "$0.00027"),
+        ("local-llama", "1", "500", "100", "600", "unpriced"),
+    ]
+    assert "$0.001 (27% spent) · 7,200 tokens (25% spent)" in html
+    steps = re.findall(
+        r'<tr class="agentflow-step" data-depth="\d">\s*<td[^>]*><code>([^<]+)</code>.*?'
+        r'<td class="agentflow-tokens">([^<]*)</td>\s*<td class="agentflow-cost">([^<]*)</td>\s*'
+        r'<td class="agentflow-provider">(.*?)</td>',
+        html,
+        re.S,
+    )
+    assert [
+        (step_id, tokens, cost, " ".join(provider.split())) for step_id, tokens, cost, provider in steps
+    ] == [
+        ("plan#0", "", "", ""),
+        (
+            "plan#0/openai.chat#0",
+            "600",
+            "$0.00009",
+            'backup / gpt-4o-mini-2024-07-18 <div class="agentflow-fallback">failed: primary (gpt-4o-mini): '
+            "RateLimitError 429</div>",
+        ),
+        ("plan#0/openai.chat#1", "600", "$0.00018", "primary"),
+    ]
+
+
+def test_detail_page_without_usage_or_budget(admin_client: Any) -> None:
+    run = make_run()
+    make_step(run, "plan#0")
+
+    html = admin_client.get(change_url(run)).content.decode()
+
+    assert "No provider call." in html
+    assert re.search(r'<div class="readonly">None</div>', html)  # the budget
+
+
+def test_detail_page_escapes_model_and_provider_names(admin_client: Any) -> None:
+    evil = "<script>alert(1)</script>"
+    run = make_run(usage=usage(1, 1, 1, 0.0, by_model={evil: usage(1, 1, 1, 0.0)}))
+    make_step(
+        run,
+        "openai.chat#0",
+        usage={
+            **usage(1, 1, 1, 0.0),
+            "provider": "<img src=x onerror=alert(2)>",
+            "model": evil,
+            "fallbacks": [
+                {"provider": evil, "model": "<b>m</b>", "error": {"type": "<i>E</i>", "message": ""}}
+            ],
+        },
+    )
+
+    html = admin_client.get(change_url(run)).content.decode()
+
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;img src=x onerror=alert(2)&gt;" in html
+    assert "&lt;b&gt;m&lt;/b&gt;" in html and "&lt;i&gt;E&lt;/i&gt;" in html
+    for raw in (evil, "<img src=x", "<b>m</b>", "<i>E</i>"):
+        assert raw not in html
+
+
+def test_step_page_shows_its_usage(admin_client: Any) -> None:
+    run = make_run()
+    step = make_step(run, "openai.chat#0", usage={**usage(1, 7, 5, 0.0), "provider": "primary"})
+
+    html = admin_client.get(reverse("admin:agentflow_steprun_change", args=[step.pk])).content.decode()
+
+    assert "&quot;provider&quot;: &quot;primary&quot;" in html
+
+
+@pytest.mark.parametrize(
+    ("usd", "text"),
+    [
+        (None, "unpriced"),
+        (0.0, "$0.00"),
+        (0.5, "$0.50"),
+        (0.0123, "$0.0123"),
+        (1.5e-07, "$0.00000015"),
+        (1234.567, "$1,234.57"),
+    ],
+)
+def test_format_cost(usd: float | None, text: str) -> None:
+    assert agentflow_admin.format_cost(usd) == text

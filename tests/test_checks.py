@@ -153,3 +153,97 @@ def test_e013_valid_rate_limits_pass():
         "openai:ft:gpt-4o:acme": {"tokens_per_minute": 10_000},
     }
     assert ids(RATE_LIMITS=limits) == ids(RATE_LIMITS={}) == []
+
+
+def messages(**agentflow: object) -> list[tuple[str, str]]:
+    with override_settings(AGENTFLOW=agentflow):
+        return [(message.id, message.msg) for message in check_settings()]
+
+
+@pytest.mark.parametrize("value", [0, -1, "60", True, None])
+def test_e004_rate_limit_window(value):
+    assert ids(RATE_LIMIT_WINDOW_SECONDS=value) == ["agentflow.E004"]
+    assert ids(RATE_LIMIT_WINDOW_SECONDS=0.5) == []
+
+
+@pytest.mark.parametrize("key", ["LLM_MAX_CONCURRENCY_PER_RUN", "LLM_MAX_CONCURRENCY_PER_WORKER"])
+@pytest.mark.parametrize("value", [0, -3, 2.5, "8", True, None])
+def test_e005_llm_concurrency_limits(key, value):
+    assert ids(**{key: value}) == ["agentflow.E005"]
+    assert ids(**{key: 1}) == []
+
+
+PROVIDER = {"name": "primary", "base_url": "https://llm.example/v1", "api_key": "sk-secret-1"}
+
+
+def test_e014_valid_providers_pass():
+    backup = {"name": "backup", "base_url": "http://127.0.0.1:8001/v1", "models": {"gpt-4o-mini": "llama3"}}
+    assert ids(LLM_PROVIDERS=None) == ids(LLM_PROVIDERS=[PROVIDER, backup]) == []
+    assert ids(LLM_PROVIDERS=(PROVIDER,)) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ([], "must not be empty"),
+        ([{**PROVIDER, "apikey": "x"}], "unknown provider options ['apikey']"),
+        ([{"base_url": "https://llm.example/v1"}], "needs a 'name'"),
+        ([{**PROVIDER, "name": "a:b"}], "name must be a non-empty str without ':'"),
+        ([{**PROVIDER, "base_url": "llm.example"}], "base_url must be an http(s) URL"),
+        ([{**PROVIDER, "models": {"gpt-4o": 4}}], "models must map requested model names"),
+        ([PROVIDER, {**PROVIDER, "api_key": "sk-secret-2"}], "provider names must be unique"),
+        (["primary"], "a provider is a Provider or a dict"),
+        ("primary", "must be None or a list of provider dicts, not str"),
+    ],
+)
+def test_e014_llm_providers(value, problem):
+    ((check_id, message),) = messages(LLM_PROVIDERS=value)
+    assert check_id == "agentflow.E014"
+    assert message.startswith("AGENTFLOW['LLM_PROVIDERS'] ")
+    assert problem in message
+
+
+def test_e014_never_prints_an_api_key():
+    # A dict where a list belongs would hold the key; so would the message about a key that is not a str.
+    (only,) = messages(LLM_PROVIDERS=PROVIDER)
+    (bytes_key,) = messages(LLM_PROVIDERS=[{**PROVIDER, "api_key": b"sk-secret-1"}])
+    assert only == (
+        "agentflow.E014",
+        "AGENTFLOW['LLM_PROVIDERS'] must be None or a list of provider dicts, not dict.",
+    )
+    assert bytes_key[0] == "agentflow.E014"
+    assert "api_key must be a str or None, not bytes" in bytes_key[1]
+    assert "sk-secret" not in bytes_key[1]
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (["gpt-4o"], " must be a dict of model"),
+        ({"": {"input": 1}}, " keys must be model names or globs"),
+        ({"gpt-4o": {"inptu": 1}}, "['gpt-4o'] must be a dict with 'input' and/or 'output'"),
+        ({"gpt-4o": {}}, "['gpt-4o'] must be a dict with 'input' and/or 'output'"),
+        ({"gpt-4o": {"input": -1}}, "['gpt-4o']['input'] must be a number >= 0"),
+        ({"gpt-4o*": {"output": "2.5"}}, "['gpt-4o*']['output'] must be a number >= 0"),
+    ],
+)
+def test_e015_llm_prices(value, problem):
+    ((check_id, message),) = messages(LLM_PRICES=value)
+    assert check_id == "agentflow.E015"
+    assert message.startswith("AGENTFLOW['LLM_PRICES']" + problem)
+
+
+def test_e015_one_error_per_problem_and_valid_prices_pass():
+    prices = {
+        "gpt-4o-mini": {"input": 0.15, "output": 0.6},
+        "*embedding*": {"input": 0.02},
+        "free": {"input": 0},
+    }
+    assert ids(LLM_PRICES=prices) == ids(LLM_PRICES={}) == []
+    assert ids(LLM_PRICES={"a": {"input": -1}, "b": {"output": None}}) == ["agentflow.E015"] * 2
+
+
+@pytest.mark.parametrize("value", [-0.01, "0.05", True, None])
+def test_e016_llm_stream_coalesce_seconds(value):
+    assert ids(LLM_STREAM_COALESCE_SECONDS=value) == ["agentflow.E016"]
+    assert ids(LLM_STREAM_COALESCE_SECONDS=0) == ids(LLM_STREAM_COALESCE_SECONDS=0.25) == []

@@ -108,7 +108,7 @@ def test_detail_has_everything_and_the_steps(api, alice, make_run):
         epoch=2,
         recoveries=1,
         step_count=2,
-        usage={"tokens": 12},
+        usage={"calls": 1, "prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
         error={"type": "StepFailed", "message": "boom", "step": "b#0", "traceback": "secret internals"},
     )
     StepRun.objects.create(
@@ -129,7 +129,8 @@ def test_detail_has_everything_and_the_steps(api, alice, make_run):
     assert body["id"] == str(run.pk) and body["workflow"] == "api-echo" and body["status"] == "failed"
     assert body["error"] == {"type": "StepFailed", "message": "boom", "step": "b#0"}  # no traceback
     assert body["duration_seconds"] == pytest.approx(3.0)
-    assert (body["epoch"], body["recoveries"], body["step_count"], body["usage"]) == (2, 1, 2, {"tokens": 12})
+    assert (body["epoch"], body["recoveries"], body["step_count"]) == (2, 1, 2)
+    assert (body["usage"]["calls"], body["usage"]["total_tokens"]) == (1, 12)  # tests/api/test_usage_api.py
     assert body["cancel_requested"] is False
     assert {"created_at", "started_at", "finished_at", "input", "output"} <= set(body)
     assert body["steps"] == [
@@ -144,6 +145,7 @@ def test_detail_has_everything_and_the_steps(api, alice, make_run):
             "finished_at": now.isoformat().replace("+00:00", "Z"),
             "duration_seconds": 0.0,
             "error": None,
+            "usage": None,
         },
         {
             "step_id": "a#0/b#0",
@@ -156,6 +158,7 @@ def test_detail_has_everything_and_the_steps(api, alice, make_run):
             "finished_at": None,
             "duration_seconds": None,
             "error": {"type": "ValueError", "message": "boom"},
+            "usage": None,
         },
     ]
     base = f"http://testserver/api/runs/{run.pk}/"
