@@ -64,6 +64,8 @@ class WorkflowRun(models.Model):
     class Meta:
         ordering = ["-created_at"]
         indexes = [
+            # The admin's and the API's default order (newest first, the id breaking ties).
+            models.Index(fields=["-created_at", "-id"], name="agentflow_run_created"),
             models.Index(fields=["owner", "-created_at"], name="agentflow_run_owner_created"),
             models.Index(fields=["workflow", "-created_at"], name="agentflow_run_wf_created"),
             models.Index(fields=["status", "heartbeat_at"], name="agentflow_run_status_hb"),

@@ -282,10 +282,10 @@ class StepCall:
         """Keep what the attempt ending now spent (a failed attempt's tokens were billed too)."""
         frame = _frame.get()
         if frame is not None and frame.usage:
-            self.usage = merge_usage(self.usage if self.usage is not None else {}, frame.usage)
-            for key, value in frame.usage.items():  # the LLM layer's notes: last attempt's win
-                if key not in _USAGE_SUMS:
-                    self.usage[key] = value
+            sums = {k: v for k, v in (self.usage or {}).items() if k in _USAGE_SUMS}
+            # The LLM layer's notes (provider, fallbacks) are the latest attempt's, not a mix of attempts.
+            notes = {k: v for k, v in frame.usage.items() if k not in _USAGE_SUMS}
+            self.usage = merge_usage(sums, frame.usage) | notes
 
     def _start_attempt(self, attempt: int) -> contextvars.Token[_Frame | None]:
         self.ctx.check_interrupt()

@@ -367,9 +367,9 @@ class _Attempt:
         retry_after = retry_after_seconds(getattr(exc, "response", None))
         if retry_after is not None:
             exc.retry_after = retry_after  # type: ignore[attr-defined]  # the step's retry waits that long
-        self.fallbacks.append({"provider": provider.name, "model": model, "error": _describe(exc)})
-        self.note()
-        if not last:
+        if not last:  # the last provider's failure fails the attempt: the step's retry records it
+            self.fallbacks.append({"provider": provider.name, "model": model, "error": _describe(exc)})
+            self.note()
             logger.warning(
                 "step %s: provider %s failed (%s); trying the next one",
                 self.ctx.current_step().step_id,

@@ -37,7 +37,10 @@ class Provider:
         for option in ("base_url", "api_key", "organization"):
             value = getattr(self, option)
             if value is not None and not isinstance(value, str):
-                raise TypeError(f"provider {self.name!r}: {option} must be a str or None, not {value!r}")
+                # The value itself is not shown: it may be an API key.
+                raise TypeError(
+                    f"provider {self.name!r}: {option} must be a str or None, not {type(value).__name__}"
+                )
         if self.base_url is not None and urlsplit(self.base_url).scheme not in ("http", "https"):
             raise TypeError(f"provider {self.name!r}: base_url must be an http(s) URL, not {self.base_url!r}")
         if self.models is not None:
@@ -79,7 +82,7 @@ class Provider:
         if isinstance(value, Provider):
             return value
         if not isinstance(value, Mapping):
-            raise TypeError(f"a provider is a Provider or a dict, not {value!r}")
+            raise TypeError(f"a provider is a Provider or a dict, not {type(value).__name__}")
         unknown = set(value) - _FIELDS
         if unknown:
             raise TypeError(f"unknown provider options {sorted(unknown)}; known: {sorted(_FIELDS)}")
@@ -91,7 +94,7 @@ class Provider:
 def parse_providers(value: Iterable[Any]) -> tuple[Provider, ...]:
     """A tuple of providers from Providers or dicts; a TypeError names the first mistake."""
     if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
-        raise TypeError(f"providers must be a list of Provider or dict, not {value!r}")
+        raise TypeError(f"providers must be a list of Provider or dict, not {type(value).__name__}")
     providers = tuple(Provider.parse(item) for item in value)
     if not providers:
         raise TypeError("providers must not be empty")
