@@ -62,3 +62,79 @@ def test_a_claim_committing_during_a_stale_checkpoint_write_fences_it():
         pytest.skip("the stale write did not wait for the claim's lock; nothing raced")
     assert isinstance(outcome[0], LeaseLost), f"the stale write returned {outcome[0]!r}"
     assert not StepRun.objects.filter(run_id=run.pk, epoch=1).exists()
+
+
+def test_a_batch_of_concurrent_checkpoints_is_fenced_as_one():
+    run = agentflow.start("three-steps", {"tag": "fencing-batch"})
+    WorkflowRun.objects.filter(pk=run.pk).update(epoch=1, status="running")
+    settings = connection.settings_dict
+    claimer = psycopg.connect(
+        host=settings["HOST"], port=settings["PORT"], user=settings["USER"], dbname=settings["NAME"]
+    )
+    outcome: list[BaseException | None] = []
+    try:
+        claimer.execute(f"SELECT id FROM {WorkflowRun._meta.db_table} WHERE id = %s FOR UPDATE", [run.pk])
+        claimer.execute(f"UPDATE {WorkflowRun._meta.db_table} SET epoch = 2 WHERE id = %s", [run.pk])
+
+        def stale_write() -> None:
+            store = DjangoRunStore(str(run.pk), 1)
+            try:
+                store._write_many([_record(f"fetch#{i}") for i in range(5)])
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+            finally:
+                connection.close()
+
+        writer = threading.Thread(target=stale_write)
+        writer.start()
+        time.sleep(0.5)
+        blocked = writer.is_alive() and not outcome
+        claimer.commit()
+        writer.join(timeout=10)
+    finally:
+        claimer.close()
+    assert outcome, "the stale batch did not return"
+    if not blocked:
+        pytest.skip("the stale batch did not wait for the claim's lock; nothing raced")
+    assert isinstance(outcome[0], LeaseLost), f"the stale batch returned {outcome[0]!r}"
+    assert not StepRun.objects.filter(run_id=run.pk).exists()
+
+
+def test_concurrent_async_checkpoints_are_written_together():
+    import asyncio
+
+    run = agentflow.start("three-steps", {"tag": "group-commit"})
+    WorkflowRun.objects.filter(pk=run.pk).update(epoch=1, status="running")
+    store = DjangoRunStore(str(run.pk), 1)
+    records = [_record(f"fetch#{i}") for i in range(40)]
+    records.append(_record("fetch#0"))  # the same step twice in a batch: its last record wins
+    records[-1].output = "last"
+    statements: list[int] = []
+    write_many = store._write_many
+
+    def counting(batch: list[StepRecord]) -> None:
+        statements.append(len(batch))
+        write_many(batch)
+
+    store._write_many = counting  # type: ignore[method-assign]
+
+    async def main() -> None:
+        await asyncio.gather(*(store.asave_step(record) for record in records))
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()
+    assert sum(statements) == 41 and len(statements) < 41  # grouped
+    rows = dict(StepRun.objects.filter(run_id=run.pk).values_list("step_id", "output"))
+    assert len(rows) == 40 and rows["fetch#0"] == "last" and rows["fetch#39"] == "late"
+    # And a stale epoch refuses the whole batch.
+    WorkflowRun.objects.filter(pk=run.pk).update(epoch=2)
+    stale = DjangoRunStore(str(run.pk), 1)
+    try:
+        with pytest.raises(LeaseLost):
+            stale._write_many([_record("other#0"), _record("other#1")])
+    finally:
+        stale.close()
+    assert not StepRun.objects.filter(run_id=run.pk, step_id__startswith="other").exists()
