@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -26,29 +27,30 @@ def _record(step_id: str) -> StepRecord:
     )  # fmt: skip
 
 
-def test_a_claim_committing_during_a_stale_checkpoint_write_fences_it():
-    run = agentflow.start("three-steps", {"tag": "fencing"})  # no worker: the run stays queued at epoch 0
-    WorkflowRun.objects.filter(pk=run.pk).update(epoch=1, status="running")
+def race_with_a_claim(run_id: object, stale_write: Callable[[DjangoRunStore], None]) -> BaseException | None:
+    """Run ``stale_write`` with epoch 1 while another connection's claim (``runner._claim``: the run row locked
+    and its epoch bumped to 2, not yet committed) holds the run; the claim commits half a second later.
+    Returns what the write raised; skips the test if the write did not wait for the claim (nothing raced)."""
+    WorkflowRun.objects.filter(pk=run_id).update(epoch=1, status="running")
     settings = connection.settings_dict
     claimer = psycopg.connect(
         host=settings["HOST"], port=settings["PORT"], user=settings["USER"], dbname=settings["NAME"]
     )
     outcome: list[BaseException | None] = []
     try:
-        # The new incarnation's claim (runner._claim): lock the run row and bump its epoch, not yet committed.
-        claimer.execute(f"SELECT id FROM {WorkflowRun._meta.db_table} WHERE id = %s FOR UPDATE", [run.pk])
-        claimer.execute(f"UPDATE {WorkflowRun._meta.db_table} SET epoch = 2 WHERE id = %s", [run.pk])
+        claimer.execute(f"SELECT id FROM {WorkflowRun._meta.db_table} WHERE id = %s FOR UPDATE", [run_id])
+        claimer.execute(f"UPDATE {WorkflowRun._meta.db_table} SET epoch = 2 WHERE id = %s", [run_id])
 
-        def stale_write() -> None:
+        def write() -> None:
             try:
-                DjangoRunStore(str(run.pk), 1).save_step(_record("fetch#0"))
+                stale_write(DjangoRunStore(str(run_id), 1))
                 outcome.append(None)
             except BaseException as exc:  # LeaseLost expected
                 outcome.append(exc)
             finally:
                 connection.close()
 
-        writer = threading.Thread(target=stale_write)
+        writer = threading.Thread(target=write)
         writer.start()
         time.sleep(0.5)  # the stale statement has taken its snapshot (epoch 1) and waits on the row lock
         blocked = writer.is_alive() and not outcome
@@ -60,44 +62,22 @@ def test_a_claim_committing_during_a_stale_checkpoint_write_fences_it():
     # Not a bug if it finished first: then it committed before the claim, and fencing was not bypassed.
     if not blocked:
         pytest.skip("the stale write did not wait for the claim's lock; nothing raced")
-    assert isinstance(outcome[0], LeaseLost), f"the stale write returned {outcome[0]!r}"
+    return outcome[0]
+
+
+def test_a_claim_committing_during_a_stale_checkpoint_write_fences_it():
+    run = agentflow.start("three-steps", {"tag": "fencing"})  # no worker: the run stays queued at epoch 0
+    outcome = race_with_a_claim(run.pk, lambda store: store.save_step(_record("fetch#0")))
+    assert isinstance(outcome, LeaseLost), f"the stale write returned {outcome!r}"
     assert not StepRun.objects.filter(run_id=run.pk, epoch=1).exists()
 
 
 def test_a_batch_of_concurrent_checkpoints_is_fenced_as_one():
     run = agentflow.start("three-steps", {"tag": "fencing-batch"})
-    WorkflowRun.objects.filter(pk=run.pk).update(epoch=1, status="running")
-    settings = connection.settings_dict
-    claimer = psycopg.connect(
-        host=settings["HOST"], port=settings["PORT"], user=settings["USER"], dbname=settings["NAME"]
+    outcome = race_with_a_claim(
+        run.pk, lambda store: store._write_many([_record(f"fetch#{i}") for i in range(5)])
     )
-    outcome: list[BaseException | None] = []
-    try:
-        claimer.execute(f"SELECT id FROM {WorkflowRun._meta.db_table} WHERE id = %s FOR UPDATE", [run.pk])
-        claimer.execute(f"UPDATE {WorkflowRun._meta.db_table} SET epoch = 2 WHERE id = %s", [run.pk])
-
-        def stale_write() -> None:
-            store = DjangoRunStore(str(run.pk), 1)
-            try:
-                store._write_many([_record(f"fetch#{i}") for i in range(5)])
-                outcome.append(None)
-            except BaseException as exc:
-                outcome.append(exc)
-            finally:
-                connection.close()
-
-        writer = threading.Thread(target=stale_write)
-        writer.start()
-        time.sleep(0.5)
-        blocked = writer.is_alive() and not outcome
-        claimer.commit()
-        writer.join(timeout=10)
-    finally:
-        claimer.close()
-    assert outcome, "the stale batch did not return"
-    if not blocked:
-        pytest.skip("the stale batch did not wait for the claim's lock; nothing raced")
-    assert isinstance(outcome[0], LeaseLost), f"the stale batch returned {outcome[0]!r}"
+    assert isinstance(outcome, LeaseLost), f"the stale batch returned {outcome!r}"
     assert not StepRun.objects.filter(run_id=run.pk).exists()
 
 

@@ -243,7 +243,19 @@ def test_a_429_is_retried_after_retry_after(fake: FakeOpenAI, providers: Any) ->
     assert run.steps["openai.chat#0"].attempts == 2
 
 
-def test_client_errors_are_not_retried(fake: FakeOpenAI, providers: Any) -> None:
+@pytest.mark.parametrize(
+    ("fault", "outcome"),
+    [
+        ({"status": 400, "message": "bad request"}, "BadRequestError after 1"),
+        ({"status": 401}, "AuthenticationError after 1"),
+        ({"status": 404}, "NotFoundError after 1"),
+        # Waiting does not refill a quota.
+        ({"status": 429, "code": "insufficient_quota"}, "ProviderQuotaExceeded after 1"),
+    ],
+)
+def test_errors_that_another_attempt_cannot_fix_are_not_retried(
+    fake: FakeOpenAI, providers: Any, fault: dict[str, Any], outcome: str
+) -> None:
     client = OpenAI()
 
     @workflow
@@ -254,23 +266,9 @@ def test_client_errors_are_not_retried(fake: FakeOpenAI, providers: Any) -> None
             return f"{exc.error_type} after {exc.attempts}"
         return "no error"
 
-    fake.fail({"status": 400, "message": "bad request"})
-    assert run_inline(flow).output == "BadRequestError after 1"
-
-
-def test_an_exhausted_quota_is_not_retried(fake: FakeOpenAI, providers: Any) -> None:
-    client = OpenAI()
-
-    @workflow
-    def flow() -> str:
-        try:
-            client.chat.completions.create(model="fake-model", messages=MESSAGES)
-        except StepFailed as exc:
-            return f"{exc.error_type} after {exc.attempts}"
-        return "no error"
-
-    fake.fail({"status": 429, "code": "insufficient_quota"})
-    assert run_inline(flow).output == "ProviderQuotaExceeded after 1"
+    fake.fail(fault)
+    assert run_inline(flow).output == outcome
+    assert fake.stats()["requests"] == 1
 
 
 def test_a_dropped_stream_is_retried_and_its_tokens_voided_first(fake: FakeOpenAI, providers: Any) -> None:
