@@ -128,6 +128,10 @@ def current_frame() -> Frame | None:
     return _frame.get()
 
 
+def _nothing() -> None:
+    return None
+
+
 class RunContext:
     """Everything one incarnation of a run needs; the runner builds it and the engine uses it.
 
@@ -183,6 +187,9 @@ class RunContext:
         self.pricer = pricer
         # Tokens and cost so far, replayed steps included (they were spent by this run, earlier).
         self.usage: dict[str, Any] = {}
+        # Estimates of provider calls in flight, held against the budget (reserve_budget).
+        self._reserved_tokens = 0
+        self._reserved_usd = 0.0
         from .usage import merge
 
         for checkpoint in self.checkpoints.values():
@@ -247,15 +254,53 @@ class RunContext:
 
     def check_budget(self) -> None:
         """Raise ``BudgetExceeded`` once the run's usage reached its budget. Called before steps and calls."""
-        budget = self.budget
-        if budget is None:
-            return
+        if self.budget is not None:
+            with self._emit_lock:
+                self._raise_if_spent()
+
+    def reserve_budget(self, tokens: int, usd: float) -> Callable[[], None]:
+        """Hold a provider call's estimated tokens and cost against the budget while it is in flight.
+
+        Raises ``BudgetExceeded`` if the usage plus what calls in flight hold reached the budget already, so a
+        fan-out of concurrent calls stops starting new ones once their estimates fill it. Returns the release
+        (call it once the call is over and its actual usage recorded).
+        """
+        if self.budget is None:
+            return _nothing
         with self._emit_lock:
-            limit = budget.exceeded(self.usage)
-            if limit is None:
-                return
-            usage = {key: self.usage.get(key) for key in ("calls", "total_tokens", "cost_usd")}
-        spent = f"${usage['cost_usd']:.6f}" if limit == "usd" else f"{usage['total_tokens']} tokens"
+            self._raise_if_spent()
+            self._reserved_tokens += tokens
+            self._reserved_usd += usd
+
+        def release() -> None:
+            with self._emit_lock:
+                self._reserved_tokens -= tokens
+                self._reserved_usd -= usd
+
+        return release
+
+    def _raise_if_spent(self) -> None:
+        budget = self.budget
+        assert budget is not None
+        held = {
+            "cost_usd": float(self.usage.get("cost_usd") or 0.0) + self._reserved_usd,
+            "total_tokens": int(self.usage.get("total_tokens") or 0) + self._reserved_tokens,
+        }
+        limit = budget.exceeded(held)
+        if limit is None:
+            return
+        usage: dict[str, Any] = {
+            "calls": int(self.usage.get("calls") or 0),
+            "total_tokens": int(self.usage.get("total_tokens") or 0),
+            "cost_usd": float(self.usage.get("cost_usd") or 0.0),
+        }
+        if limit == "usd":
+            spent, held_now = f"${usage['cost_usd']:.6f}", f"${self._reserved_usd:.6f}"
+        else:
+            spent, held_now = f"{usage['total_tokens']} tokens", f"{self._reserved_tokens} tokens"
+        if self._reserved_tokens:
+            usage["in_flight"] = {"tokens": self._reserved_tokens, "cost_usd": round(self._reserved_usd, 10)}
+            spent += f" with {held_now} more held by calls in flight"
         raise BudgetExceeded(
             f"run {self.run_id} spent {spent}, reaching its budget of "
             + (f"${budget.usd}" if limit == "usd" else f"{budget.tokens} tokens"),

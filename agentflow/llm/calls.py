@@ -113,6 +113,13 @@ def _describe(exc: BaseException) -> dict[str, Any]:
 def estimate_tokens(kind: str, request: dict[str, Any]) -> int:
     """A cautious guess of a call's tokens before it is made (about 4 characters a token, plus the most it
     may generate), reconciled with the actual count afterwards."""
+    prompt, completion = estimate_parts(kind, request)
+    return prompt + completion
+
+
+def estimate_parts(kind: str, request: dict[str, Any]) -> tuple[int, int]:
+    """``(prompt tokens, completion tokens)`` of :func:`estimate_tokens`; the completion is the request's
+    limit (``max_tokens``...), 0 without one."""
     if kind == CHAT:
         prompt: Any = request.get("messages")
         limit = request.get("max_completion_tokens") or request.get("max_tokens")
@@ -122,7 +129,7 @@ def estimate_tokens(kind: str, request: dict[str, Any]) -> int:
     else:
         prompt, limit = request.get("input"), 0
     size = len(json.dumps(prompt, default=str))
-    return size // 4 + 1 + (int(limit) if isinstance(limit, int) else 0)
+    return size // 4 + 1, (int(limit) if isinstance(limit, int) and limit > 0 else 0)
 
 
 # -- SDK clients -------------------------------------------------------------------------------------------
@@ -347,8 +354,11 @@ class _Attempt:
             )
         self.stream = bool(request.get("stream"))
 
-    def prepare(self, provider: Provider) -> tuple[dict[str, Any], str, int, StreamState | None]:
-        self.ctx.check_budget()
+    def prepare(
+        self, provider: Provider
+    ) -> tuple[dict[str, Any], str, int, StreamState | None, Callable[[], None]]:
+        """The request for ``provider``, its model, its token estimate, its stream state, and the release of
+        its budget reservation (call it when the request is over, whatever the outcome)."""
         model = provider.model_for(self.request["model"])
         request = {**self.request, "model": model}
         state = None
@@ -360,7 +370,12 @@ class _Attempt:
                     options["include_usage"], strip = True, True
                 request["stream_options"] = options
             state = StreamState(self.spec.kind, strip, [])
-        return request, model, estimate_tokens(self.spec.kind, request), state
+        prompt, completion = estimate_parts(self.spec.kind, request)
+        pricer = self.ctx.pricer
+        usd = (pricer(model, prompt, completion) if pricer is not None else None) or 0.0
+        # Calls in flight hold their estimate against the budget: a fan-out cannot start far past it.
+        release = self.ctx.reserve_budget(prompt + completion, usd)
+        return request, model, prompt + completion, state, release
 
     def failed(self, provider: Provider, model: str, exc: BaseException, last: bool) -> BaseException:
         """Note a provider's failure; return what to raise if it was the last provider."""
@@ -408,6 +423,11 @@ def _penalize(key: str, exc: BaseException) -> None:
             logger.warning("rate limit %s: cannot share a 429's Retry-After", key, exc_info=True)
 
 
+def _tracks_tokens(key: str) -> bool:
+    # Settings only, no Redis: skip the reconcile round trip (and its thread hop) when no token limit applies.
+    return bool(limiter.limits_for(key).get("tokens_per_minute"))
+
+
 def _reconcile(key: str, estimate: int, usage: Any, kind: str) -> None:
     counts = _usage_counts(kind, usage)
     if counts is None:
@@ -424,7 +444,7 @@ def execute(spec: CallSpec, request: dict[str, Any]) -> Any:
     ctx = attempt.ctx
     for index, provider in enumerate(attempt.candidates):
         last = index == len(attempt.candidates) - 1
-        call, model, estimate, state = attempt.prepare(provider)
+        call, model, estimate, state, release = attempt.prepare(provider)
         key = provider.limit_key(model)
         try:
             limiter.wait_for_capacity(key, tokens=estimate)
@@ -436,14 +456,17 @@ def execute(spec: CallSpec, request: dict[str, Any]) -> Any:
             finally:
                 for slot in reversed(slots):
                     slot.release()
+            attempt.succeeded(provider, model, usage)  # counted before the reservation is released
         except FALLBACK_ON as exc:
             _penalize(key, exc)
             failure = attempt.failed(provider, model, exc, last)
             if last:
                 raise failure from None if failure is exc else exc
             continue
-        _reconcile(key, estimate, usage, spec.kind)
-        attempt.succeeded(provider, model, usage)
+        finally:
+            release()
+        if _tracks_tokens(key):
+            _reconcile(key, estimate, usage, spec.kind)
         return output
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -469,20 +492,24 @@ async def aexecute(spec: CallSpec, request: dict[str, Any]) -> Any:
     ctx = attempt.ctx
     for index, provider in enumerate(attempt.candidates):
         last = index == len(attempt.candidates) - 1
-        call, model, estimate, state = attempt.prepare(provider)
+        call, model, estimate, state, release = attempt.prepare(provider)
         key = provider.limit_key(model)
         try:
             await limiter.await_for_capacity(key, tokens=estimate)
             async with run_slots(ctx), worker_slots():
                 output, usage = await _arequest(ctx, spec, provider, call, state)
+            attempt.succeeded(provider, model, usage)  # counted before the reservation is released
         except FALLBACK_ON as exc:
-            await asyncio.to_thread(_penalize, key, exc)
+            if isinstance(exc, openai.RateLimitError):
+                await asyncio.to_thread(_penalize, key, exc)
             failure = attempt.failed(provider, model, exc, last)
             if last:
                 raise failure from None if failure is exc else exc
             continue
-        await asyncio.to_thread(_reconcile, key, estimate, usage, spec.kind)
-        attempt.succeeded(provider, model, usage)
+        finally:
+            release()
+        if _tracks_tokens(key):
+            await asyncio.to_thread(_reconcile, key, estimate, usage, spec.kind)
         return output
     raise AssertionError("unreachable")  # pragma: no cover
 

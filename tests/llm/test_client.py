@@ -418,6 +418,28 @@ def test_a_budget_stops_the_run_before_the_next_call(fake: FakeOpenAI, providers
     assert caught.value.code == "budget_exceeded"
 
 
+def test_calls_in_flight_hold_their_estimate_against_the_budget(fake: FakeOpenAI, providers: Any) -> None:
+    client = AsyncOpenAI().with_options(default_headers={"X-Fake-Latency-Ms": "200"})
+
+    @workflow
+    async def flow() -> None:
+        calls = (
+            client.chat.completions.create(
+                model="fake-model", messages=[{"role": "user", "content": str(i)}], max_tokens=30
+            )
+            for i in range(10)
+        )
+        await asyncio.gather(*calls)
+
+    # Each call holds ~40 tokens while in flight: the third fills the budget, the fourth may not start,
+    # although no call has answered (and recorded any usage) yet.
+    with pytest.raises(BudgetExceeded, match="held by calls in flight") as stopped:
+        run_inline(flow, budget={"tokens": 100})
+    assert stopped.value.details["usage"]["total_tokens"] == 0
+    assert stopped.value.details["usage"]["in_flight"]["tokens"] >= 100
+    assert fake.stats()["requests"] <= 3
+
+
 def test_a_budget_in_usd_from_the_workflow(fake: FakeOpenAI, providers: Any) -> None:
     client = OpenAI()
 
