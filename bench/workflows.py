@@ -16,3 +16,6 @@ def noop_steps(steps: int) -> int:
     for i in range(steps):
         total += noop_step(i)
     return total
+
+
+from . import workflows_llm  # noqa: E402,F401  (bench-llm-fanout, for bench/llm_fanout.py)

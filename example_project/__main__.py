@@ -1,10 +1,12 @@
 """Run the example project end to end: ``python -m example_project``.
 
 It needs nothing but this package installed: when no Redis answers at $REDIS_URL (default
-redis://127.0.0.1:6379/0) it starts an embedded one, and without $DATABASE_URL it uses SQLite in ./var/.
-Then it migrates, starts a Celery worker (with beat, for the monitor) in another process, starts a
-``blog-post`` run, prints its events live as a client would see them, and serves the admin at
-http://127.0.0.1:8000/admin/ (user ``admin``, password ``admin``) until Ctrl-C.
+redis://127.0.0.1:6379/0) it starts an embedded one, without $DATABASE_URL it uses SQLite in ./var/, and
+without $OPENAI_API_KEY it starts agentflow's fake OpenAI-compatible server (a separate process that streams
+made-up words at a realistic pace) and points the LLM provider at it. Then it migrates, starts a Celery worker
+(with beat, for the monitor) in another process, starts a ``blog-post`` run, prints its events live as a
+client would see them and its token usage and cost, and serves the admin at http://127.0.0.1:8000/admin/
+(user ``admin``, password ``admin``) until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m example_project", description=__doc__.split("\n")[0])
     parser.add_argument("--topic", default="durable AI agents", help="what the blog post is about")
     parser.add_argument("--words", type=int, default=12, help="words per section")
+    parser.add_argument("--sections", type=int, default=5, help="sections of the post, drafted at once")
+    parser.add_argument(
+        "--budget-usd", type=float, default=None, help="stop the run once it cost this much (default $0.05)"
+    )
     parser.add_argument(
         "--no-serve", action="store_true", help="exit after the run instead of serving the admin"
     )
@@ -35,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     var_dir = Path(os.environ.get("AGENTFLOW_VAR_DIR", ROOT / "var"))
     processes: list[subprocess.Popen[Any]] = []
+    stoppers: list[Callable[[], None]] = []
     try:
         from example_project.embedded import describe, reachable, start_embedded_redis
 
@@ -46,6 +54,19 @@ def main(argv: list[str] | None = None) -> int:
             processes.append(redis_process)
             print(f"Redis: none reachable, started an embedded one at {describe(url)}")
         os.environ["REDIS_URL"] = url
+
+        # Before Django reads its settings: the worker and the web process inherit this environment.
+        if os.environ.get("OPENAI_API_KEY"):
+            model = os.environ.get("EXAMPLE_LLM_MODEL") or "gpt-4o-mini"
+            base_url = os.environ.get("OPENAI_BASE_URL") or "the OpenAI API"
+            print(f"LLM: {model} at {base_url} (OPENAI_API_KEY is set)")
+        else:
+            fake = _start_fake_openai(args.words)
+            stoppers.append(fake.stop)
+            os.environ.update(
+                OPENAI_BASE_URL=fake.base_url, OPENAI_API_KEY="fake-key", EXAMPLE_LLM_MODEL="fake-model"
+            )
+            print(f"LLM: no OPENAI_API_KEY, started a fake OpenAI server at {fake.base_url} (fake-model)")
 
         import django
 
@@ -66,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         processes.append(worker)
         print(f"Celery worker started (pid {worker.pid})\n")
 
-        status = _run_and_follow(args.topic, args.words)
+        status = _run_and_follow(args.topic, args.words, args.sections, args.budget_usd)
         if args.no_serve:
             return 0 if status == "completed" else 1
         print(f"\nAdmin: http://127.0.0.1:{args.port}/admin/  (admin / admin)  — Ctrl-C to stop")
@@ -77,6 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for process in reversed(processes):
             _stop(process)
+        for stop in stoppers:
+            stop()
+
+
+def _start_fake_openai(words: int) -> Any:
+    """agentflow's fake OpenAI-compatible server, in its own process: every reply is ``words`` words long,
+    the first byte after 200 ms, then 40 tokens a second, like a small hosted model."""
+    from agentflow.testing.fake_openai import FakeOpenAIProcess
+
+    return FakeOpenAIProcess(latency_ms=200, tokens_per_second=40, completion_tokens=max(1, words))
 
 
 def _demo_admin() -> None:
@@ -87,37 +118,75 @@ def _demo_admin() -> None:
         users.objects.create_superuser("admin", "admin@example.com", "admin")
 
 
-def _run_and_follow(topic: str, words: int) -> str:
+def _run_and_follow(topic: str, words: int, sections: int, budget_usd: float | None) -> str:
     import agentflow
     from agentflow import streams
 
-    run = agentflow.start("blog-post", {"topic": topic, "words_per_section": words})
+    budget = None if budget_usd is None else {"usd": budget_usd}
+    run = agentflow.start(
+        "blog-post", {"topic": topic, "words_per_section": words, "sections": sections}, budget=budget
+    )
     print(f"Started run {run.id} of workflow blog-post; its events:\n")
     last_id = "0-0"
+    print_event = _Printer()
     while True:
         for event in streams.tail_events(str(run.id), last_id, block_ms=5000):
             last_id = event["id"]
-            _print_event(event)
+            print_event(event)
             if event["type"] in ("run.completed", "run.failed", "run.cancelled"):
                 run.refresh_from_db()
                 print(f"\nRun {run.status} in {run.duration_seconds or 0:.1f} s with {run.step_count} steps.")
                 if run.output:
                     print(f"Output: {run.output['title']!r}, {run.output['words']} words")
+                    for section in run.output["sections"]:
+                        print(f"  ## {section['heading']}\n     {section['text']}")
+                elif run.error:
+                    print(f"Error: {run.error.get('code')}: {run.error.get('message')}")
+                _print_usage(run.usage or {}, run.budget or {})
                 return run.status
 
 
-def _print_event(event: dict[str, Any]) -> None:
-    kind, data = event["type"], event["data"]
-    if kind == "output.delta":
-        print(data["text"], end="", flush=True)
-    elif kind == "status":
-        print(f"  [status] {data['text']}" + (f" ({data['progress']:.0%})" if "progress" in data else ""))
-    elif kind == "data":
-        print(f"  [data] {data['label']}: {data['value']}")
-    elif kind in ("step.started", "step.completed", "step.retrying", "step.failed"):
-        print(f"  [{kind}] {event['step']} (attempt {event['attempt']})")
-    elif kind != "output":
-        print(f"[{kind}]")
+def _print_usage(usage: dict[str, Any], budget: dict[str, Any]) -> None:
+    """The run's LLM usage and cost, summed over its steps, against its budget."""
+    cost = float(usage.get("cost_usd") or 0.0)
+    print(
+        f"LLM usage: {usage.get('calls', 0)} calls, {usage.get('prompt_tokens', 0)} prompt + "
+        f"{usage.get('completion_tokens', 0)} completion tokens, ${cost:.6f}"
+        + (f" ({usage['unpriced_calls']} calls without a price)" if usage.get("unpriced_calls") else "")
+    )
+    for model, counts in (usage.get("by_model") or {}).items():
+        price = "no price" if counts.get("cost_usd") is None else f"${counts['cost_usd']:.6f}"
+        print(f"  {model}: {counts['calls']} calls, {counts['total_tokens']} tokens, {price}")
+    if budget.get("usd"):
+        limit = f"{budget['usd']:.6f}".rstrip("0").rstrip(".")
+        print(f"Budget: ${limit} a run, {cost / budget['usd']:.2%} used")
+
+
+class _Printer:
+    """Prints events as a terminal client would show them; streamed output text stays on its own lines."""
+
+    def __init__(self) -> None:
+        self.mid_line = False  # the last thing printed was output text without its newline
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind, data = event["type"], event["data"]
+        if kind == "output.delta":
+            print(data["text"], end="", flush=True)
+            self.mid_line = not data["text"].endswith("\n")
+            return
+        if self.mid_line:
+            print()
+            self.mid_line = False
+        if kind == "status":
+            print(f"  [status] {data['text']}" + (f" ({data['progress']:.0%})" if "progress" in data else ""))
+        elif kind == "data" and data["label"].startswith("section "):
+            print(f"  [{data['label']}] {data['value'].strip()}")  # a section's tokens, as they stream
+        elif kind == "data":
+            print(f"  [data] {data['label']}: {data['value']}")
+        elif kind in ("step.started", "step.completed", "step.retrying", "step.failed"):
+            print(f"  [{kind}] {event['step']} (attempt {event['attempt']})")
+        elif kind != "output":
+            print(f"[{kind}]")
 
 
 def _stop(process: subprocess.Popen[Any]) -> None:

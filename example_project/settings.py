@@ -4,6 +4,10 @@ Everything that differs between a laptop and production comes from the environme
 - DATABASE_URL: ``postgres://user@host:port/name``; unset: SQLite in ./var/ (the embedded default).
 - REDIS_URL: Redis for the run streams, the Celery broker and the cache; ``python -m example_project``
   starts an embedded Redis when none is reachable.
+- OPENAI_API_KEY, OPENAI_BASE_URL: the LLM provider (any OpenAI-compatible API; the base URL defaults to
+  OpenAI's). ``python -m example_project`` without a key starts agentflow's fake OpenAI server and points
+  both at it. EXAMPLE_LLM_MODEL: the model the blog workflow asks for (default gpt-4o-mini; fake-model with
+  the fake server).
 """
 
 import os
@@ -102,9 +106,33 @@ CACHES = {
     }
 }
 
+EXAMPLE_LLM_MODEL = os.environ.get("EXAMPLE_LLM_MODEL") or "gpt-4o-mini"
+
 AGENTFLOW = {
     "REDIS_URL": REDIS_URL,
     "EXECUTOR": os.environ.get("AGENTFLOW_EXECUTOR", "agentflow.executors.CeleryExecutor"),
+    # The OpenAI-compatible providers of agentflow.llm's clients, tried in this order on transient failures.
+    # Add a second one (another region, another vendor with the same models) to fall back on.
+    "LLM_PROVIDERS": [
+        {
+            "name": "openai",
+            "base_url": os.environ.get("OPENAI_BASE_URL") or None,
+            "api_key": os.environ.get("OPENAI_API_KEY") or None,
+        }
+    ],
+    # USD per million tokens, for the cost on every step and run (and the runs' budgets). Check your
+    # provider's price list: these are examples. The fake server's model is priced like gpt-4o-mini so that
+    # the demo shows a cost.
+    "LLM_PRICES": {
+        "gpt-4o-mini*": {"input": 0.15, "output": 0.60},
+        "gpt-4o*": {"input": 2.50, "output": 10.00},
+        "gpt-4.1-nano*": {"input": 0.10, "output": 0.40},
+        "gpt-4.1-mini*": {"input": 0.40, "output": 1.60},
+        "gpt-4.1*": {"input": 2.00, "output": 8.00},
+        "fake-model": {"input": 0.15, "output": 0.60},
+    },
+    # Shared by every worker, per "<provider>:<model>" (a 429's Retry-After blocks the key for all of them).
+    "RATE_LIMITS": {"openai:*": {"requests_per_minute": 500, "tokens_per_minute": 200_000}},
 }
 
 # Celery: JSON only, acknowledge after the task ran, one message at a time per worker process.

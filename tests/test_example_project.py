@@ -1,8 +1,10 @@
-"""The README's first command works on a machine without Redis: embedded Redis, SQLite, a real worker."""
+"""The README's first command works on a machine without Redis or an OpenAI key: embedded Redis, SQLite, a real
+worker, and the fake OpenAI server in its own process behind the blog workflow's LLM calls."""
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -24,7 +26,15 @@ def test_example_project_runs_the_blog_post_workflow_on_the_embedded_default(tmp
     env = {
         key: value
         for key, value in os.environ.items()
-        if key not in {"DATABASE_URL", "DJANGO_SETTINGS_MODULE"}
+        # No key: the launcher starts the fake OpenAI server (a real key would call the real API).
+        if key
+        not in {
+            "DATABASE_URL",
+            "DJANGO_SETTINGS_MODULE",
+            "OPENAI_API_KEY",
+            "OPENAI_BASE_URL",
+            "EXAMPLE_LLM_MODEL",
+        }
     }
     env.update(
         REDIS_URL=f"redis://127.0.0.1:{unused_port()}/0",  # nothing listens: the launcher embeds a Redis
@@ -43,7 +53,18 @@ def test_example_project_runs_the_blog_post_workflow_on_the_embedded_default(tmp
     out = result.stdout
     assert "started an embedded one" in out
     assert "Database: sqlite3" in out
+    assert "started a fake OpenAI server" in out
     assert "[run.started]" in out and "[run.completed]" in out
-    assert out.count("[step.completed] draft#") == 5
-    assert "Run completed" in out and "15 words" in out
+    # The outline is one LLM call step; the five sections are drafted by agentflow.map, each draft step
+    # holding its LLM call step, whose streamed tokens arrive as "section <n>" data events.
+    assert "[step.completed] outline#0 (" in out
+    assert len(re.findall(r"\[step\.completed\] draft#\d \(", out)) == 5
+    assert len(re.findall(r"\[step\.completed\] draft#\d/openai\.chat#0 \(", out)) == 5
+    assert all(f"[section {n}] " in out for n in range(1, 6))
+    assert "Run completed" in out and "15 words" in out  # the fake server answers 3 words a call
+    usage = re.search(r"LLM usage: (\d+) calls, (\d+) prompt \+ (\d+) completion tokens, \$([0-9.]+)", out)
+    assert usage is not None, out
+    calls, completion_tokens, cost = int(usage[1]), int(usage[3]), float(usage[4])
+    assert calls == 6 and completion_tokens == 6 * 3 and cost > 0  # fake-model is priced in the settings
+    assert "Budget: $0.05 a run" in out
     assert (tmp_path / "example.sqlite3").exists()

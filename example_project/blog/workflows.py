@@ -1,64 +1,118 @@
-"""The example workflow: an "agent" that researches a topic, outlines a post and writes it section by
-section, streaming the text as it goes. There is no LLM in this example: `draft` stands in for one (a later
-version calls an OpenAI-compatible server through agentflow's wrapped client)."""
+"""The example workflow: an "agent" that researches a topic, has an LLM outline a post, then drafts every
+section at once, streaming each section's tokens as they arrive.
+
+Every LLM call goes through agentflow's wrapped OpenAI client (:mod:`agentflow.llm`), so inside the run each
+call is a durable step: retried on 429s and provider errors, checkpointed (a recovered or resumed run does not
+pay for it twice), its tokens and cost recorded on the step and summed on the run, and the run stopped if it
+reaches its budget. The provider is ``AGENTFLOW["LLM_PROVIDERS"]`` (example_project/settings.py): the real
+OpenAI API with ``OPENAI_API_KEY``, or the fake OpenAI-compatible server ``python -m example_project`` starts
+without one.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import re
 
+from django.conf import settings
 from pydantic import BaseModel
 
 import agentflow
 from agentflow import component, workflow
+from agentflow.llm import AsyncOpenAI
+
+# One client for the whole app: providers, retries and limits come from the settings, read at each call.
+llm = AsyncOpenAI()
+
+
+class Section(BaseModel):
+    heading: str
+    text: str
 
 
 class Post(BaseModel):
     title: str
-    sections: list[str]
+    model: str
+    sections: list[Section]
     words: int
 
 
 @component
 async def research(topic: str, angle: str) -> str:
-    await asyncio.sleep(0.3)  # a search API call
+    await asyncio.sleep(0.3)  # stands in for a search API call
     return f"{angle} of {topic}"
 
 
-@component
-def outline(topic: str, notes: list[str]) -> list[str]:
-    return [f"Why {topic} matters", *(note.capitalize() for note in notes), "What to do next"]
+def headings_from(text: str, count: int) -> list[str]:
+    """``count`` distinct headings from an outline: one per line as asked; a reply that ignored the format
+    (the fake server answers with one line of words) is cut into ``count`` even parts instead."""
+    lines = [re.sub(r"^\s*(?:[-*#]+|\d+[.)])\s*", "", line).strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    if len(lines) < count:
+        words = text.split() or ["untitled"]
+        size = max(1, len(words) // count)
+        parts = [words[i * size : (i + 1) * size] or [words[i % len(words)]] for i in range(count)]
+        lines = [" ".join(part).capitalize() for part in parts]
+    headings: list[str] = []
+    for line in lines[:count]:  # distinct, so no two sections get the same prompt
+        headings.append(line if line not in headings else f"{line} ({len(headings) + 1})")
+    return headings
 
 
 @component
-async def draft(heading: str, words: int) -> str:
-    # Deterministic pseudo-text, streamed word by word like an LLM's tokens.
-    seed = hashlib.sha256(heading.encode()).hexdigest()
-    vocabulary = ["agents", "durable", "streams", "retry", "workers", "checkpoints", "users", "latency"]
-    text = []
-    for index in range(words):
-        word = vocabulary[int(seed[index % len(seed)], 16) % len(vocabulary)]
-        text.append(word)
-        agentflow.stream_output(word + " ")
-        await asyncio.sleep(0.01)
-    agentflow.stream_output("\n\n")
-    return " ".join(text)
+async def draft(job: dict[str, str | int]) -> str:
+    """Write one section, streaming its tokens to the run's subscribers as ``data`` events labelled
+    ``section <n>`` (several sections are drafted at once, so their text must not interleave in one stream)."""
+    writer = llm.with_step(stream_to="data", label=f"section {job['number']}")
+    stream = await writer.chat.completions.create(
+        model=job["model"],
+        messages=[
+            {"role": "system", "content": "You write clear, concrete technical blog posts."},
+            {
+                "role": "user",
+                "content": f"Write the section {job['heading']!r} of a blog post about {job['topic']}, "
+                f"in about {job['words']} words of plain prose, without a heading.",
+            },
+        ],
+        max_tokens=4 * int(job["words"]) + 64,
+        stream=True,
+    )
+    return stream.text.strip()
 
 
-@workflow
-async def blog_post(topic: str, words_per_section: int = 20) -> Post:
-    """Research a topic, outline a post and write it, streaming every section."""
+@workflow(name="blog-post", budget={"usd": 0.05})
+async def blog_post(topic: str, words_per_section: int = 20, sections: int = 5, model: str = "") -> Post:
+    """Research a topic, have an LLM outline a post, then draft every section at once, streaming them."""
+    model = model or getattr(settings, "EXAMPLE_LLM_MODEL", "gpt-4o-mini")
     agentflow.status("Researching", progress=0.0)
     angles = ["history", "state of the art", "open problems"]
     # Concurrent steps: ids are assigned at call time, so replay after a crash matches each to its checkpoint.
     notes = await asyncio.gather(*(research.retry(max_attempts=3)(topic, angle) for angle in angles))
-    agentflow.status("Outlining", progress=0.3)
-    headings = outline(topic, notes)
+
+    agentflow.status("Outlining", progress=0.2)
+    # The outline's tokens stream to the run's output (output.delta events) as the model writes them.
+    outline = await llm.with_step(name="outline").chat.completions.create(
+        model=model,
+        messages=[
+            {
+                "role": "user",
+                "content": f"Outline a blog post about {topic} in exactly {sections} section headings, one "
+                f"per line, nothing else. Notes: {'; '.join(notes)}.",
+            }
+        ],
+        max_tokens=16 * sections + 32,
+        stream=True,
+    )
+    agentflow.stream_output("\n")
+    headings = headings_from(outline.text, sections)
     agentflow.publish("outline", {"headings": headings})
-    sections: list[str] = []
-    for index, heading in enumerate(headings):
-        agentflow.status(f"Writing: {heading}", progress=0.3 + 0.7 * index / len(headings))
-        agentflow.stream_output(f"## {heading}\n\n")
-        sections.append(await draft.timeout(60)(heading, words_per_section))
+
+    agentflow.status(f"Drafting {len(headings)} sections at once", progress=0.4)
+    jobs = [
+        {"number": i + 1, "heading": h, "topic": topic, "words": words_per_section, "model": model}
+        for i, h in enumerate(headings)
+    ]
+    texts = await agentflow.map(draft, jobs, concurrency=8)
     agentflow.status("Done", progress=1.0)
-    return Post(title=topic.title(), sections=sections, words=sum(len(s.split()) for s in sections))
+    parts = [Section(heading=h, text=t) for h, t in zip(headings, texts, strict=True)]
+    return Post(title=topic.title(), model=model, sections=parts, words=sum(len(t.split()) for t in texts))

@@ -1,0 +1,163 @@
+"""Probes and experiments for bench/llm_fanout.py, installed in the worker (before its pool forks) by
+``BENCH_LLM_PATCH=name[,name...]``; bench/workflows_llm.py applies them. Nothing here changes agentflow's files:
+they wrap its functions in the worker process only.
+
+- ``probe``: record when each phase of every provider call ended (limiter granted, SDK call started, response
+  received, checkpoints written: how long each waited for the store's DB thread, how long each write or
+  batch took) and when the workflow's clients were closed, and write them as
+  JSON to ``$BENCH_LLM_PROBE_DIR/<run id>.json`` when the task ends (read by llm_fanout.py --probe).
+- ``no-limiter``: skip the shared rate limiter (no Redis round trip on a thread before and after each call).
+- ``shards=N``: spread a run's calls over N HTTP connection pools (N SDK clients) instead of one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+_marks: dict[str, list[float]] = defaultdict(list)
+_durations: dict[str, list[float]] = defaultdict(list)
+_lock = threading.Lock()
+
+
+def mark(name: str, duration: float | None = None) -> None:
+    now = time.time()
+    with _lock:
+        _marks[name].append(now)
+        if duration is not None:
+            _durations[name].append(duration)
+
+
+def dump(run_id: str) -> None:
+    directory = os.environ.get("BENCH_LLM_PROBE_DIR")
+    with _lock:
+        data = {"marks": dict(_marks), "durations": dict(_durations)}
+        _marks.clear()
+        _durations.clear()
+    if directory:
+        Path(directory, f"{run_id}.json").write_text(json.dumps(data))
+
+
+def install(names: list[str]) -> None:
+    for name in names:
+        if name == "probe":
+            _install_probe()
+        elif name == "no-limiter":
+            _install_no_limiter()
+        elif name.startswith("shards="):
+            _install_shards(int(name.split("=", 1)[1]))
+        elif name:
+            raise ValueError(f"unknown BENCH_LLM_PATCH {name!r}")
+
+
+def _install_probe() -> None:
+    from agentflow.core.context import RunContext
+    from agentflow.llm import calls
+    from agentflow.store import DjangoRunStore
+
+    original_wait = calls.limiter.await_for_capacity
+
+    async def await_for_capacity(*args: Any, **kwargs: Any) -> float:
+        mark("call step body started")
+        waited = await original_wait(*args, **kwargs)
+        mark("limiter granted")
+        return waited
+
+    calls.limiter.await_for_capacity = await_for_capacity  # type: ignore[method-assign]
+
+    original_request = calls._arequest
+
+    async def arequest(*args: Any, **kwargs: Any) -> Any:
+        mark("SDK call started")
+        try:
+            return await original_request(*args, **kwargs)
+        finally:
+            mark("response received")
+
+    calls._arequest = arequest
+
+    original_reconcile = calls._reconcile
+
+    def reconcile(*args: Any, **kwargs: Any) -> None:
+        mark("limiter reconciled (thread)")
+        original_reconcile(*args, **kwargs)
+
+    calls._reconcile = reconcile
+
+    # Checkpoints go to the store's DB thread: one at a time (_write), or those of concurrent steps together
+    # (_write_many, where the store batches them).
+    def timed(original: Any, name: str) -> Any:
+        def write(self: Any, records: Any) -> None:
+            batch = records if isinstance(records, list) else [records]
+            now = time.time()
+            with _lock:
+                _durations["checkpoint queued before its write"] += [now - r.finished_at for r in batch]
+            started = time.perf_counter()
+            try:
+                original(self, records)
+            finally:
+                elapsed = time.perf_counter() - started
+                done = time.time()
+                with _lock:
+                    _marks["checkpoint written (DB thread)"] += [done] * len(batch)
+                    _durations[name].append(elapsed)
+                    if isinstance(records, list):
+                        _durations["checkpoints per batch"].append(float(len(batch)))
+
+        return write
+
+    store: Any = DjangoRunStore
+    if hasattr(store, "_write_many"):
+        store._write_many = timed(store._write_many, "checkpoint batch written (DB thread)")
+    else:
+        store._write = timed(store._write, "checkpoint written (DB thread)")
+
+    original_close = RunContext.aclose_resources
+
+    async def aclose_resources(self: Any) -> None:
+        mark("workflow returned")
+        started = time.perf_counter()
+        await original_close(self)
+        mark("clients closed", time.perf_counter() - started)
+
+    RunContext.aclose_resources = aclose_resources  # type: ignore[method-assign]
+
+
+def _install_no_limiter() -> None:
+    from agentflow.llm import calls
+
+    async def await_for_capacity(*args: Any, **kwargs: Any) -> float:
+        return 0.0
+
+    calls.limiter.await_for_capacity = await_for_capacity  # type: ignore[method-assign]
+    calls._reconcile = lambda *args, **kwargs: None  # still one asyncio.to_thread hop per call
+
+
+def _install_shards(count: int) -> None:
+    import openai
+
+    from agentflow.llm import calls
+
+    original = calls.async_client
+    counter = itertools.count()
+
+    def async_client(ctx: Any, provider: Any, sdk_options: Any) -> Any:
+        first = original(ctx, provider, sdk_options)  # registers the closer of the run's clients
+        shard = next(counter) % count
+        if shard == 0:
+            return first
+        shards = ctx.resources.setdefault("bench_shards", {})
+        client = shards.get((provider, sdk_options, shard))
+        if client is None:
+            client = openai.AsyncOpenAI(**calls._client_options(provider, sdk_options))
+            shards[(provider, sdk_options, shard)] = client
+            ctx.resources.setdefault("async_clients", []).append(client)
+        return client
+
+    calls.async_client = async_client
