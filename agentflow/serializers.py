@@ -176,6 +176,14 @@ class BudgetSerializer(serializers.Serializer):
     tokens = serializers.IntegerField(allow_null=True, help_text="Limit in tokens (null: none).")
 
 
+class ResumeRequestSerializer(serializers.Serializer):
+    budget = BudgetSerializer(
+        required=False,
+        allow_null=True,
+        help_text="Replaces the run's budget (null: no limit); omitted: kept.",
+    )
+
+
 class StepSerializer(serializers.ModelSerializer):
     status = NamedChoiceField(StepStatus.choices, enum_name="StepStatus", read_only=True)
     duration_seconds = serializers.FloatField(read_only=True, allow_null=True)

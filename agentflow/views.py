@@ -31,6 +31,7 @@ from .authentication import IsAuthenticatedOrStreamGrant, StreamGrant, StreamTok
 from .conf import agentflow_settings
 from .core.errors import InvalidInput, RunNotFound, RunTimeout
 from .core.serialization import stable_hash
+from .core.usage import Budget
 from .core.workflow import Workflow, registry
 from .exceptions import (
     IdempotencyKeyReused,
@@ -48,6 +49,7 @@ from .resume import resume
 from .serializers import (
     ErrorSerializer,
     EventPageSerializer,
+    ResumeRequestSerializer,
     RunDetailSerializer,
     RunSerializer,
     WorkflowDetailSerializer,
@@ -485,19 +487,39 @@ class RunCancelView(AgentflowAPIView):
         return Response(RunDetailSerializer(cancelled, context={"request": request}).data, status=code)
 
 
+def _resume_options(data: Any) -> dict[str, Any]:
+    if data is None or data == {} or data == b"":
+        return {}
+    if not isinstance(data, dict) or set(data) - {"budget"}:
+        raise InvalidInput(
+            'the body of a resume is empty or {"budget": {"usd": ..., "tokens": ...} or null}',
+            details=[{"field": "", "code": "invalid", "message": "Only 'budget' may be given"}],
+        )
+    if "budget" not in data:
+        return {}
+    try:
+        return {"budget": Budget.parse(data["budget"])}
+    except TypeError as exc:
+        raise InvalidInput(
+            f"budget: {exc}", details=[{"field": "budget", "code": "invalid", "message": str(exc)}]
+        ) from None
+
+
 class RunResumeView(AgentflowAPIView):
     @extend_schema(
-        request=None,
+        request=ResumeRequestSerializer,
         responses={
             202: OpenApiResponse(RunDetailSerializer, description="The run is queued again."),
-            **_errors(401, 403, 404, 409),
+            **_errors(400, 401, 403, 404, 409),
         },
     )
     def post(self, request: Request, run_id: str) -> Response:
         """Resume a failed or cancelled run from its last checkpoint: failed steps run again, completed ones
-        replay."""
+        replay. An optional body `{"budget": {"usd": ..., "tokens": ...}}` (or `null`: no limit) replaces the
+        run's budget, so that a run stopped by its budget (`budget_exceeded`) can go on."""
         run = get_visible_run(request, run_id)
-        resumed = resume(run)
+        options = _resume_options(request.data)
+        resumed = resume(run, **options)
         resumed.owner = run.owner
         data = RunDetailSerializer(resumed, context={"request": request}).data
         return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["urls"]["self"]})

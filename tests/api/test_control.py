@@ -93,6 +93,29 @@ def test_resume_queues_the_run_again_without_its_failed_steps(
     assert len(callbacks) == 1  # enqueue (epoch 4) once committed
 
 
+def test_resume_over_http_can_replace_the_budget(api, alice, make_run):
+    run = make_run(alice, status="failed")
+    run.budget = {"usd": 0.1}
+    run.save()
+    response = api.post(url("run-resume", run.pk), {"budget": {"usd": 2.5}}, format="json")
+    assert response.status_code == 202, response.content
+    assert response.json()["budget"] == {"usd": 2.5, "tokens": None}
+    run.refresh_from_db()
+    assert run.budget == {"usd": 2.5}
+
+
+@pytest.mark.parametrize(
+    "body", [{"budget": {"usd": -1}}, {"budget": {"euros": 1}}, {"budget": "lots"}, {"other": 1}, [1]]
+)
+def test_resume_with_a_bad_body_is_400_and_changes_nothing(api, alice, make_run, body):
+    run = make_run(alice, status="failed")
+    response = api.post(url("run-resume", run.pk), body, format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "invalid_input"
+    run.refresh_from_db()
+    assert run.status == "failed" and run.budget is None
+
+
 def test_resume_from_python(alice, make_run):
     run = make_run(alice, status="completed")
     with pytest.raises(RunNotResumable) as info:
