@@ -26,6 +26,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from ..core import events as ev
 from ..core.component import Component, StepCall
 from ..core.context import current_run
+from ..core.errors import StepTimeout
 from ..core.retry import RetryPolicy
 from . import calls
 from .providers import Provider, configured_providers, parse_providers
@@ -39,10 +40,11 @@ DEFAULT_RETRY = RetryPolicy(
     initial_delay_seconds=1.0,
     backoff=2.0,
     max_delay_seconds=30.0,
-    retry_on=calls.TRANSIENT,
+    retry_on=(*calls.TRANSIENT, StepTimeout),
 )
 """Retries of a provider call: 429s, 5xx, time-outs, connection errors and cut streams, at most 5 attempts
-with full-jitter backoff from 1 s to 30 s, never shorter than the provider's ``Retry-After``."""
+with full-jitter backoff from 1 s to 30 s, never shorter than the provider's ``Retry-After``; and attempts that
+exceeded the step's ``timeout_seconds``."""
 
 _RESULT_TYPES: dict[str, Any] = {
     calls.CHAT: (ChatCompletion, ChatCompletionChunk),

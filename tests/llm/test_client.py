@@ -323,6 +323,25 @@ def test_fallback_to_the_next_provider_is_recorded_on_the_step(fake: FakeOpenAI,
     assert fake.stats()["totals"]["requests"] == 0
 
 
+def test_an_attempt_past_its_time_out_is_retried(fake: FakeOpenAI, providers: Any) -> None:
+    client = AsyncOpenAI().with_step(
+        timeout_seconds=0.3, retry=agentflow.RetryPolicy(max_attempts=2, initial_delay_seconds=0)
+    )
+    slow = client.with_options(default_headers={"X-Fake-Latency-Ms": "2000"})
+
+    @workflow
+    async def flow() -> str:
+        try:
+            await slow.chat.completions.create(model="fake-model", messages=MESSAGES)
+        except StepFailed as exc:
+            return f"{exc.error_type} after {exc.attempts}"
+        return "answered"
+
+    run = run_inline(flow)
+    assert run.output == "StepTimeout after 2"
+    assert [e["data"]["error"]["type"] for e in run.of_type("step.retrying")] == ["StepTimeout"]
+
+
 def test_a_model_no_provider_serves_fails_the_step(fake: FakeOpenAI) -> None:
     client = OpenAI(providers=[{"name": "only", "base_url": fake.base_url, "models": {"a": "fake-model"}}])
 
