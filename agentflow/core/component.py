@@ -325,12 +325,42 @@ class StepCall:
         """
         if not self.ctx.suspends(seconds):
             return max(0.0, seconds)
+        self._suspend_for(seconds, attempt)
+
+    def _suspend_for(self, seconds: float, attempt: int) -> NoReturn:
         if self.resumed_attempts == attempt:
             self.ctx.suspend(self.wake_at, "retry")  # woken early: its checkpoint holds the wake-up time
         wake_at = time.time() + seconds
         output = {"wake_at": wake_at, "free_attempts": self.free_attempts}
         self.ctx.store.save_step(self._record(WAITING, output=output, attempts=attempt))
         self.ctx.suspend(wake_at, "retry")
+
+    def _suspend_due(self, deadline: float) -> bool:
+        """While waiting for the next attempt: whether to suspend now after all. A long wait cannot suspend
+        while other attempts of the run are in flight (a fan-out); once none is, it can. And once a sibling
+        suspended the run, waiting on in this incarnation is pointless."""
+        ctx = self.ctx
+        return ctx.suspends(deadline - time.monotonic()) or (
+            ctx.suspension is not None and not ctx.attempts_running
+        )
+
+    def _wait(self, seconds: float, attempt: int) -> None:
+        """Wait before the next attempt: suspend the run if the wait is long (now, or once the run's other
+        attempts are over), else sleep, waking every half second for a cancellation or a lost lease."""
+        deadline = time.monotonic() + self._suspend_or_wait(seconds, attempt)
+        while (remaining := deadline - time.monotonic()) > 0:
+            time.sleep(min(remaining, 0.5))
+            self.ctx.check_interrupt()
+            if self._suspend_due(deadline):
+                self._suspend_for(deadline - time.monotonic(), attempt)
+
+    async def _await(self, seconds: float, attempt: int) -> None:
+        deadline = time.monotonic() + self._suspend_or_wait(seconds, attempt)
+        while (remaining := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(remaining, 0.5))
+            self.ctx.check_interrupt()
+            if self._suspend_due(deadline):
+                self._suspend_for(deadline - time.monotonic(), attempt)
 
     def _fail(self, exc: Exception, attempt: int) -> NoReturn:
         """Record the step as failed for good and raise the ``StepFailed`` the workflow sees."""
@@ -419,7 +449,7 @@ class StepCall:
         fn, timeout = self.component.fn, self.component.timeout_seconds
         attempt = self.resumed_attempts
         if attempt:
-            self.ctx.sleep(self._suspend_or_wait(self.wake_at - time.time(), attempt))
+            self._wait(self.wake_at - time.time(), attempt)
         while True:
             attempt += 1
             token = self._start_attempt(attempt)
@@ -434,7 +464,7 @@ class StepCall:
                     raise
                 _frame.reset(token)
                 self.resumed_attempts = 0
-                self.ctx.sleep(self._suspend_or_wait(self._failed_attempt(exc, attempt), attempt))
+                self._wait(self._failed_attempt(exc, attempt), attempt)
                 continue
             self._collect_usage()
             _frame.reset(token)
@@ -467,7 +497,7 @@ class StepCall:
         fn, timeout = self.component.fn, self.component.timeout_seconds
         attempt = self.resumed_attempts
         if attempt:
-            await self.ctx.asleep(self._suspend_or_wait(self.wake_at - time.time(), attempt))
+            await self._await(self.wake_at - time.time(), attempt)
         while True:
             attempt += 1
             token = self._start_attempt(attempt)
@@ -481,7 +511,7 @@ class StepCall:
                     raise
                 _frame.reset(token)
                 self.resumed_attempts = 0
-                await self.ctx.asleep(self._suspend_or_wait(self._failed_attempt(exc, attempt), attempt))
+                await self._await(self._failed_attempt(exc, attempt), attempt)
                 continue
             self._collect_usage()
             _frame.reset(token)

@@ -205,3 +205,38 @@ def test_merge_adds_counts_and_keeps_unpriced_models_apart():
     merge(total, None)
     assert total["calls"] == 2 and total["total_tokens"] == 5 and total["unpriced_calls"] == 1
     assert total["by_model"]["a"]["cost_usd"] == 0.1 and total["by_model"]["b"]["cost_usd"] is None
+
+
+def test_a_fan_out_waiting_for_capacity_suspends_once_no_attempt_is_in_flight():
+    import asyncio
+    import time
+
+    attempts: dict[str, int] = {}
+
+    @component
+    async def call(name: str) -> str:
+        attempts[name] = attempts.get(name, 0) + 1
+        if name == "slow":
+            await asyncio.sleep(0.4)  # in flight while the others wait: they cannot suspend yet
+            return name
+        if attempts[name] == 1:
+            raise NoCapacity(delay_seconds=1.5)  # longer than the threshold
+        return name
+
+    @workflow(name="core-usage-fan-out-suspends")
+    async def flow() -> list[str]:
+        return await agentflow.map(call, ["slow", "a", "b", "c"])
+
+    store = MemoryStore()
+    started = time.monotonic()
+    with pytest.raises(RunSuspended) as suspended:
+        flow.execute({}, context(store, suspend_threshold_seconds=0.5))
+    # Handed back soon after the in-flight attempt ended, not after the 1.5 s wait.
+    assert time.monotonic() - started < 1.4
+    assert suspended.value.reason == "retry"
+    assert {step: record.status for step, record in store.records.items()} == {
+        "call#0": "completed", "call#1": "waiting", "call#2": "waiting", "call#3": "waiting",
+    }  # fmt: skip
+    time.sleep(max(0.0, suspended.value.wake_at - time.time()))
+    assert flow.execute({}, context(store, suspend_threshold_seconds=0.5)) == ["slow", "a", "b", "c"]
+    assert attempts == {"a": 2, "slow": 1, "b": 2, "c": 2}
