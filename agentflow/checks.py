@@ -11,6 +11,7 @@ from django.utils.module_loading import import_string
 from .conf import DEFAULTS, REMOVED
 
 _POSITIVE_NUMBERS = (
+    "LLM_PROVIDER_COOLDOWN_SECONDS",
     "STREAM_TTL_SECONDS",
     "HEARTBEAT_INTERVAL_SECONDS",
     "LEASE_SECONDS",
@@ -63,6 +64,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         ("SUBSCRIBER_QUEUE_SIZE", 1),
         ("LLM_MAX_CONCURRENCY_PER_RUN", 1),
         ("LLM_MAX_CONCURRENCY_PER_WORKER", 1),
+        ("LLM_PROVIDER_FAILURE_THRESHOLD", 1),
         *((name, 1) for name in _API_SIZES),
     ):
         value = merged[key]

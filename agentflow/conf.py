@@ -94,6 +94,10 @@ DEFAULTS: dict[str, Any] = {
     "LLM_MAX_CONCURRENCY_PER_WORKER": 1024,
     # Streamed tokens are forwarded to the run's stream at most once per this many seconds (coalesced).
     "LLM_STREAM_COALESCE_SECONDS": 0.05,
+    # A provider failing this many times in a row (5xx, connection errors, time-outs; not 429s) is skipped by
+    # the calls of this worker process for LLM_PROVIDER_COOLDOWN_SECONDS, when another provider serves them.
+    "LLM_PROVIDER_FAILURE_THRESHOLD": 3,
+    "LLM_PROVIDER_COOLDOWN_SECONDS": 30.0,
 }
 
 REMOVED: dict[str, str] = {}

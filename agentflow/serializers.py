@@ -165,6 +165,10 @@ class StepUsageSerializer(UsageSerializer):
         allow_null=True, help_text="The provider that answered (null: none did)."
     )
     model = serializers.CharField(allow_null=True, help_text="The model as that provider names it.")
+    skipped = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="Providers not tried: their circuit breaker was open after repeated failures.",
+    )
     fallbacks = FallbackSerializer(
         many=True,
         help_text="Providers that failed, in order, before `provider` answered or the step gave up.",

@@ -43,6 +43,10 @@ def step_usage(usage: Mapping[str, Any] | None) -> dict[str, Any] | None:
     for key in STEP_NOTES:
         value = usage.get(key)
         step[key] = value if isinstance(value, str) else None
+    skipped = usage.get("skipped")
+    step["skipped"] = [
+        name for name in (skipped if isinstance(skipped, list) else []) if isinstance(name, str)
+    ]
     fallbacks = usage.get("fallbacks")
     step["fallbacks"] = [
         dict(item) for item in (fallbacks if isinstance(fallbacks, list) else []) if isinstance(item, Mapping)

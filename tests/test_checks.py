@@ -160,13 +160,16 @@ def messages(**agentflow: object) -> list[tuple[str, str]]:
         return [(message.id, message.msg) for message in check_settings()]
 
 
+@pytest.mark.parametrize("key", ["RATE_LIMIT_WINDOW_SECONDS", "LLM_PROVIDER_COOLDOWN_SECONDS"])
 @pytest.mark.parametrize("value", [0, -1, "60", True, None])
-def test_e004_rate_limit_window(value):
-    assert ids(RATE_LIMIT_WINDOW_SECONDS=value) == ["agentflow.E004"]
-    assert ids(RATE_LIMIT_WINDOW_SECONDS=0.5) == []
+def test_e004_rate_limit_window_and_provider_cool_down(key, value):
+    assert ids(**{key: value}) == ["agentflow.E004"]
+    assert ids(**{key: 0.5}) == []
 
 
-@pytest.mark.parametrize("key", ["LLM_MAX_CONCURRENCY_PER_RUN", "LLM_MAX_CONCURRENCY_PER_WORKER"])
+@pytest.mark.parametrize(
+    "key", ["LLM_MAX_CONCURRENCY_PER_RUN", "LLM_MAX_CONCURRENCY_PER_WORKER", "LLM_PROVIDER_FAILURE_THRESHOLD"]
+)
 @pytest.mark.parametrize("value", [0, -3, 2.5, "8", True, None])
 def test_e005_llm_concurrency_limits(key, value):
     assert ids(**{key: value}) == ["agentflow.E005"]

@@ -27,6 +27,7 @@ from ..core.context import RunContext, _frame, current_run
 from ..core.errors import AgentflowError
 from ..core.usage import record_usage
 from ..ratelimit import RateLimited, limiter
+from .breaker import breakers
 from .providers import Provider
 from .slots import Slots
 
@@ -148,6 +149,7 @@ def _client_options(provider: Provider, sdk_options: tuple[tuple[str, Any], ...]
         "base_url": provider.base_url,
         "organization": provider.organization,
         "default_headers": provider.default_headers,
+        **({"timeout": provider.timeout_seconds} if provider.timeout_seconds is not None else {}),
         **dict(sdk_options),
     }
     options["max_retries"] = 0  # the step retries, visibly, with backoff shared across fallbacks
@@ -346,12 +348,16 @@ class _Attempt:
         requested = request.get("model")
         if not isinstance(requested, str) or not requested:
             raise TypeError(f"the call needs a model name (model=...), not {requested!r}")
-        self.candidates = [p for p in spec.providers if p.serves(requested)]
-        if not self.candidates:
+        serving = [p for p in spec.providers if p.serves(requested)]
+        if not serving:
             raise NoProvider(
                 f"no provider serves model {requested!r}: "
                 + ", ".join(f"{p.name} ({', '.join(p.models or ())})" for p in spec.providers)
             )
+        # Providers whose breaker is open are skipped while another one serves the model.
+        ready = [p for p in serving if not breakers.is_open(p.name)]
+        self.candidates = ready or serving
+        self.skipped = [p.name for p in serving if p not in self.candidates]
         self.stream = bool(request.get("stream"))
 
     def prepare(
@@ -379,6 +385,13 @@ class _Attempt:
 
     def failed(self, provider: Provider, model: str, exc: BaseException, last: bool) -> BaseException:
         """Note a provider's failure; return what to raise if it was the last provider."""
+        if not isinstance(exc, openai.RateLimitError | RateLimited) and breakers.failed(provider.name):
+            logger.warning(
+                "provider %s failed %s times in a row: skipped for %ss where another provider serves",
+                provider.name,
+                agentflow_settings.llm_provider_failure_threshold,
+                agentflow_settings.llm_provider_cooldown_seconds,
+            )
         retry_after = retry_after_seconds(getattr(exc, "response", None))
         if retry_after is not None:
             exc.retry_after = retry_after  # type: ignore[attr-defined]  # the step's retry waits that long
@@ -398,6 +411,7 @@ class _Attempt:
         return exc
 
     def succeeded(self, provider: Provider, model: str, usage: Any) -> None:
+        breakers.succeeded(provider.name)
         counts = _usage_counts(self.spec.kind, usage)
         if counts is not None:
             record_usage(model, prompt_tokens=counts[0], completion_tokens=counts[1])
@@ -409,6 +423,8 @@ class _Attempt:
             return
         usage = frame.usage if frame.usage is not None else {}
         usage.update(notes)
+        if self.skipped:
+            usage["skipped"] = list(self.skipped)
         if self.fallbacks:
             usage["fallbacks"] = list(self.fallbacks)
         frame.usage = usage

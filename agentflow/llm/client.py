@@ -256,6 +256,7 @@ class _Base:
                 "base_url": provider.base_url,
                 "organization": provider.organization,
                 "default_headers": provider.default_headers,
+                **({"timeout": provider.timeout_seconds} if provider.timeout_seconds is not None else {}),
                 **self._sdk_options,
             }
             self._plain = cls(**options)

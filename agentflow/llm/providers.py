@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from ..conf import agentflow_settings
 from ..ratelimit import limit_key
 
-_FIELDS = {"name", "base_url", "api_key", "organization", "models", "default_headers"}
+_FIELDS = {"name", "base_url", "api_key", "organization", "models", "default_headers", "timeout_seconds"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,9 @@ class Provider:
     organization: str | None = None
     models: Mapping[str, str] | None = None
     default_headers: Mapping[str, str] | None = field(default=None, repr=False)
+    # Seconds each request may take (the SDK's `timeout`; its default is 600): a provider that hangs is then
+    # left for the next one after this long.
+    timeout_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or ":" in self.name:
@@ -54,6 +57,13 @@ class Provider:
             object.__setattr__(self, "models", dict(self.models))
         if self.default_headers is not None:
             object.__setattr__(self, "default_headers", dict(self.default_headers))
+        timeout = self.timeout_seconds
+        if timeout is not None and (
+            not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0
+        ):
+            raise TypeError(
+                f"provider {self.name!r}: timeout_seconds must be a number > 0 or None, not {timeout!r}"
+            )
 
     def __hash__(self) -> int:
         return hash(
@@ -64,6 +74,7 @@ class Provider:
                 self.organization,
                 None if self.models is None else tuple(sorted(self.models.items())),
                 None if self.default_headers is None else tuple(sorted(self.default_headers.items())),
+                self.timeout_seconds,
             )
         )
 

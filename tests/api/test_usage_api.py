@@ -129,11 +129,12 @@ def test_a_run_shows_its_usage_budget_and_each_steps_usage(api, alice, make_run)
     assert detail["usage"] == listed["usage"] == RUN_USAGE
     assert detail["budget"] == listed["budget"] == {"usd": 0.5, "tokens": None}
     steps = {item["step_id"]: item["usage"] for item in detail["steps"]}
-    assert steps["plan#0/openai.chat#0"] == {**STEP_USAGE, "unpriced_calls": 0}
+    assert steps["plan#0/openai.chat#0"] == {**STEP_USAGE, "unpriced_calls": 0, "skipped": []}
     assert steps["plan#0/openai.chat#1"] == {
         **ZERO_USAGE,
         "provider": None,
         "model": None,
+        "skipped": [],
         "fallbacks": [FALLBACK],
     }
     assert steps["plan#0"] is None
@@ -275,7 +276,13 @@ def test_the_schema_describes_usage_and_budget(anonymous):
     assert set(schemas["Usage"]["required"]) == keys | {"by_model"}
     assert schemas["Usage"]["properties"]["by_model"]["additionalProperties"] == ref("ModelUsage")[0]
     assert schemas["ModelUsage"]["properties"]["cost_usd"]["nullable"] is True
-    assert set(schemas["StepUsage"]["required"]) == keys | {"by_model", "provider", "model", "fallbacks"}
+    assert set(schemas["StepUsage"]["required"]) == keys | {
+        "by_model",
+        "provider",
+        "model",
+        "skipped",
+        "fallbacks",
+    }
     assert schemas["StepUsage"]["properties"]["fallbacks"]["items"] == ref("Fallback")[0]
     assert set(schemas["Budget"]["required"]) == {"usd", "tokens"}
     workflow = doc["paths"]["/api/workflows/{name}/"]["get"]["responses"]["200"]

@@ -27,6 +27,7 @@ from agentflow.conf import agentflow_settings
 from agentflow.core.errors import BudgetExceeded, StepFailed
 from agentflow.core.memory import MemoryCache, MemorySink, MemoryStore, run_in_memory
 from agentflow.llm import AsyncOpenAI, OpenAI, Provider, RecordedStream
+from agentflow.llm.breaker import breakers
 from agentflow.llm.calls import estimate_tokens, pack, retry_after_seconds, unpack
 from agentflow.llm.pricing import cost, find_price, validate_prices
 from agentflow.llm.providers import parse_providers
@@ -51,6 +52,7 @@ def backup() -> Iterator[FakeOpenAI]:
 @pytest.fixture
 def fake(server: FakeOpenAI, redis_client: redis.Redis) -> FakeOpenAI:
     server.reset()
+    breakers.reset()
     # A 429 in one test blocks its limit key for Retry-After: no test inherits another's block.
     for key in redis_client.scan_iter(f"{agentflow_settings.key_prefix}ratelimit:*"):
         redis_client.delete(key)
@@ -340,6 +342,69 @@ def test_an_attempt_past_its_time_out_is_retried(fake: FakeOpenAI, providers: An
     run = run_inline(flow)
     assert run.output == "StepTimeout after 2"
     assert [e["data"]["error"]["type"] for e in run.of_type("step.retrying")] == ["StepTimeout"]
+
+
+def test_a_provider_failing_repeatedly_is_skipped_until_its_cool_down_ends(
+    fake: FakeOpenAI, backup: FakeOpenAI
+) -> None:
+    backup.reset()
+    client = OpenAI(
+        providers=[
+            {"name": "primary", "base_url": fake.base_url, "api_key": "k1"},
+            {"name": "secondary", "base_url": backup.base_url, "api_key": "k2"},
+        ]
+    )
+
+    @workflow
+    def flow(calls: int) -> list[dict[str, Any]]:
+        for i in range(calls):
+            client.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": str(i)}])
+        return []
+
+    fake.fail({"status": 503, "times": 100})
+    breaker = {"LLM_PROVIDER_FAILURE_THRESHOLD": 2, "LLM_PROVIDER_COOLDOWN_SECONDS": 0.5}
+    with override_settings(AGENTFLOW={**agentflow_settings.user_settings, **breaker}):
+        run = run_inline(flow, {"calls": 4})
+        # Two failures open primary's breaker: calls 3 and 4 go straight to secondary.
+        assert fake.stats()["requests"] == 2
+        usages = [run.steps[f"openai.chat#{i}"].usage or {} for i in range(4)]
+        assert [u["provider"] for u in usages] == ["secondary"] * 4
+        assert [len(u.get("fallbacks", [])) for u in usages] == [1, 1, 0, 0]
+        assert [u.get("skipped") for u in usages] == [None, None, ["primary"], ["primary"]]
+        time.sleep(0.6)  # the cool-down is over: primary is tried again, fails, and is skipped again
+        run_inline(flow, {"calls": 2})
+        assert fake.stats()["requests"] == 3
+    assert backup.stats()["totals"]["requests"] == 6
+
+
+def test_a_hanging_provider_is_left_after_its_time_out(fake: FakeOpenAI, backup: FakeOpenAI) -> None:
+    backup.reset()
+    client = AsyncOpenAI(
+        providers=[
+            {
+                "name": "slow",
+                "base_url": fake.base_url,
+                "api_key": "k1",
+                "timeout_seconds": 0.3,
+                "default_headers": {"X-Fake-Latency-Ms": "5000"},
+            },
+            {"name": "fast", "base_url": backup.base_url, "api_key": "k2"},
+        ]
+    )
+
+    @workflow
+    async def flow() -> str:
+        reply = await client.chat.completions.create(model="fake-model", messages=MESSAGES)
+        return reply.choices[0].message.content or ""
+
+    started = time.monotonic()
+    run = run_inline(flow)
+    assert time.monotonic() - started < 3
+    usage = run.steps["openai.chat#0"].usage or {}
+    assert usage["provider"] == "fast"
+    assert usage["fallbacks"][0]["error"]["type"] == "APITimeoutError"
+    with pytest.raises(TypeError, match="timeout_seconds must be"):
+        Provider(name="p", timeout_seconds=0)
 
 
 def test_a_model_no_provider_serves_fails_the_step(fake: FakeOpenAI) -> None:
