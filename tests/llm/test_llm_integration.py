@@ -71,6 +71,8 @@ def llm_settings(servers: tuple[FakeOpenAIProcess, FakeOpenAIProcess]) -> dict[s
         "LLM_PRICES": PRICES,
         "LLM_STREAM_COALESCE_SECONDS": 0,  # every token its own output.delta event
         "SUSPEND_THRESHOLD_SECONDS": SUSPEND_THRESHOLD_SECONDS,
+        # The workers live for the whole module: one test's failures must not open a breaker for the next.
+        "LLM_PROVIDER_FAILURE_THRESHOLD": 1000,
     }
 
 
