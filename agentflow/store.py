@@ -250,24 +250,32 @@ class Lease:
             raise RunCancelled(f"run {self.run_id} was cancelled")
 
     def beat(self) -> None:
+        """Renew the lease and read the cancellation flag in one statement (``UPDATE ... RETURNING``); no row
+        means another incarnation has the run. The run's usage totals go along when they changed."""
         from django.utils import timezone
 
-        rows = list(
-            WorkflowRun.objects.filter(id=self.run_id, epoch=self.epoch).values_list(
-                "cancel_requested", flat=True
-            )
-        )
-        if not rows:
-            self.lost = True
-            return
-        changes: dict[str, Any] = {"heartbeat_at": timezone.now()}
+        table = WorkflowRun._meta.db_table
+        sets = ["heartbeat_at = %s"]
+        params: list[Any] = [connection.ops.adapt_datetimefield_value(timezone.now())]
         usage = self.usage() if self.usage is not None else None
         if usage and usage != self._usage_written:
-            changes["usage"] = usage
-        WorkflowRun.objects.filter(id=self.run_id, epoch=self.epoch).update(**changes)
-        if "usage" in changes:
+            sets.append("usage = %s")
+            params.append(WorkflowRun._meta.get_field("usage").get_db_prep_save(usage, connection))
+        else:
+            usage = None
+        params += [WorkflowRun._meta.pk.get_db_prep_value(uuid.UUID(self.run_id), connection), self.epoch]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET {', '.join(sets)} WHERE id = %s AND epoch = %s RETURNING cancel_requested",
+                params,
+            )
+            row = cursor.fetchone()
+        if row is None:
+            self.lost = True
+            return
+        if usage is not None:
             self._usage_written = usage
-        self.cancelled = bool(rows[0])
+        self.cancelled = bool(row[0])
 
     def _loop(self) -> None:
         try:
