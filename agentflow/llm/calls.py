@@ -383,8 +383,8 @@ class _Attempt:
         release = self.ctx.reserve_budget(prompt + completion, usd)
         return request, model, prompt + completion, state, release
 
-    def failed(self, provider: Provider, model: str, exc: BaseException, last: bool) -> BaseException:
-        """Note a provider's failure; return what to raise if it was the last provider."""
+    def failed(self, provider: Provider, model: str, exc: BaseException, last: bool) -> None:
+        """Note a provider's failure; if it was the last provider, raise what fails the attempt."""
         if not isinstance(exc, openai.RateLimitError | RateLimited) and breakers.failed(provider.name):
             logger.warning(
                 "provider %s failed %s times in a row: skipped for %ss where another provider serves",
@@ -404,11 +404,10 @@ class _Attempt:
                 provider.name,
                 type(exc).__name__,
             )
+            return
         if _quota_exhausted(exc):
-            quota = ProviderQuotaExceeded(f"provider {provider.name!r}: {exc}")
-            quota.__cause__ = exc
-            return quota
-        return exc
+            raise ProviderQuotaExceeded(f"provider {provider.name!r}: {exc}") from exc
+        raise exc from None
 
     def succeeded(self, provider: Provider, model: str, usage: Any) -> None:
         breakers.succeeded(provider.name)
@@ -464,20 +463,12 @@ def execute(spec: CallSpec, request: dict[str, Any]) -> Any:
         key = provider.limit_key(model)
         try:
             limiter.wait_for_capacity(key, tokens=estimate)
-            slots = (run_slots(ctx), worker_slots())
-            for slot in slots:
-                slot.acquire(ctx.check_interrupt)
-            try:
+            with run_slots(ctx).held(ctx.check_interrupt), worker_slots().held(ctx.check_interrupt):
                 output, usage = _request(ctx, spec, provider, call, state)
-            finally:
-                for slot in reversed(slots):
-                    slot.release()
             attempt.succeeded(provider, model, usage)  # counted before the reservation is released
         except FALLBACK_ON as exc:
             _penalize(key, exc)
-            failure = attempt.failed(provider, model, exc, last)
-            if last:
-                raise failure from None if failure is exc else exc
+            attempt.failed(provider, model, exc, last)
             continue
         finally:
             release()
@@ -516,11 +507,9 @@ async def aexecute(spec: CallSpec, request: dict[str, Any]) -> Any:
                 output, usage = await _arequest(ctx, spec, provider, call, state)
             attempt.succeeded(provider, model, usage)  # counted before the reservation is released
         except FALLBACK_ON as exc:
-            if isinstance(exc, openai.RateLimitError):
+            if isinstance(exc, openai.RateLimitError):  # else _penalize does nothing: spare the thread hop
                 await asyncio.to_thread(_penalize, key, exc)
-            failure = attempt.failed(provider, model, exc, last)
-            if last:
-                raise failure from None if failure is exc else exc
+            attempt.failed(provider, model, exc, last)
             continue
         finally:
             release()

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -49,6 +50,15 @@ class Slots:
                         raise
                 self.release()  # the slot was handed over meanwhile: give it back
                 raise
+
+    @contextlib.contextmanager
+    def held(self, check: Callable[[], None] | None = None) -> Iterator[None]:
+        """``with slots.held(check):`` a slot for the block (see :meth:`acquire`)."""
+        self.acquire(check)
+        try:
+            yield
+        finally:
+            self.release()
 
     async def aacquire(self) -> None:
         with self._lock:

@@ -741,3 +741,15 @@ def test_without_django_settings_the_client_is_the_sdk_configured_by_the_environ
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() and fake.stats()["by_key"]["env-key"]["requests"] == 1
+
+
+def test_holding_two_limits_gives_the_first_back_when_the_second_wait_is_interrupted() -> None:
+    run_limit, worker_limit = Slots(2), Slots(1)
+    worker_limit.acquire()  # another run holds the worker's only slot
+
+    def cancelled() -> None:
+        raise RuntimeError("cancelled")
+
+    with pytest.raises(RuntimeError), run_limit.held(cancelled), worker_limit.held(cancelled):
+        pass
+    assert run_limit.in_use == 0 and worker_limit.in_use == 1
