@@ -16,10 +16,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from django.conf import settings
+
+from agentflow.core import events as ev
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -252,3 +255,25 @@ def shared_worker(django_db_setup: None, redis_client: redis.Redis) -> Iterator[
         yield worker.wait_ready()
     finally:
         worker.stop()
+
+
+def apply_voiding(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The run's events (oldest first) without the void ones: the two rules of docs/topics/events.md."""
+    kept: list[dict[str, Any]] = []
+    for event in events:
+        if event["type"] == "step.retrying":
+            void = (event["step"], event["attempt"], event["epoch"])
+            kept = [
+                e
+                for e in kept
+                if not (e["type"] in ev.CONTENT_TYPES and (e["step"], e["attempt"], e["epoch"]) == void)
+            ]
+        elif event["type"] == "run.recovered":
+            steps, epoch = set(event["data"]["void_steps"]), event["epoch"]
+            kept = [
+                e
+                for e in kept
+                if not (e["type"] in ev.CONTENT_TYPES and e["step"] in steps and e["epoch"] < epoch)
+            ]
+        kept.append(event)
+    return kept

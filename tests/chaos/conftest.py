@@ -14,11 +14,11 @@ from django.test import override_settings
 
 from agentflow import streams
 from agentflow.conf import agentflow_settings
+from agentflow.core import events as ev
 from agentflow.monitor import check_runs
 
 QUEUE = "agentflow-chaos"
-CONTENT = {"status", "data", "output.delta"}
-TERMINAL = {"run.completed", "run.failed", "run.cancelled"}
+TERMINAL = ev.TERMINAL_TYPES
 
 
 @pytest.fixture
@@ -33,26 +33,6 @@ def chaos_settings() -> Iterator[None]:
     }
     with override_settings(AGENTFLOW=overrides):
         yield
-
-
-def apply_voiding(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The run's events (oldest first) without the void ones: the two rules of docs/topics/events.md."""
-    kept: list[dict[str, Any]] = []
-    for event in events:
-        if event["type"] == "step.retrying":
-            void = (event["step"], event["attempt"], event["epoch"])
-            kept = [
-                e
-                for e in kept
-                if not (e["type"] in CONTENT and (e["step"], e["attempt"], e["epoch"]) == void)
-            ]
-        elif event["type"] == "run.recovered":
-            steps, epoch = set(event["data"]["void_steps"]), event["epoch"]
-            kept = [
-                e for e in kept if not (e["type"] in CONTENT and e["step"] in steps and e["epoch"] < epoch)
-            ]
-        kept.append(event)
-    return kept
 
 
 def step_texts(kept: list[dict[str, Any]]) -> dict[str | None, str]:

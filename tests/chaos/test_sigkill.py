@@ -21,7 +21,8 @@ import pytest
 import agentflow
 from agentflow.models import FINISHED_STATUSES, StepRun, WorkflowRun
 from agentflow.monitor import check_runs
-from tests.chaos.conftest import QUEUE, TERMINAL, apply_voiding, drive_monitor, events_of, step_texts
+from tests.chaos.conftest import QUEUE, TERMINAL, drive_monitor, events_of, step_texts
+from tests.conftest import apply_voiding
 from tests.testapp.workflows import counts
 from tests.testapp.workflows_chaos import expected_chaos_stream, is_flaky
 

@@ -14,13 +14,12 @@ from agentflow.models import StepRun, WorkflowRun
 from tests.chaos.conftest import (
     QUEUE,
     TERMINAL,
-    apply_voiding,
     drive_monitor,
     events_of,
     signal_group,
     step_texts,
 )
-from tests.conftest import wait_for
+from tests.conftest import apply_voiding, wait_for
 from tests.testapp.workflows import counts
 from tests.testapp.workflows_chaos import expected_chaos_stream
 

@@ -26,12 +26,13 @@ from django.test import override_settings
 import agentflow
 from agentflow import streams
 from agentflow.conf import agentflow_settings
+from agentflow.core import events as ev
 from agentflow.core.usage import COUNTS
 from agentflow.llm.providers import configured_providers
 from agentflow.models import StepRun, WorkflowRun
 from agentflow.ratelimit import limiter
 from agentflow.testing.fake_openai import FakeOpenAI, FakeOpenAIProcess
-from tests.conftest import Worker, wait_for
+from tests.conftest import Worker, apply_voiding, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -46,8 +47,6 @@ PRICES = {
     "m-usage-embed*": {"input": 0.13},
     "m-budget-usd": {"input": 500.0, "output": 500.0},
 }
-CONTENT = {"status", "data", "output.delta"}
-TERMINAL = {"run.completed", "run.failed", "run.cancelled"}
 
 
 @pytest.fixture(scope="module")
@@ -125,21 +124,6 @@ def arrivals(server: FakeOpenAIProcess, *, model: str | None = None, key: str | 
         for entry in server.stats()["request_log"]
         if (model is None or entry["model"] == model) and (key is None or entry["key"] == key)
     )
-
-
-def apply_voiding(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Events without the content a ``step.retrying`` voids (docs/topics/events.md, voiding rules)."""
-    kept: list[dict[str, Any]] = []
-    for event in events:
-        if event["type"] == "step.retrying":
-            void = (event["step"], event["attempt"], event["epoch"])
-            kept = [
-                e
-                for e in kept
-                if not (e["type"] in CONTENT and (e["step"], e["attempt"], e["epoch"]) == void)
-            ]
-        kept.append(event)
-    return kept
 
 
 def joined_deltas(events: list[dict[str, Any]]) -> str:
@@ -303,7 +287,9 @@ def test_a_long_capacity_wait_frees_the_worker_and_does_not_use_up_attempts(serv
     ]
     for run in blocked:
         wait_for(
-            lambda run=run: types_of(run) & {"run.waiting", *TERMINAL}, 10, "the run handed back or ended"
+            lambda run=run: types_of(run) & {"run.waiting", *ev.TERMINAL_TYPES},
+            10,
+            "the run handed back or ended",
         )
         assert "run.waiting" in types_of(run), types_of(run)
     # Neither worker is held: another run completes while the blocked ones wait.
@@ -381,7 +367,7 @@ def stopped_by_budget(run: WorkflowRun, server: FakeOpenAIProcess, model: str) -
     assert [s.step_id for s in done] == [f"openai.chat#{i}" for i in range(made)]
     assert all(s.output for s in done)
     events = events_of(run)
-    terminal = [e for e in events if e["type"] in TERMINAL]
+    terminal = [e for e in events if e["type"] in ev.TERMINAL_TYPES]
     assert [e["type"] for e in terminal] == ["run.failed"] and terminal[0] == events[-1]
     assert terminal[0]["data"]["error"]["code"] == "budget_exceeded"
     return int(made)
