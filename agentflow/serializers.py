@@ -95,9 +95,10 @@ class WorkflowSerializer(serializers.Serializer):
         }
 
 
-class WorkflowUsageSerializer(serializers.Serializer):
-    runs = serializers.IntegerField(help_text="Runs of the workflow counted (yours; staff: everyone's).")
-    calls = serializers.IntegerField(help_text="Provider calls of those runs.")
+class TotalsSerializer(serializers.Serializer):
+    """The sums every usage representation has (agentflow.core.usage)."""
+
+    calls = serializers.IntegerField(help_text="Provider calls that answered.")
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
     total_tokens = serializers.IntegerField()
@@ -105,6 +106,11 @@ class WorkflowUsageSerializer(serializers.Serializer):
     unpriced_calls = serializers.IntegerField(
         help_text="Calls to models without a price in LLM_PRICES: not in `cost_usd`."
     )
+
+
+class WorkflowUsageSerializer(TotalsSerializer):
+    runs = serializers.IntegerField(help_text="Runs of the workflow counted (yours; staff: everyone's).")
+    calls = serializers.IntegerField(help_text="Provider calls of those runs.")
 
 
 class WorkflowDetailSerializer(WorkflowSerializer):
@@ -130,17 +136,9 @@ class ModelUsageSerializer(serializers.Serializer):
     )
 
 
-class UsageSerializer(serializers.Serializer):
+class UsageSerializer(TotalsSerializer):
     """Tokens and cost; every key is present, with zeros when nothing was spent."""
 
-    calls = serializers.IntegerField(help_text="Provider calls that answered.")
-    prompt_tokens = serializers.IntegerField()
-    completion_tokens = serializers.IntegerField()
-    total_tokens = serializers.IntegerField()
-    cost_usd = serializers.FloatField(help_text="USD of the priced calls (see `unpriced_calls`).")
-    unpriced_calls = serializers.IntegerField(
-        help_text="Calls to models without a price in LLM_PRICES: not in `cost_usd`."
-    )
     by_model = serializers.DictField(
         child=ModelUsageSerializer(), help_text="The same, by the model that answered."
     )
