@@ -25,20 +25,6 @@ if str(ROOT) not in sys.path:
 os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
 
 
-class Deadline(Exception):
-    pass
-
-
-def _on_alarm(signum: int, frame: Any) -> None:
-    raise Deadline("the benchmark ran past its deadline")
-
-
-def arm_deadline(seconds: float) -> None:
-    """Abort the benchmark (cleanups run: they are in ``finally`` blocks) after ``seconds``."""
-    signal.signal(signal.SIGALRM, _on_alarm)
-    signal.alarm(max(1, int(seconds)))
-
-
 def setup_django() -> None:
     """Create and migrate the bench database, set Django up."""
     import django

@@ -71,14 +71,6 @@ TARGET_SECONDS = 1.5  # for 200 calls of 0.5 s
 PROCESSES = 2
 
 
-class Deadline(Exception):
-    pass
-
-
-def _on_alarm(signum: int, frame: Any) -> None:
-    raise Deadline("the benchmark ran past its deadline")
-
-
 # -- setup -----------------------------------------------------------------------------------------------------
 
 
@@ -384,8 +376,9 @@ def main() -> int:
         for old in Path(args.profile).glob("*.prof"):
             old.unlink()
 
-    signal.signal(signal.SIGALRM, _on_alarm)
-    signal.alarm(max(1, int(args.deadline)))
+    from bench import arm_deadline
+
+    arm_deadline(args.deadline)
     started = time.monotonic()
 
     from bench._streaming import setup_django

@@ -84,14 +84,6 @@ def sleepy_steps(steps: int, seconds: float) -> int:
     return sum(sleepy_step(i, seconds) for i in range(steps))
 
 
-class Deadline(Exception):
-    pass
-
-
-def _on_alarm(signum: int, frame: Any) -> None:
-    raise Deadline("the benchmark ran past its deadline")
-
-
 class Worker:
     """``celery -A bench.recovery worker -P solo`` in its own process group, logging to a temporary file."""
 
@@ -282,8 +274,9 @@ def main() -> int:
     os.environ["BENCH_RECOVERY_HEARTBEAT"] = str(args.heartbeat)
     _configure()
 
-    signal.signal(signal.SIGALRM, _on_alarm)
-    signal.alarm(max(1, int(args.deadline)))
+    from bench import arm_deadline
+
+    arm_deadline(args.deadline)
     started = time.monotonic()
 
     import django

@@ -30,7 +30,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._streaming import AsgiServer, Runs, arm_deadline, environment, setup_django
+from bench import arm_deadline
+from bench._streaming import AsgiServer, Runs, environment, setup_django
 
 
 def build_history(run_id: str, events: int) -> list[str]:

@@ -50,14 +50,6 @@ WORKFLOW = "bench-noop-steps"
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-class Deadline(Exception):
-    pass
-
-
-def _on_alarm(signum: int, frame: Any) -> None:
-    raise Deadline("the benchmark ran past its deadline")
-
-
 # -- setup -----------------------------------------------------------------------------------------------------
 
 
@@ -350,8 +342,9 @@ def main() -> int:
     if n < 2 or args.reps < 1 or args.warmup < 0:
         parser.error("--steps must be at least 2, --reps at least 1")
 
-    signal.signal(signal.SIGALRM, _on_alarm)
-    signal.alarm(max(1, int(args.deadline)))
+    from bench import arm_deadline
+
+    arm_deadline(args.deadline)
     started = time.monotonic()
 
     import django

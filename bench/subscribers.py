@@ -34,10 +34,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import arm_deadline
 from bench._streaming import (
     AsgiServer,
     Runs,
-    arm_deadline,
     environment,
     percentile,
     setup_django,
