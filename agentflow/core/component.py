@@ -293,6 +293,24 @@ class StepCall:
         self.ctx.emit(ev.STEP_STARTED, self._step_data(), step=self.step_id, attempt=attempt)
         return _frame.set(_Frame(step_id=self.step_id, attempt=attempt))
 
+    def _end_attempt(self, token: contextvars.Token[_Frame | None]) -> None:
+        self._collect_usage()
+        _frame.reset(token)
+        self.ctx.attempt_ended()
+
+    def _end_failed_attempt(
+        self, exc: BaseException, attempt: int, token: contextvars.Token[_Frame | None]
+    ) -> float:
+        """End a failed attempt: re-raise control flow (cancellation, a lost lease, suspension...), else the
+        seconds to wait before the next attempt (``StepFailed`` when there is none)."""
+        self.ctx.attempt_ended()
+        self._collect_usage()
+        if not isinstance(exc, Exception) or isinstance(exc, RunInterrupted):
+            raise exc
+        _frame.reset(token)
+        self.resumed_attempts = 0
+        return self._failed_attempt(exc, attempt)
+
     def _failed_attempt(self, exc: Exception, attempt: int) -> float:
         """Seconds to wait before the next attempt; raise ``StepFailed`` when there is none."""
         # Only wait_for's bare TimeoutError is ours; without a time-out it is the component's own error.
@@ -458,17 +476,9 @@ class StepCall:
                     fn(*self.args, **self.kwargs) if timeout is None else self._call_with_timeout(timeout)
                 )
             except BaseException as exc:
-                self.ctx.attempt_ended()
-                self._collect_usage()
-                if not isinstance(exc, Exception) or isinstance(exc, RunInterrupted):
-                    raise
-                _frame.reset(token)
-                self.resumed_attempts = 0
-                self._wait(self._failed_attempt(exc, attempt), attempt)
+                self._wait(self._end_failed_attempt(exc, attempt, token), attempt)
                 continue
-            self._collect_usage()
-            _frame.reset(token)
-            self.ctx.attempt_ended()
+            self._end_attempt(token)
             record = self._success_record(result, attempt)
             self.ctx.store.save_step(record)
             self._completed(record)
@@ -505,17 +515,9 @@ class StepCall:
                 awaitable: Awaitable[Any] = fn(*self.args, **self.kwargs)
                 result = await (awaitable if timeout is None else asyncio.wait_for(awaitable, timeout))
             except BaseException as exc:
-                self.ctx.attempt_ended()
-                self._collect_usage()
-                if not isinstance(exc, Exception) or isinstance(exc, RunInterrupted):
-                    raise
-                _frame.reset(token)
-                self.resumed_attempts = 0
-                await self._await(self._failed_attempt(exc, attempt), attempt)
+                await self._await(self._end_failed_attempt(exc, attempt, token), attempt)
                 continue
-            self._collect_usage()
-            _frame.reset(token)
-            self.ctx.attempt_ended()
+            self._end_attempt(token)
             record = self._success_record(result, attempt)
             # Off the event loop where the store can, so concurrent steps keep running meanwhile.
             asave = getattr(self.ctx.store, "asave_step", None)
