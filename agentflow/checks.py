@@ -9,6 +9,8 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS, REMOVED
+from .llm.pricing import validate_prices
+from .llm.providers import parse_providers
 
 _POSITIVE_NUMBERS = (
     "LLM_PROVIDER_COOLDOWN_SECONDS",
@@ -139,10 +141,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     errors.extend(_check_rate_limits(merged["RATE_LIMITS"]))
     errors.extend(_check_providers(merged["LLM_PROVIDERS"]))
     errors.extend(
+        # Each problem starts with "LLM_PRICES", like the setting's name in the other messages.
         Error(f"AGENTFLOW['LLM_PRICES']{problem.removeprefix('LLM_PRICES')}", id="agentflow.E015")
-        if problem.startswith("LLM_PRICES")
-        else Error(f"AGENTFLOW['LLM_PRICES']: {problem}", id="agentflow.E015")
-        for problem in _price_problems(merged["LLM_PRICES"])
+        for problem in validate_prices(merged["LLM_PRICES"])
     )
     coalesce = merged["LLM_STREAM_COALESCE_SECONDS"]
     if not _is_number(coalesce) or coalesce < 0:
@@ -186,16 +187,8 @@ def _check_rate_limits(limits: Any) -> list[CheckMessage]:
     return errors
 
 
-def _price_problems(prices: Any) -> list[str]:
-    from .llm.pricing import validate_prices  # the LLM layer imports the openai SDK: only when checked
-
-    return validate_prices(prices)
-
-
 def _check_providers(providers: Any) -> list[CheckMessage]:
     """LLM_PROVIDERS: None, or a list of provider dicts (agentflow.llm.providers.Provider's fields)."""
-    from .llm.providers import parse_providers
-
     if providers is None:
         return []
     if not isinstance(providers, list | tuple):
@@ -205,16 +198,7 @@ def _check_providers(providers: Any) -> list[CheckMessage]:
         try:
             parse_providers(providers)
         except (TypeError, ValueError) as exc:
-            problem = f"is invalid: {_without_secrets(str(exc), providers)}"
+            problem = f"is invalid: {exc}"  # the parser never shows a value that may be an API key
         else:
             return []
     return [Error(f"AGENTFLOW['LLM_PROVIDERS'] {problem}", id="agentflow.E014")]
-
-
-def _without_secrets(message: str, providers: Any) -> str:
-    """``message`` with the providers' API keys masked: system checks are printed in deployment logs."""
-    for provider in providers:
-        secret = provider.get("api_key") if isinstance(provider, dict) else None
-        if secret:  # the parser's messages show a value as its repr
-            message = message.replace(repr(secret), "'***'")
-    return message
