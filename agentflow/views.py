@@ -488,7 +488,7 @@ class RunCancelView(AgentflowAPIView):
 
 
 def _resume_options(data: Any) -> dict[str, Any]:
-    if data is None or data == {} or data == b"":
+    if data is None:  # a JSON null; no body at all is an empty dict, handled below
         return {}
     if not isinstance(data, dict) or set(data) - {"budget"}:
         raise InvalidInput(
