@@ -210,8 +210,8 @@ class _Base:
             changes["timeout_seconds"] = timeout_seconds
         step = dataclasses.replace(self._step, **changes)
         clone = self._copy(step, self._sdk_options)
-        for kind in calls.KINDS:  # build them now: a mistake (name, ttl, timeout) raises here, not in a run
-            clone._component(kind, clone.providers if clone._providers is not None else ())
+        # Build one now, to throw it away: a mistake (name, ttl, timeout) raises here, not in a run.
+        clone._component(calls.CHAT, ())
         clone._components = {}
         return clone
 
