@@ -19,3 +19,7 @@ def arm_deadline(seconds: float) -> None:
     """Abort the benchmark (cleanups run: they are in ``finally`` blocks) after ``seconds``."""
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(max(1, int(seconds)))
+
+
+def disarm_deadline() -> None:
+    signal.alarm(0)

@@ -161,6 +161,16 @@ class Runs:
         self.ids.clear()
 
 
+def tear_down(server: AsgiServer | None, runs: Runs, failed: bool) -> None:
+    """The end of every streaming benchmark, however it ends: no deadline, no server, no runs left."""
+    from bench import disarm_deadline
+
+    disarm_deadline()
+    if server is not None:
+        server.stop(failed=failed)
+    runs.cleanup()
+
+
 def percentile(values: list[float], p: float) -> float:
     """The ``p``-th percentile (0-100), nearest rank."""
     ordered = sorted(values)

@@ -40,6 +40,7 @@ from bench._streaming import (
     percentile,
     setup_django,
     summary_ms,
+    tear_down,
 )
 
 
@@ -204,12 +205,7 @@ def main() -> int:
         failed = False
         return 0
     finally:
-        import signal
-
-        signal.alarm(0)
-        if server is not None:
-            server.stop(failed=failed)
-        runs.cleanup()
+        tear_down(server, runs, failed)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -376,7 +375,7 @@ def main() -> int:
         for old in Path(args.profile).glob("*.prof"):
             old.unlink()
 
-    from bench import arm_deadline
+    from bench import arm_deadline, disarm_deadline
 
     arm_deadline(args.deadline)
     started = time.monotonic()
@@ -541,7 +540,7 @@ def main() -> int:
         failed = False
         return 0
     finally:
-        signal.alarm(0)
+        disarm_deadline()
         from bench.step_overhead import stop_worker
 
         stop_worker(proc)

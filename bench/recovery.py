@@ -274,7 +274,7 @@ def main() -> int:
     os.environ["BENCH_RECOVERY_HEARTBEAT"] = str(args.heartbeat)
     _configure()
 
-    from bench import arm_deadline
+    from bench import arm_deadline, disarm_deadline
 
     arm_deadline(args.deadline)
     started = time.monotonic()
@@ -339,7 +339,7 @@ def main() -> int:
         failed = False
         return 0
     finally:
-        signal.alarm(0)
+        disarm_deadline()
         try:
             monitor.stop()
             if failed and monitor.errors:

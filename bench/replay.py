@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import arm_deadline
-from bench._streaming import AsgiServer, Runs, environment, setup_django
+from bench._streaming import AsgiServer, Runs, environment, setup_django, tear_down
 
 
 def build_history(run_id: str, events: int) -> list[str]:
@@ -189,12 +189,7 @@ def main() -> int:
         failed = False
         return 0
     finally:
-        import signal
-
-        signal.alarm(0)
-        if server is not None:
-            server.stop(failed=failed)
-        runs.cleanup()
+        tear_down(server, runs, failed)
 
 
 if __name__ == "__main__":

@@ -342,7 +342,7 @@ def main() -> int:
     if n < 2 or args.reps < 1 or args.warmup < 0:
         parser.error("--steps must be at least 2, --reps at least 1")
 
-    from bench import arm_deadline
+    from bench import arm_deadline, disarm_deadline
 
     arm_deadline(args.deadline)
     started = time.monotonic()
@@ -463,7 +463,7 @@ def main() -> int:
         failed = False
         return 0
     finally:
-        signal.alarm(0)
+        disarm_deadline()
         stop_worker(proc)
         if failed and log_path.exists():
             tail = log_path.read_text(errors="replace")[-4000:]
