@@ -34,7 +34,6 @@ from .slots import Slots
 logger = logging.getLogger("agentflow.llm")
 
 CHAT, RESPONSES, EMBEDDINGS = "chat", "responses", "embeddings"
-KINDS = (CHAT, RESPONSES, EMBEDDINGS)
 
 
 class IncompleteStream(AgentflowError):
@@ -111,16 +110,10 @@ def _describe(exc: BaseException) -> dict[str, Any]:
     return error
 
 
-def estimate_tokens(kind: str, request: dict[str, Any]) -> int:
-    """A cautious guess of a call's tokens before it is made (about 4 characters a token, plus the most it
-    may generate), reconciled with the actual count afterwards."""
-    prompt, completion = estimate_parts(kind, request)
-    return prompt + completion
-
-
 def estimate_parts(kind: str, request: dict[str, Any]) -> tuple[int, int]:
-    """``(prompt tokens, completion tokens)`` of :func:`estimate_tokens`; the completion is the request's
-    limit (``max_tokens``...), 0 without one."""
+    """A cautious guess of a call's ``(prompt tokens, completion tokens)`` before it is made: about 4
+    characters a token, and the request's limit (``max_tokens``...; 0 without one). The rate limiter is
+    reconciled with the actual count afterwards."""
     if kind == CHAT:
         prompt: Any = request.get("messages")
         limit = request.get("max_completion_tokens") or request.get("max_tokens")

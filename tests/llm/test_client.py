@@ -28,7 +28,7 @@ from agentflow.core.errors import BudgetExceeded, StepFailed
 from agentflow.core.memory import MemoryCache, MemorySink, MemoryStore, run_in_memory
 from agentflow.llm import AsyncOpenAI, OpenAI, Provider, RecordedStream
 from agentflow.llm.breaker import breakers
-from agentflow.llm.calls import estimate_tokens, pack, retry_after_seconds, unpack
+from agentflow.llm.calls import estimate_parts, pack, retry_after_seconds, unpack
 from agentflow.llm.pricing import cost, find_price, validate_prices
 from agentflow.llm.providers import parse_providers
 from agentflow.llm.slots import Slots
@@ -653,9 +653,9 @@ def test_streamed_chunks_are_stored_without_repeating_shared_fields() -> None:
 
 
 def test_token_estimates_cover_the_prompt_and_the_completion_limit() -> None:
-    assert estimate_tokens("chat", {"messages": MESSAGES, "max_tokens": 100}) > 100
-    assert estimate_tokens("responses", {"input": "x" * 400, "max_output_tokens": 5}) >= 100
-    assert estimate_tokens("embeddings", {"input": ["a"]}) >= 1
+    assert sum(estimate_parts("chat", {"messages": MESSAGES, "max_tokens": 100})) > 100
+    assert sum(estimate_parts("responses", {"input": "x" * 400, "max_output_tokens": 5})) >= 100
+    assert sum(estimate_parts("embeddings", {"input": ["a"]})) >= 1
 
 
 def test_slots_hand_over_across_threads_and_event_loops() -> None:
