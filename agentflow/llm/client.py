@@ -140,7 +140,7 @@ class _Base:
         if providers is not None:
             self._providers = parse_providers(providers)
         elif api_key is not None or base_url is not None or organization is not None:
-            base = configured_providers_or_env()
+            base = configured_providers()[0]  # what is not given comes from the settings or environment
             self._providers = (
                 Provider(
                     name="openai",
@@ -298,10 +298,6 @@ class _Base:
         if self._plain is not None:
             return self._plain.close()
         return None
-
-
-def configured_providers_or_env() -> Provider:
-    return configured_providers()[0]
 
 
 class _Completions:
