@@ -145,6 +145,16 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         Error(f"AGENTFLOW['LLM_PRICES']{problem.removeprefix('LLM_PRICES')}", id="agentflow.E015")
         for problem in validate_prices(merged["LLM_PRICES"])
     )
+    jitter = merged["RATE_LIMIT_JITTER_SECONDS"]
+    if not _is_number(jitter) or jitter < 0:
+        errors.append(
+            Error(
+                "AGENTFLOW['RATE_LIMIT_JITTER_SECONDS'] must be a number of seconds >= 0.",
+                hint="It is added to each rate limit's window to absorb the varying delay from a grant to the "
+                "request's arrival at the provider; a second or less is usual.",
+                id="agentflow.E017",
+            )
+        )
     coalesce = merged["LLM_STREAM_COALESCE_SECONDS"]
     if not _is_number(coalesce) or coalesce < 0:
         errors.append(

@@ -82,6 +82,9 @@ DEFAULTS: dict[str, Any] = {
     "RATE_LIMITS": {},
     # The length of a rate limit's "minute". Only tests should shorten it.
     "RATE_LIMIT_WINDOW_SECONDS": 60.0,
+    # How much the delays from a rate-limit grant to the request's arrival at the provider may differ: the
+    # limiter's window spans RATE_LIMIT_WINDOW_SECONDS plus this, so the limit holds on the provider's clock.
+    "RATE_LIMIT_JITTER_SECONDS": 1.0,
     # The LLM layer (agentflow.llm). LLM_PROVIDERS: the OpenAI-compatible providers a client built without
     # api_key/base_url uses, in fallback order: [{"name": "openai", "base_url": ..., "api_key": ...,
     # "models": {"<requested>": "<provider's model>"}}, ...]. None: one provider "openai" from the

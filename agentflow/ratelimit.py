@@ -17,6 +17,14 @@ totals beside it in a hash. One Lua script trims what left the window, then gran
 entry) or answers how long until enough of the window frees up (adds nothing). Unlike a token bucket, a log
 never lets more than the limit through in *any* window, a burst included. A 429's ``Retry-After`` is a key
 with a PX expiry that every acquisition checks first.
+
+The limit exists for the provider, which counts arrivals on its own clock. A request arrives some time after
+its grant (the Redis round trip, the event loop resuming the caller, the SDK building the request, a new
+connection's handshake), and that delay varies: a grant log that holds the limit can still let two batches
+arrive closer than a window apart. So the log's window is the limit's window plus ``jitter_seconds``
+(``RATE_LIMIT_JITTER_SECONDS``): as long as grant-to-arrival delays differ by no more than that, no window
+of arrivals at the provider holds more than the limit. Callers keep the delay short and bounded by setting
+up before they acquire and sending at once after (:class:`Grant` says when the grant was asked).
 """
 
 from __future__ import annotations
@@ -173,6 +181,17 @@ class RateLimited(Retry):
 
 
 @dataclass(frozen=True, slots=True)
+class Grant:
+    """Capacity granted by :meth:`RateLimiter.wait_for_grant`: ``waited_seconds`` before it, and
+    ``asked_at``, the ``time.monotonic()`` at which the granting acquisition was sent: the grant is no older
+    than that. A request sent more than ``jitter_seconds`` after it may arrive outside what the log allowed
+    for (ask again)."""
+
+    waited_seconds: float
+    asked_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Acquisition:
     """One acquisition's answer: ``wait_seconds`` is 0 when granted (capacity consumed), else the time until
     it may succeed (nothing consumed). ``server_time`` is the Redis clock at the decision, in seconds."""
@@ -228,7 +247,9 @@ class RateLimiter:
 
     ``limits`` maps patterns to limits, like ``AGENTFLOW["RATE_LIMITS"]`` (read at each call when omitted).
     ``window_seconds`` is the length of "a minute" (default ``RATE_LIMIT_WINDOW_SECONDS``); shorter windows
-    are for tests. ``client`` and ``key_prefix`` default to the streams' Redis client and ``KEY_PREFIX``.
+    are for tests. ``jitter_seconds`` (default ``RATE_LIMIT_JITTER_SECONDS``) is how much the delays from
+    grant to arrival at the provider may differ: the log spans the window plus that. ``client`` and
+    ``key_prefix`` default to the streams' Redis client and ``KEY_PREFIX``.
     """
 
     def __init__(
@@ -236,13 +257,17 @@ class RateLimiter:
         limits: Mapping[str, Mapping[str, Any]] | None = None,
         *,
         window_seconds: float | None = None,
+        jitter_seconds: float | None = None,
         client: redis.Redis | None = None,
         key_prefix: str | None = None,
     ) -> None:
         if window_seconds is not None and window_seconds <= 0:
             raise ValueError(f"window_seconds must be > 0, not {window_seconds!r}")
+        if jitter_seconds is not None and jitter_seconds < 0:
+            raise ValueError(f"jitter_seconds must be >= 0, not {jitter_seconds!r}")
         self._limits = limits
         self._window_seconds = window_seconds
+        self._jitter_seconds = jitter_seconds
         self._client = client
         self._key_prefix = key_prefix
 
@@ -252,6 +277,17 @@ class RateLimiter:
         if self._window_seconds is not None:
             return self._window_seconds
         return float(agentflow_settings.rate_limit_window_seconds)
+
+    @property
+    def jitter_seconds(self) -> float:
+        """The allowance for grant-to-arrival delays: ``RATE_LIMIT_JITTER_SECONDS`` unless given."""
+        if self._jitter_seconds is not None:
+            return self._jitter_seconds
+        return float(agentflow_settings.rate_limit_jitter_seconds)
+
+    def _log_window_us(self) -> int:
+        # What the log spans: the limit's window plus the allowance for arrival jitter (module docstring).
+        return round((self.window_seconds + self.jitter_seconds) * 1_000_000)
 
     # Lazily, so a limiter can be created at import time without settings or a connection.
     def _redis(self) -> redis.Redis:
@@ -280,7 +316,7 @@ class RateLimiter:
             raise ValueError(f"{requests} requests exceed {key!r}'s limit of {max_requests} per minute")
         if max_tokens and tokens > max_tokens:
             raise ValueError(f"{tokens} tokens exceed {key!r}'s limit of {max_tokens} per minute")
-        window_us = round(self.window_seconds * 1_000_000)
+        window_us = self._log_window_us()
         client = self._redis()
         granted, wait_us, now_us = client.register_script(_ACQUIRE)(
             keys=self._keys(key), args=[window_us, max_requests, max_tokens, requests, tokens]
@@ -309,7 +345,7 @@ class RateLimiter:
         actual = _count(actual_tokens, "actual_tokens")
         if estimated == actual or not self.limits_for(key).get("tokens_per_minute"):
             return
-        window_us = round(self.window_seconds * 1_000_000)
+        window_us = self._log_window_us()
         self._redis().register_script(_RECONCILE)(
             keys=self._keys(key)[:2], args=[estimated, actual, window_us]
         )
@@ -323,13 +359,31 @@ class RateLimiter:
         raises :class:`RateLimited` instead, so a step's retry frees the worker rather than holding it. In a
         run, sleeping wakes every half second to honour a cancellation.
         """
+        return self.wait_for_grant(
+            key, requests=requests, tokens=tokens, max_wait_seconds=max_wait_seconds
+        ).waited_seconds
+
+    async def await_for_capacity(
+        self, key: str, *, requests: int = 1, tokens: int = 0, max_wait_seconds: float | None = None
+    ) -> float:
+        """:meth:`wait_for_capacity` for async code."""
+        grant = await self.await_for_grant(
+            key, requests=requests, tokens=tokens, max_wait_seconds=max_wait_seconds
+        )
+        return grant.waited_seconds
+
+    def wait_for_grant(
+        self, key: str, *, requests: int = 1, tokens: int = 0, max_wait_seconds: float | None = None
+    ) -> Grant:
+        """:meth:`wait_for_capacity`, telling when the grant was asked (:class:`Grant`)."""
         limit = self._max_wait(max_wait_seconds)
         started = time.monotonic()
         waited = 0.0  # stays 0 when granted at once
         while True:
+            asked_at = time.monotonic()
             wait = self.acquire(key, requests=requests, tokens=tokens)
             if wait == 0:
-                return waited
+                return Grant(waited, asked_at)
             waited = time.monotonic() - started
             if waited + wait > limit:
                 raise RateLimited(key, wait)
@@ -341,17 +395,18 @@ class RateLimiter:
                 time.sleep(pause)
             waited = time.monotonic() - started
 
-    async def await_for_capacity(
+    async def await_for_grant(
         self, key: str, *, requests: int = 1, tokens: int = 0, max_wait_seconds: float | None = None
-    ) -> float:
-        """:meth:`wait_for_capacity` for async code."""
+    ) -> Grant:
+        """:meth:`wait_for_grant` for async code."""
         limit = self._max_wait(max_wait_seconds)
         started = time.monotonic()
         waited = 0.0  # stays 0 when granted at once
         while True:
+            asked_at = time.monotonic()
             wait = await self.aacquire(key, requests=requests, tokens=tokens)
             if wait == 0:
-                return waited
+                return Grant(waited, asked_at)
             waited = time.monotonic() - started
             if waited + wait > limit:
                 raise RateLimited(key, wait)

@@ -61,15 +61,15 @@ def _install_probe() -> None:
     from agentflow.llm import calls
     from agentflow.store import DjangoRunStore
 
-    original_wait = calls.limiter.await_for_capacity
+    original_wait = calls.limiter.await_for_grant
 
-    async def await_for_capacity(*args: Any, **kwargs: Any) -> float:
+    async def await_for_grant(*args: Any, **kwargs: Any) -> Any:
         mark("call step body started")
-        waited = await original_wait(*args, **kwargs)
+        grant = await original_wait(*args, **kwargs)
         mark("limiter granted")
-        return waited
+        return grant
 
-    calls.limiter.await_for_capacity = await_for_capacity  # type: ignore[method-assign]
+    calls.limiter.await_for_grant = await_for_grant  # type: ignore[method-assign]
 
     original_request = calls._arequest
 
@@ -131,11 +131,12 @@ def _install_probe() -> None:
 
 def _install_no_limiter() -> None:
     from agentflow.llm import calls
+    from agentflow.ratelimit import Grant
 
-    async def await_for_capacity(*args: Any, **kwargs: Any) -> float:
-        return 0.0
+    async def await_for_grant(*args: Any, **kwargs: Any) -> Grant:
+        return Grant(0.0, time.monotonic())
 
-    calls.limiter.await_for_capacity = await_for_capacity  # type: ignore[method-assign]
+    calls.limiter.await_for_grant = await_for_grant  # type: ignore[method-assign]
     calls._reconcile = lambda *args, **kwargs: None  # still one asyncio.to_thread hop per call
 
 

@@ -250,3 +250,9 @@ def test_e015_one_error_per_problem_and_valid_prices_pass():
 def test_e016_llm_stream_coalesce_seconds(value):
     assert ids(LLM_STREAM_COALESCE_SECONDS=value) == ["agentflow.E016"]
     assert ids(LLM_STREAM_COALESCE_SECONDS=0) == ids(LLM_STREAM_COALESCE_SECONDS=0.25) == []
+
+
+@pytest.mark.parametrize("value", [-0.1, "1", True, None])
+def test_e017_rate_limit_jitter_seconds(value):
+    assert ids(RATE_LIMIT_JITTER_SECONDS=value) == ["agentflow.E017"]
+    assert ids(RATE_LIMIT_JITTER_SECONDS=0) == ids(RATE_LIMIT_JITTER_SECONDS=0.25) == []

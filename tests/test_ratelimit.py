@@ -31,8 +31,20 @@ def prefix(redis_client: redis.Redis) -> str:
     return f"rl-test:{uuid.uuid4().hex[:8]}:"
 
 
-def make(prefix: str, redis_client: redis.Redis, window_seconds: float = 1.0, **limits: int) -> RateLimiter:
-    return RateLimiter({"p:*": limits}, window_seconds=window_seconds, client=redis_client, key_prefix=prefix)
+def make(
+    prefix: str,
+    redis_client: redis.Redis,
+    window_seconds: float = 1.0,
+    jitter_seconds: float = 0.0,
+    **limits: int,
+) -> RateLimiter:
+    return RateLimiter(
+        {"p:*": limits},
+        window_seconds=window_seconds,
+        jitter_seconds=jitter_seconds,
+        client=redis_client,
+        key_prefix=prefix,
+    )
 
 
 def test_limit_key_hashes_the_api_key():
@@ -70,6 +82,20 @@ def test_n_requests_granted_at_once_then_a_wait_until_the_window_frees(prefix, r
     time.sleep(refused.wait_seconds + 0.01)
     assert limiter.acquire("p:m") == 0
     assert limiter.acquire("p:other") == 0  # another key, another limit
+
+
+def test_the_jitter_allowance_lengthens_the_window(prefix, redis_client):
+    # Arrivals at the provider follow grants by a delay that varies by up to the allowance: two grants a
+    # window plus the allowance apart arrive at least a window apart.
+    limiter = make(prefix, redis_client, window_seconds=0.4, jitter_seconds=0.2, requests_per_minute=1)
+    first = limiter.try_acquire("p:m")
+    refused = limiter.try_acquire("p:m")
+    assert first.granted and not refused.granted
+    assert refused.wait_seconds == pytest.approx(first.server_time + 0.6 - refused.server_time, abs=0.002)
+    with override_settings(AGENTFLOW={**settings.AGENTFLOW, "RATE_LIMIT_JITTER_SECONDS": 0.3}):
+        assert RateLimiter().jitter_seconds == 0.3  # the default comes from the setting
+    with pytest.raises(ValueError, match="jitter_seconds"):
+        RateLimiter(jitter_seconds=-1)
 
 
 def test_tokens_per_minute_limit_large_requests(prefix, redis_client):
@@ -171,7 +197,7 @@ from agentflow.ratelimit import RateLimiter
 
 url, prefix, limit, window, start, until = sys.argv[1:7]
 limiter = RateLimiter({"p:*": {"requests_per_minute": int(limit)}}, window_seconds=float(window),
-                      client=redis.Redis.from_url(url), key_prefix=prefix)
+                      jitter_seconds=0, client=redis.Redis.from_url(url), key_prefix=prefix)
 time.sleep(max(0.0, float(start) - time.time()))
 grants, refusals = [], 0
 while time.time() < float(until):

@@ -33,7 +33,7 @@ R = TypeVar("R")
 
 logger = logging.getLogger("agentflow.steps")
 
-_USAGE_SUMS = {*_COUNTS, "cost_usd", "unpriced_calls", "by_model"}
+_USAGE_SUMS = {*_COUNTS, "cost_usd", "unpriced_calls", "estimated_calls", "by_model"}
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
 
 
@@ -215,7 +215,11 @@ class StepCall:
     # The shared lifecycle; run_sync and run_async differ only in how they wait and call.
 
     def _begin(self) -> Any:
-        """The step's result if it needs no execution (checkpoint or cache), else ``MISSING``."""
+        """The step's result if it was recorded already (a replay), else ``MISSING``.
+
+        Then the budget is checked (waiting for the run's provider calls in flight: ``check_budget``, or
+        ``acheck_budget`` on an event loop) and :meth:`_begin_execution` looks in the cache.
+        """
         ctx = self.ctx
         ctx.check_interrupt()
         self.input = to_jsonable(
@@ -238,7 +242,11 @@ class StepCall:
             self.free_attempts = int((checkpoint.output or {}).get("free_attempts") or 0)
             self.usage = checkpoint.usage
         ctx.check_slice()
-        ctx.check_budget()
+        return MISSING
+
+    def _begin_execution(self) -> Any:
+        """The step's result if the cache has it, else ``MISSING`` (the step runs)."""
+        ctx = self.ctx
         self.started_at = time.time()
         policy = self.component.cache_policy
         if policy is not None and ctx.cache is not None:
@@ -326,12 +334,11 @@ class StepCall:
         if policy.should_retry(exc, counted) or (free and not isinstance(exc, RunInterrupted)):
             delay = (requested_delay_seconds(exc) or 0.0) if free else policy.delay_seconds(exc, counted)
             self.ctx.discard_failed_below(self.step_id)
-            self.ctx.emit(
-                ev.STEP_RETRYING,
-                {"error": error, "delay_seconds": round(delay, 3), "next_attempt": attempt + 1},
-                step=self.step_id,
-                attempt=attempt,
-            )
+            data = {"error": error, "delay_seconds": round(delay, 3), "next_attempt": attempt + 1}
+            extra = getattr(exc, "event_data", None)
+            if isinstance(extra, dict):
+                data.update(extra)
+            self.ctx.emit(ev.STEP_RETRYING, data, step=self.step_id, attempt=attempt)
             return delay
         self._fail(exc, attempt)
 
@@ -464,6 +471,10 @@ class StepCall:
         result = self._begin()
         if result is not MISSING:
             return result
+        self.ctx.check_budget()
+        result = self._begin_execution()
+        if result is not MISSING:
+            return result
         fn, timeout = self.component.fn, self.component.timeout_seconds
         attempt = self.resumed_attempts
         if attempt:
@@ -502,6 +513,10 @@ class StepCall:
 
     async def run_async(self) -> Any:
         result = self._begin()
+        if result is not MISSING:
+            return result
+        await self.ctx.acheck_budget()
+        result = self._begin_execution()
         if result is not MISSING:
             return result
         fn, timeout = self.component.fn, self.component.timeout_seconds

@@ -132,6 +132,11 @@ def _nothing() -> None:
     return None
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class RunContext:
     """Everything one incarnation of a run needs; the runner builds it and the engine uses it.
 
@@ -187,9 +192,12 @@ class RunContext:
         self.pricer = pricer
         # Tokens and cost so far, replayed steps included (they were spent by this run, earlier).
         self.usage: dict[str, Any] = {}
-        # Estimates of provider calls in flight, held against the budget (reserve_budget).
+        # Estimates of provider calls in flight, held against the budget (reserve_budget), how many calls
+        # hold them, and who waits for one of them to end.
         self._reserved_tokens = 0
         self._reserved_usd = 0.0
+        self._budget_holders = 0
+        self._budget_waiters: list[Any] = []
         from .usage import merge
 
         for checkpoint in self.checkpoints.values():
@@ -252,43 +260,129 @@ class RunContext:
         with self._emit_lock:
             return copy.deepcopy(self.usage)
 
+    # -- budget ----------------------------------------------------------------------------------------
+    #
+    # A provider call holds its estimate against the budget while in flight (a reservation). A call whose
+    # estimate no longer fits, or a step starting once the budget is spent, does not stop the run at once:
+    # the calls holding reservations were (or are being) sent, and ending the run would cut them off unpaid
+    # for in the run's usage (in an ``asyncio.gather`` the first BudgetExceeded ends the workflow, and with
+    # it every sibling). So it waits for them to finish, then looks again: once none is in flight, a budget
+    # still spent stops the run, with the usage of every call that was sent.
+
     def check_budget(self) -> None:
-        """Raise ``BudgetExceeded`` once the run's usage reached its budget. Called before steps and calls."""
+        """Before a step: raise ``BudgetExceeded`` once the run's usage reached its budget (after the provider
+        calls in flight finished, so their usage counts)."""
         if self.budget is not None:
-            with self._emit_lock:
-                self._raise_if_spent()
+            self._wait_for_budget(0, 0.0, reserve=False)
+
+    async def acheck_budget(self) -> None:
+        """:meth:`check_budget` for async code: waits without blocking the event loop."""
+        if self.budget is not None:
+            await self._await_budget(0, 0.0, reserve=False)
 
     def reserve_budget(self, tokens: int, usd: float) -> Callable[[], None]:
         """Hold a provider call's estimated tokens and cost against the budget while it is in flight.
 
-        Raises ``BudgetExceeded`` if the usage plus what calls in flight hold reached the budget already, so a
-        fan-out of concurrent calls stops starting new ones once their estimates fill it. Returns the release
+        While the usage plus what calls in flight hold reached the budget, waits for those calls to finish;
+        raises ``BudgetExceeded`` once none is in flight and the budget is still reached. Returns the release
         (call it once the call is over and its actual usage recorded).
         """
         if self.budget is None:
             return _nothing
-        with self._emit_lock:
-            self._raise_if_spent()
+        return self._wait_for_budget(tokens, usd, reserve=True)
+
+    async def areserve_budget(self, tokens: int, usd: float) -> Callable[[], None]:
+        """:meth:`reserve_budget` for async code."""
+        if self.budget is None:
+            return _nothing
+        return await self._await_budget(tokens, usd, reserve=True)
+
+    def _wait_for_budget(self, tokens: int, usd: float, *, reserve: bool) -> Callable[[], None]:
+        try:
+            asyncio.get_running_loop()
+            # Sync code on an event loop's thread (a sync client in an async workflow): waiting would block
+            # the very calls it waits for. It is refused at once instead.
+            waiter: Any = None
+        except RuntimeError:
+            waiter = threading.Event()
+        while True:
+            with self._emit_lock:
+                release = self._budget_gate(tokens, usd, reserve, waiter)
+            if release is not waiter:
+                return release  # type: ignore[no-any-return]
+            while not waiter.wait(0.5):
+                self.check_interrupt()
+            waiter = threading.Event()
+
+    async def _await_budget(self, tokens: int, usd: float, *, reserve: bool) -> Callable[[], None]:
+        loop = asyncio.get_running_loop()
+        while True:
+            future: asyncio.Future[None] = loop.create_future()
+            with self._emit_lock:
+                release = self._budget_gate(tokens, usd, reserve, (loop, future))
+            if not isinstance(release, tuple):
+                return release  # type: ignore[no-any-return]
+            while True:
+                try:
+                    await asyncio.wait_for(asyncio.shield(future), 0.5)
+                    break
+                except TimeoutError:
+                    self.check_interrupt()
+
+    def _budget_gate(self, tokens: int, usd: float, reserve: bool, waiter: Any) -> Any:
+        """Under the lock: the release of a granted reservation (``_nothing`` for a check that passed), or
+        ``waiter`` registered to be woken when a call in flight ends; raise when the run must stop."""
+        budget = self.budget
+        assert budget is not None
+        spent = {
+            "cost_usd": float(self.usage.get("cost_usd") or 0.0),
+            "total_tokens": int(self.usage.get("total_tokens") or 0),
+        }
+        held = spent
+        if reserve:
+            held = {
+                "cost_usd": spent["cost_usd"] + self._reserved_usd,
+                "total_tokens": spent["total_tokens"] + self._reserved_tokens,
+            }
+        limit = budget.exceeded(held)
+        if limit is None:
+            if not reserve:
+                return _nothing
             self._reserved_tokens += tokens
             self._reserved_usd += usd
+            self._budget_holders += 1
+            return self._releaser(tokens, usd)
+        if self._budget_holders and waiter is not None:
+            self._budget_waiters.append(waiter)
+            return waiter
+        raise self._budget_exceeded(limit)
+
+    def _releaser(self, tokens: int, usd: float) -> Callable[[], None]:
+        released = False
 
         def release() -> None:
+            nonlocal released
             with self._emit_lock:
+                if released:
+                    return
+                released = True
                 self._reserved_tokens -= tokens
                 self._reserved_usd -= usd
+                self._budget_holders -= 1
+                waiters, self._budget_waiters = self._budget_waiters, []
+            for waiter in waiters:  # each looks again: the call's actual usage may leave room
+                if isinstance(waiter, threading.Event):
+                    waiter.set()
+                else:
+                    loop, future = waiter
+                    if not loop.is_closed():
+                        loop.call_soon_threadsafe(_resolve, future)
 
         return release
 
-    def _raise_if_spent(self) -> None:
+    def _budget_exceeded(self, limit: str) -> BudgetExceeded:
         budget = self.budget
         assert budget is not None
-        held = {
-            "cost_usd": float(self.usage.get("cost_usd") or 0.0) + self._reserved_usd,
-            "total_tokens": int(self.usage.get("total_tokens") or 0) + self._reserved_tokens,
-        }
-        limit = budget.exceeded(held)
-        if limit is None:
-            return
         usage: dict[str, Any] = {
             "calls": int(self.usage.get("calls") or 0),
             "total_tokens": int(self.usage.get("total_tokens") or 0),
@@ -298,10 +392,11 @@ class RunContext:
             spent, held_now = f"${usage['cost_usd']:.6f}", f"${self._reserved_usd:.6f}"
         else:
             spent, held_now = f"{usage['total_tokens']} tokens", f"{self._reserved_tokens} tokens"
-        if self._reserved_tokens:
+        if self._reserved_tokens or self._reserved_usd:
+            # Only from sync code blocking an event loop, which cannot wait for the calls it holds up.
             usage["in_flight"] = {"tokens": self._reserved_tokens, "cost_usd": round(self._reserved_usd, 10)}
             spent += f" with {held_now} more held by calls in flight"
-        raise BudgetExceeded(
+        return BudgetExceeded(
             f"run {self.run_id} spent {spent}, reaching its budget of "
             + (f"${budget.usd}" if limit == "usd" else f"{budget.tokens} tokens"),
             limit=limit,

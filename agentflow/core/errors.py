@@ -127,8 +127,12 @@ class Retry(AgentflowError):
     """
 
     code = "retry"
-    # False for waits that are not failures (a local rate limit's capacity): they do not use up an attempt.
+    # False for waits that are not failures (a local rate limit's capacity, a move to another provider):
+    # they do not use up an attempt.
     consumes_attempt = True
+    # Fields added to (or replacing those of) the ``step.retrying`` event this retry causes, e.g. a
+    # ``reason``; None for none.
+    event_data: dict[str, Any] | None = None
 
     def __init__(self, delay_seconds: float | None = None, reason: str = "") -> None:
         super().__init__(reason or "retry requested")

@@ -10,6 +10,8 @@ A usage dict::
      "by_model": {"gpt-4o-mini": {"calls": 2, "prompt_tokens": 120, ..., "cost_usd": 0.00042}}}
 
 ``cost_usd`` is ``None`` for a model without a price (and such calls are counted in ``unpriced_calls``).
+A call whose provider reported no usage (a stream without its usage chunk) is counted with estimated tokens
+and in ``estimated_calls``.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ def _token_count(value: Any, name: str) -> int:
     return value
 
 
-def entry(model: str, prompt_tokens: int, completion_tokens: int, cost_usd: float | None) -> dict[str, Any]:
-    """The usage dict of one call."""
+def entry(
+    model: str, prompt_tokens: int, completion_tokens: int, cost_usd: float | None, estimated: bool = False
+) -> dict[str, Any]:
+    """The usage dict of one call (``estimated``: its tokens are a guess, the provider reported none)."""
     one: dict[str, Any] = {
         "calls": 1,
         "prompt_tokens": prompt_tokens,
@@ -45,6 +49,8 @@ def entry(model: str, prompt_tokens: int, completion_tokens: int, cost_usd: floa
     total["cost_usd"] = cost_usd or 0.0
     if cost_usd is None:
         total["unpriced_calls"] = 1
+    if estimated:
+        total["estimated_calls"] = 1
     total["by_model"] = {model: one}
     return total
 
@@ -56,8 +62,9 @@ def merge(into: dict[str, Any], usage: Mapping[str, Any] | None) -> dict[str, An
     for key in COUNTS:
         into[key] = into.get(key, 0) + int(usage.get(key) or 0)
     into["cost_usd"] = round(float(into.get("cost_usd") or 0.0) + float(usage.get("cost_usd") or 0.0), 10)
-    if usage.get("unpriced_calls"):
-        into["unpriced_calls"] = into.get("unpriced_calls", 0) + usage["unpriced_calls"]
+    for key in ("unpriced_calls", "estimated_calls"):
+        if usage.get(key):
+            into[key] = into.get(key, 0) + int(usage[key])
     models = into.setdefault("by_model", {})
     for model, counts in (usage.get("by_model") or {}).items():
         mine = models.setdefault(model, {key: 0 for key in COUNTS} | {"cost_usd": None})
@@ -116,10 +123,13 @@ def record_usage(
     prompt_tokens: int,
     completion_tokens: int = 0,
     cost_usd: float | None = None,
+    estimated: bool = False,
 ) -> dict[str, Any] | None:
     """Record the tokens one provider call spent, on the running step (and the run's totals).
 
-    ``cost_usd`` defaults to the price table's (``AGENTFLOW["LLM_PRICES"]``). Returns the call's usage dict;
+    ``cost_usd`` defaults to the price table's (``AGENTFLOW["LLM_PRICES"]``). ``estimated``: the tokens are
+    a guess (the provider did not report them); the call is also counted in ``estimated_calls``. Returns the
+    call's usage dict;
     outside a workflow it checks its arguments and returns None. Usage recorded by an attempt that later
     fails still counts: the provider billed it.
     """
@@ -136,7 +146,9 @@ def record_usage(
         return None
     if cost_usd is None and ctx.pricer is not None:
         cost_usd = ctx.pricer(model, prompt_tokens, completion_tokens)
-    usage = entry(model, prompt_tokens, completion_tokens, cost_usd)
+    if not isinstance(estimated, bool):
+        raise TypeError(f"estimated must be a bool, not {estimated!r}")
+    usage = entry(model, prompt_tokens, completion_tokens, cost_usd, estimated)
     frame = _frame.get() or ctx.root
     ctx.add_usage(frame, usage)
     return usage

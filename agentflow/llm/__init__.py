@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .providers import Provider
 
 if TYPE_CHECKING:
-    from .calls import IncompleteStream, NoProvider, ProviderQuotaExceeded
+    from .calls import IncompleteStream, NoProvider, ProviderFallback, ProviderQuotaExceeded
     from .client import DEFAULT_RETRY, AsyncOpenAI, OpenAI, RecordedStream
 
 __all__ = [
@@ -20,13 +20,14 @@ __all__ = [
     "NoProvider",
     "OpenAI",
     "Provider",
+    "ProviderFallback",
     "ProviderQuotaExceeded",
     "RecordedStream",
 ]
 
-_LAZY = {name: "calls" for name in ("IncompleteStream", "NoProvider", "ProviderQuotaExceeded")} | {
-    name: "client" for name in ("DEFAULT_RETRY", "AsyncOpenAI", "OpenAI", "RecordedStream")
-}
+_LAZY = {
+    name: "calls" for name in ("IncompleteStream", "NoProvider", "ProviderFallback", "ProviderQuotaExceeded")
+} | {name: "client" for name in ("DEFAULT_RETRY", "AsyncOpenAI", "OpenAI", "RecordedStream")}
 
 
 def __getattr__(name: str) -> Any:

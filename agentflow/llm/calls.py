@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import json
 import logging
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -24,16 +23,19 @@ import openai
 from ..conf import agentflow_settings
 from ..core import events as ev
 from ..core.context import RunContext, _frame, current_run
-from ..core.errors import AgentflowError
+from ..core.errors import AgentflowError, Retry
 from ..core.usage import record_usage
 from ..ratelimit import RateLimited, limiter
+from . import tokens
 from .breaker import breakers
 from .providers import Provider
+from .redaction import redact_error, secrets_of
 from .slots import Slots
+from .tokens import CHAT, EMBEDDINGS, RESPONSES, estimate_parts
 
 logger = logging.getLogger("agentflow.llm")
 
-CHAT, RESPONSES, EMBEDDINGS = "chat", "responses", "embeddings"
+__all__ = ["CHAT", "EMBEDDINGS", "RESPONSES", "estimate_parts"]  # also re-exported from .tokens
 
 
 class IncompleteStream(AgentflowError):
@@ -50,6 +52,22 @@ class ProviderQuotaExceeded(AgentflowError):
 
 class NoProvider(AgentflowError):
     code = "no_provider"
+
+
+class ProviderFallback(Retry):
+    """A provider failed after its stream had forwarded text: the call goes on with the next provider in a
+    new attempt, so that the ``step.retrying`` of this one voids the forwarded text (rule 1 of
+    docs/topics/events.md). Not a failure of the step: it does not use up an attempt, and waits for nothing.
+    """
+
+    code = "provider_fallback"
+    consumes_attempt = False
+
+    def __init__(self, provider: str, error: dict[str, Any]) -> None:
+        super().__init__(
+            0.0, f"provider {provider!r} failed after streaming part of its reply: {error['type']}"
+        )
+        self.event_data = {"reason": "fallback", "provider": provider, "error": error}
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
@@ -108,22 +126,6 @@ def _describe(exc: BaseException) -> dict[str, Any]:
     if status is not None:
         error["status"] = status
     return error
-
-
-def estimate_parts(kind: str, request: dict[str, Any]) -> tuple[int, int]:
-    """A cautious guess of a call's ``(prompt tokens, completion tokens)`` before it is made: about 4
-    characters a token, and the request's limit (``max_tokens``...; 0 without one). The rate limiter is
-    reconciled with the actual count afterwards."""
-    if kind == CHAT:
-        prompt: Any = request.get("messages")
-        limit = request.get("max_completion_tokens") or request.get("max_tokens")
-    elif kind == RESPONSES:
-        prompt = [request.get("instructions"), request.get("input")]
-        limit = request.get("max_output_tokens")
-    else:
-        prompt, limit = request.get("input"), 0
-    size = len(json.dumps(prompt, default=str))
-    return size // 4 + 1, (int(limit) if isinstance(limit, int) and limit > 0 else 0)
 
 
 # -- SDK clients -------------------------------------------------------------------------------------------
@@ -231,6 +233,7 @@ class Forwarder:
         self.interval = float(agentflow_settings.llm_stream_coalesce_seconds)
         self.buffer: list[str] = []
         self.last = 0.0
+        self.sent = False  # whether any text reached the run's stream (then abandoning it must void it)
 
     def add(self, text: str) -> None:
         if self.stream_to is None or not text:
@@ -245,6 +248,7 @@ class Forwarder:
             return
         text, self.buffer = "".join(self.buffer), []
         self.last = time.monotonic() if now is None else now
+        self.sent = True
         if self.stream_to == "data":
             self.ctx.emit_content(ev.DATA, {"label": self.label, "value": text})
         else:
@@ -253,11 +257,28 @@ class Forwarder:
 
 @dataclass(slots=True)
 class StreamState:
+    """A stream's items as they arrive, and whether its reply is complete.
+
+    A reply is complete once its final event arrived: every chat choice seen has its ``finish_reason``, or
+    a Responses stream sent ``response.completed`` (``.incomplete``, ``.failed``). What may follow it (the
+    usage chunk asked for with ``stream_options.include_usage``, ``data: [DONE]``) is not needed: a stream
+    ending without it, cleanly or not, is complete, with its usage estimated when none came. A stream ending
+    before its final event is cut (:class:`IncompleteStream`, or the transport's error): the attempt fails.
+    """
+
     kind: str
     strip_usage_chunk: bool
     chunks: list[dict[str, Any]]
     usage: Any = None
-    done: bool = False
+    responses_done: bool = False
+    choices_seen: set[int] = field(default_factory=set)
+    choices_finished: set[int] = field(default_factory=set)
+
+    @property
+    def done(self) -> bool:
+        if self.kind == CHAT:
+            return bool(self.choices_finished) and self.choices_seen <= self.choices_finished
+        return self.responses_done
 
     def take(self, item: Any) -> str:
         """Record one streamed item; return its text."""
@@ -271,15 +292,16 @@ class StreamState:
             self.chunks.append(data)
             text = ""
             for choice in choices:
+                self.choices_seen.add(choice.index)
                 if choice.index == 0:
                     text = choice.delta.content or ""
                 if choice.finish_reason is not None:
-                    self.done = True
+                    self.choices_finished.add(choice.index)
             return text
         self.chunks.append(data)
         kind = getattr(item, "type", "")
         if kind in ("response.completed", "response.incomplete", "response.failed"):
-            self.done = True
+            self.responses_done = True
             self.usage = getattr(item.response, "usage", None)
         return str(getattr(item, "delta", "") or "") if kind == "response.output_text.delta" else ""
 
@@ -315,6 +337,33 @@ def _usage_counts(kind: str, usage: Any) -> tuple[int, int] | None:
     return int(usage.prompt_tokens or 0), int(getattr(usage, "completion_tokens", 0) or 0)
 
 
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """A call's tokens: as its provider reported them, or ``estimated`` when it reported none."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool
+
+    @property
+    def total(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def count_usage(kind: str, request: dict[str, Any], output: dict[str, Any], usage: Any) -> Counted:
+    """The tokens of an answered call. A provider that ignores ``stream_options.include_usage``, a stream
+    that ended before its usage chunk, a reply without ``usage``: the call still counts, with its prompt
+    estimated from the request and its completion from the text it sent (:mod:`agentflow.llm.tokens`)."""
+    counts = _usage_counts(kind, usage)
+    if counts is not None:
+        return Counted(counts[0], counts[1], estimated=False)
+    streamed = output.get("stream") is True
+    items = list(unpack(output)) if streamed else [output]
+    return Counted(
+        tokens.prompt_tokens(kind, request), tokens.completion_tokens(kind, items, streamed), estimated=True
+    )
+
+
 # -- the call --------------------------------------------------------------------------------------------
 
 
@@ -329,6 +378,29 @@ class CallSpec:
     sdk_options: tuple[tuple[str, Any], ...]
 
 
+@dataclass(slots=True)
+class _Pending:
+    """Where a call that moved on to the next provider (:class:`ProviderFallback`) resumes in its next
+    attempt: the providers left, and the notes so far. Kept per step in ``RunContext.resources``."""
+
+    candidates: list[Provider]
+    fallbacks: list[dict[str, Any]]
+    skipped: list[str]
+
+
+@dataclass(slots=True)
+class Prepared:
+    """One provider's request of an attempt, and what it is expected to cost."""
+
+    provider: Provider
+    model: str
+    request: dict[str, Any]
+    key: str  # the rate-limit key
+    estimate: int  # tokens held against the budget and the rate limit
+    usd: float
+    state: StreamState | None
+
+
 class _Attempt:
     """Bookkeeping of one attempt across providers: notes on the step, fallbacks, usage."""
 
@@ -337,27 +409,34 @@ class _Attempt:
         if ctx is None:  # pragma: no cover - the client only runs this inside a run
             raise RuntimeError("a provider call step runs inside a workflow")
         self.ctx, self.spec, self.request = ctx, spec, request
-        self.fallbacks: list[dict[str, Any]] = []
+        self.step_id = ctx.current_step().step_id
+        self.secrets = secrets_of(spec.providers)
         requested = request.get("model")
         if not isinstance(requested, str) or not requested:
             raise TypeError(f"the call needs a model name (model=...), not {requested!r}")
-        serving = [p for p in spec.providers if p.serves(requested)]
-        if not serving:
-            raise NoProvider(
-                f"no provider serves model {requested!r}: "
-                + ", ".join(f"{p.name} ({', '.join(p.models or ())})" for p in spec.providers)
+        pending: _Pending | None = ctx.resources.get("llm_fallbacks", {}).pop(self.step_id, None)
+        if pending is not None:  # the previous attempt moved on to the next provider: go on from there
+            self.candidates, self.fallbacks, self.skipped = (
+                pending.candidates,
+                pending.fallbacks,
+                pending.skipped,
             )
-        # Providers whose breaker is open are skipped while another one serves the model.
-        ready = [p for p in serving if not breakers.is_open(p.name)]
-        self.candidates = ready or serving
-        self.skipped = [p.name for p in serving if p not in self.candidates]
+        else:
+            serving = [p for p in spec.providers if p.serves(requested)]
+            if not serving:
+                raise NoProvider(
+                    f"no provider serves model {requested!r}: "
+                    + ", ".join(f"{p.name} ({', '.join(p.models or ())})" for p in spec.providers)
+                )
+            # Providers whose breaker is open are skipped while another one serves the model.
+            ready = [p for p in serving if not breakers.is_open(p.name)]
+            self.candidates = ready or serving
+            self.skipped = [p.name for p in serving if p not in self.candidates]
+            self.fallbacks = []
         self.stream = bool(request.get("stream"))
 
-    def prepare(
-        self, provider: Provider
-    ) -> tuple[dict[str, Any], str, int, StreamState | None, Callable[[], None]]:
-        """The request for ``provider``, its model, its token estimate, its stream state, and the release of
-        its budget reservation (call it when the request is over, whatever the outcome)."""
+    def prepare(self, provider: Provider) -> Prepared:
+        """The request for ``provider``, with its token estimate and its stream's state."""
         model = provider.model_for(self.request["model"])
         request = {**self.request, "model": model}
         state = None
@@ -372,12 +451,16 @@ class _Attempt:
         prompt, completion = estimate_parts(self.spec.kind, request)
         pricer = self.ctx.pricer
         usd = (pricer(model, prompt, completion) if pricer is not None else None) or 0.0
-        # Calls in flight hold their estimate against the budget: a fan-out cannot start far past it.
-        release = self.ctx.reserve_budget(prompt + completion, usd)
-        return request, model, prompt + completion, state, release
+        return Prepared(provider, model, request, provider.limit_key(model), prompt + completion, usd, state)
 
-    def failed(self, provider: Provider, model: str, exc: BaseException, last: bool) -> None:
-        """Note a provider's failure; if it was the last provider, raise what fails the attempt."""
+    def redact(self, exc: BaseException) -> None:
+        """The one place provider errors enter agentflow: scrub configured keys and credential-shaped text
+        from ``exc`` (agentflow.llm.redaction) before anything logs, stores or shows it."""
+        redact_error(exc, self.secrets)
+
+    def failed(self, provider: Provider, model: str, exc: BaseException, last: bool, forwarded: bool) -> None:
+        """Note a provider's failure; if it was the last provider, raise what fails the attempt; if it had
+        forwarded text, raise :class:`ProviderFallback`, which goes on with the next one in a new attempt."""
         if not isinstance(exc, openai.RateLimitError | RateLimited) and breakers.failed(provider.name):
             logger.warning(
                 "provider %s failed %s times in a row: skipped for %ss where another provider serves",
@@ -389,24 +472,33 @@ class _Attempt:
         if retry_after is not None:
             exc.retry_after = retry_after  # type: ignore[attr-defined]  # the step's retry waits that long
         if not last:  # the last provider's failure fails the attempt: the step's retry records it
-            self.fallbacks.append({"provider": provider.name, "model": model, "error": _describe(exc)})
+            error = _describe(exc)
+            self.fallbacks.append({"provider": provider.name, "model": model, "error": error})
             self.note()
             logger.warning(
                 "step %s: provider %s failed (%s); trying the next one",
-                self.ctx.current_step().step_id,
+                self.step_id,
                 provider.name,
                 type(exc).__name__,
             )
+            if forwarded:
+                rest = self.candidates[self.candidates.index(provider) + 1 :]
+                pending = _Pending(rest, self.fallbacks, self.skipped)
+                self.ctx.resources.setdefault("llm_fallbacks", {})[self.step_id] = pending
+                raise ProviderFallback(provider.name, error) from None
             return
         if _quota_exhausted(exc):
             raise ProviderQuotaExceeded(f"provider {provider.name!r}: {exc}") from exc
         raise exc from None
 
-    def succeeded(self, provider: Provider, model: str, usage: Any) -> None:
+    def succeeded(self, provider: Provider, model: str, counted: Counted) -> None:
         breakers.succeeded(provider.name)
-        counts = _usage_counts(self.spec.kind, usage)
-        if counts is not None:
-            record_usage(model, prompt_tokens=counts[0], completion_tokens=counts[1])
+        record_usage(
+            model,
+            prompt_tokens=counted.prompt_tokens,
+            completion_tokens=counted.completion_tokens,
+            estimated=counted.estimated,
+        )
         self.note(provider=provider.name, model=model)
 
     def note(self, **notes: Any) -> None:
@@ -436,14 +528,45 @@ def _tracks_tokens(key: str) -> bool:
     return bool(limiter.limits_for(key).get("tokens_per_minute"))
 
 
-def _reconcile(key: str, estimate: int, usage: Any, kind: str) -> None:
-    counts = _usage_counts(kind, usage)
-    if counts is None:
-        return
+def _reconcile(key: str, estimate: int, counted: Counted) -> None:
     try:
-        limiter.reconcile(key, estimate, counts[0] + counts[1])
+        limiter.reconcile(key, estimate, counted.total)
     except Exception:
         logger.debug("rate limit %s: reconcile failed", key, exc_info=True)
+
+
+# A grant older than the limiter's jitter allowance when its request goes out is asked for again (the old
+# one just expires from the window), at most this many times; then the request goes anyway, with a warning.
+_REGRANTS = 3
+
+
+def _stale(key: str, asked_at: float, regrants: int) -> bool:
+    late = time.monotonic() - asked_at
+    if late <= limiter.jitter_seconds:
+        return False
+    if regrants < _REGRANTS:
+        return True
+    logger.warning(
+        "rate limit %s: requests go out %.3fs after their grant, more than RATE_LIMIT_JITTER_SECONDS (%ss): "
+        "the provider may see more than the limit in a window",
+        key,
+        late,
+        limiter.jitter_seconds,
+    )
+    return False
+
+
+def _grant(key: str, estimate: int) -> None:
+    """Capacity for one request under ``key``, fresh enough to send it now (see ``_stale``)."""
+    regrants = 0
+    while _stale(key, limiter.wait_for_grant(key, tokens=estimate).asked_at, regrants):
+        regrants += 1
+
+
+async def _agrant(key: str, estimate: int) -> None:
+    regrants = 0
+    while _stale(key, (await limiter.await_for_grant(key, tokens=estimate)).asked_at, regrants):
+        regrants += 1
 
 
 def execute(spec: CallSpec, request: dict[str, Any]) -> Any:
@@ -452,36 +575,43 @@ def execute(spec: CallSpec, request: dict[str, Any]) -> Any:
     ctx = attempt.ctx
     for index, provider in enumerate(attempt.candidates):
         last = index == len(attempt.candidates) - 1
-        call, model, estimate, state, release = attempt.prepare(provider)
-        key = provider.limit_key(model)
+        call = attempt.prepare(provider)
+        # Set up before asking for capacity: a grant is sent at once, whatever the client's state.
+        method = _method(sync_client(provider, spec.sdk_options), spec.kind)
+        forward = Forwarder(ctx, spec.stream_to, spec.label)
+        release = ctx.reserve_budget(call.estimate, call.usd)
         try:
-            limiter.wait_for_capacity(key, tokens=estimate)
             with run_slots(ctx).held(ctx.check_interrupt), worker_slots().held(ctx.check_interrupt):
-                output, usage = _request(ctx, spec, provider, call, state)
-            attempt.succeeded(provider, model, usage)  # counted before the reservation is released
-        except FALLBACK_ON as exc:
-            _penalize(key, exc)
-            attempt.failed(provider, model, exc, last)
+                _grant(call.key, call.estimate)
+                output, usage = _request(method, call, forward)
+            counted = count_usage(spec.kind, call.request, output, usage)
+            attempt.succeeded(provider, call.model, counted)  # counted before the reservation is released
+        except Exception as exc:
+            attempt.redact(exc)
+            if not isinstance(exc, FALLBACK_ON):
+                raise
+            _penalize(call.key, exc)
+            attempt.failed(provider, call.model, exc, last, forward.sent)
             continue
         finally:
             release()
-        if _tracks_tokens(key):
-            _reconcile(key, estimate, usage, spec.kind)
+        if _tracks_tokens(call.key):
+            _reconcile(call.key, call.estimate, counted)
         return output
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _request(
-    ctx: RunContext, spec: CallSpec, provider: Provider, call: dict[str, Any], state: StreamState | None
-) -> tuple[Any, Any]:
-    method = _method(sync_client(provider, spec.sdk_options), spec.kind)
+def _request(method: Any, call: Prepared, forward: Forwarder) -> tuple[Any, Any]:
+    state = call.state
     if state is None:
-        response = method(**call)
+        response = method(**call.request)
         return response.to_dict(), getattr(response, "usage", None)
-    forward = Forwarder(ctx, spec.stream_to, spec.label)
-    with method(**call) as stream:
-        for item in stream:
-            forward.add(state.take(item))
+    try:
+        with method(**call.request) as stream:
+            for item in stream:
+                forward.add(state.take(item))
+    except _CUT as exc:
+        _unless_complete(state, exc)
     forward.flush()
     return state.output(), state.usage
 
@@ -492,39 +622,60 @@ async def aexecute(spec: CallSpec, request: dict[str, Any]) -> Any:
     ctx = attempt.ctx
     for index, provider in enumerate(attempt.candidates):
         last = index == len(attempt.candidates) - 1
-        call, model, estimate, state, release = attempt.prepare(provider)
-        key = provider.limit_key(model)
+        call = attempt.prepare(provider)
+        # Set up before asking for capacity: a grant is sent at once, whatever the client's state.
+        method = _method(async_client(ctx, provider, spec.sdk_options), spec.kind)
+        forward = Forwarder(ctx, spec.stream_to, spec.label)
+        release = await ctx.areserve_budget(call.estimate, call.usd)
         try:
-            await limiter.await_for_capacity(key, tokens=estimate)
             async with run_slots(ctx), worker_slots():
-                output, usage = await _arequest(ctx, spec, provider, call, state)
-            attempt.succeeded(provider, model, usage)  # counted before the reservation is released
-        except FALLBACK_ON as exc:
+                await _agrant(call.key, call.estimate)
+                output, usage = await _arequest(method, call, forward)
+            counted = count_usage(spec.kind, call.request, output, usage)
+            attempt.succeeded(provider, call.model, counted)  # counted before the reservation is released
+        except Exception as exc:
+            attempt.redact(exc)
+            if not isinstance(exc, FALLBACK_ON):
+                raise
             if isinstance(exc, openai.RateLimitError):  # else _penalize does nothing: spare the thread hop
-                await asyncio.to_thread(_penalize, key, exc)
-            attempt.failed(provider, model, exc, last)
+                await asyncio.to_thread(_penalize, call.key, exc)
+            attempt.failed(provider, call.model, exc, last, forward.sent)
             continue
         finally:
             release()
-        if _tracks_tokens(key):
-            await asyncio.to_thread(_reconcile, key, estimate, usage, spec.kind)
+        if _tracks_tokens(call.key):
+            await asyncio.to_thread(_reconcile, call.key, call.estimate, counted)
         return output
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def _arequest(
-    ctx: RunContext, spec: CallSpec, provider: Provider, call: dict[str, Any], state: StreamState | None
-) -> tuple[Any, Any]:
-    method = _method(async_client(ctx, provider, spec.sdk_options), spec.kind)
+async def _arequest(method: Any, call: Prepared, forward: Forwarder) -> tuple[Any, Any]:
+    state = call.state
     if state is None:
-        response = await method(**call)
+        response = await method(**call.request)
         return response.to_dict(), getattr(response, "usage", None)
-    forward = Forwarder(ctx, spec.stream_to, spec.label)
-    async with await method(**call) as stream:
-        async for item in stream:
-            forward.add(state.take(item))
+    try:
+        async with await method(**call.request) as stream:
+            async for item in stream:
+                forward.add(state.take(item))
+    except _CUT as exc:
+        _unless_complete(state, exc)
     forward.flush()
     return state.output(), state.usage
+
+
+# A connection lost mid-stream: the SDK's error, or the HTTP library's.
+_CUT: tuple[type[BaseException], ...] = (openai.APIConnectionError, *_transport_errors())
+
+
+def _unless_complete(state: StreamState, exc: BaseException) -> None:
+    """Re-raise a stream's transport error, unless the reply was complete already: then only what follows
+    the final event was lost (the usage chunk, ``[DONE]``), and the call counts with estimated usage."""
+    if not state.done:
+        raise exc
+    logger.info(
+        "a provider's stream broke after its final event (%s): its reply is complete", type(exc).__name__
+    )
 
 
 Executor = Callable[[CallSpec, dict[str, Any]], Any]

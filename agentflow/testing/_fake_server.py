@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._fake_content import count_words, embed_text, make_id, reply_words, text_of
-from ._fake_state import State, parse_faults
+from ._fake_state import Fault, State, parse_faults
 
 _REASONS = {
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     429: "Too Many Requests",
     500: "Internal Server Error",
@@ -70,7 +72,7 @@ class Responder:
         error = {"message": message, "type": type, "param": None, "code": code}
         await self.json(status, {"error": error}, headers)
 
-    async def stream(self, events: AsyncIterator[bytes], drop_after_chunks: int | None) -> None:
+    async def stream(self, events: AsyncIterator[bytes], fault: Fault | None) -> None:
         head = {
             "Content-Type": "text/event-stream",
             "Cache-Control": "no-cache",
@@ -78,9 +80,13 @@ class Responder:
         }
         self.writer.write(self._head(200, head))
         sent = 0
+        drop_after = fault.drop_after_chunks if fault is not None else None
+        end_after = fault.end_after_chunks if fault is not None else None
         async for event in events:
-            if drop_after_chunks is not None and sent >= drop_after_chunks:
+            if drop_after is not None and sent >= drop_after:
                 raise Dropped
+            if end_after is not None and sent >= end_after:
+                break  # a clean end, as if the provider had nothing more to send
             self.writer.write(b"%x\r\n%s\r\n" % (len(event), event))
             await self.writer.drain()
             sent += 1
@@ -216,11 +222,12 @@ class Server:
                 ("requests", "rate_limit_exceeded") if fault.status == 429 else ("server_error", None)
             )
             message = fault.message or f"injected failure (fake server): HTTP {fault.status}"
+            # A provider echoing the caller's key in its error message (agentflow must never show it).
+            message = message.replace("{api_key}", request.api_key)
             return await respond.error(fault.status, message, kind, fault.code or code, **headers)
-        drop_after_chunks = fault.drop_after_chunks if fault is not None else None
-        if drop_after_chunks is not None and not payload.get("stream"):
+        if fault is not None and fault.drop_after_chunks is not None and not payload.get("stream"):
             raise Dropped  # a non-streamed response cannot break half-way: close before answering
-        await handler(request, payload, model, respond, drop_after_chunks)
+        await handler(request, payload, model, respond, fault)
 
     def _reply(self, model: str, prompt: Any, limit: Any) -> tuple[list[str], str]:
         wanted = self.options.completion_tokens
@@ -236,7 +243,7 @@ class Server:
             yield piece
 
     async def _chat(
-        self, request: Request, payload: dict[str, Any], model: str, respond: Responder, drop: int | None
+        self, request: Request, payload: dict[str, Any], model: str, respond: Responder, fault: Fault | None
     ) -> None:
         messages = payload["messages"]
         words, finish = self._reply(
@@ -252,11 +259,13 @@ class Server:
         if not payload.get("stream"):
             message = {"role": "assistant", "content": " ".join(words), "refusal": None}
             choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
-            await respond.json(
-                200, {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
-            )
+            body = {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
+            if fault is not None and fault.no_usage:
+                del body["usage"]
+            await respond.json(200, body)
         else:
             include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+            include_usage = include_usage and not (fault is not None and fault.no_usage)
             extra = {"usage": None} if include_usage else {}
 
             def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
@@ -269,11 +278,11 @@ class Server:
             if include_usage:
                 events.append(sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}))
             events.append(sse("[DONE]"))
-            await respond.stream(self._paced(request, events, first=0), drop)
+            await respond.stream(self._paced(request, events, first=0), fault)
         self.state.count(model, request.api_key, usage["prompt_tokens"], usage["completion_tokens"])
 
     async def _responses(
-        self, request: Request, payload: dict[str, Any], model: str, respond: Responder, drop: int | None
+        self, request: Request, payload: dict[str, Any], model: str, respond: Responder, fault: Fault | None
     ) -> None:
         prompt = [payload.get("instructions"), payload["input"]]
         words, finish = self._reply(model, prompt, payload.get("max_output_tokens"))
@@ -315,7 +324,7 @@ class Server:
             "tools": [],
             "top_p": 1.0,
             "metadata": payload.get("metadata") or {},
-            "usage": usage,
+            "usage": None if fault is not None and fault.no_usage else usage,
         }
         if not payload.get("stream"):
             await respond.json(200, response)
@@ -351,11 +360,11 @@ class Server:
                 {"type": f"response.{status}", "response": response},
             ]
             events = [sse({**event, "sequence_number": n}, event["type"]) for n, event in enumerate(raw)]
-            await respond.stream(self._paced(request, events, first=3), drop)
+            await respond.stream(self._paced(request, events, first=3), fault)
         self.state.count(model, request.api_key, input_tokens, len(words))
 
     async def _embeddings(
-        self, request: Request, payload: dict[str, Any], model: str, respond: Responder, drop: int | None
+        self, request: Request, payload: dict[str, Any], model: str, respond: Responder, fault: Fault | None
     ) -> None:
         inputs = payload["input"]
         if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):

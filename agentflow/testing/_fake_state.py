@@ -14,7 +14,11 @@ class Fault:
     status: int | None = None
     retry_after: float | None = None
     drop_after_chunks: int | None = None
-    message: str | None = None
+    # A streamed response that ends cleanly (no error, no [DONE]) after this many SSE events.
+    end_after_chunks: int | None = None
+    # A chat stream without its usage chunk, as from a provider that ignores stream_options.include_usage.
+    no_usage: bool = False
+    message: str | None = None  # "{api_key}" in it is replaced by the request's API key
     code: str | None = None  # the error's code, e.g. "insufficient_quota" on a 429
     times: int = 1
 
@@ -95,12 +99,16 @@ def parse_faults(payload: Any) -> list[Fault]:
         items = [items]
     if not isinstance(items, list):
         raise ValueError("expected a fault, a list of faults or {'model': ..., 'fail': [...]}")
-    known = {"model", "status", "retry_after", "drop_after_chunks", "message", "code", "times"}
+    known = {
+        "model", "status", "retry_after", "drop_after_chunks", "end_after_chunks", "no_usage", "message", "code",
+        "times",
+    }  # fmt: skip
+    kinds = ("status", "drop_after_chunks", "end_after_chunks", "no_usage")
     faults = []
     for item in items:
         if not isinstance(item, dict) or set(item) - known:
             raise ValueError(f"unknown fault fields in {item!r}; known: {sorted(known)}")
-        if (item.get("status") is None) == (item.get("drop_after_chunks") is None):
-            raise ValueError(f"a fault needs exactly one of 'status' or 'drop_after_chunks': {item!r}")
+        if sum(1 for kind in kinds if item.get(kind) not in (None, False)) != 1:
+            raise ValueError(f"a fault needs exactly one of {', '.join(map(repr, kinds))}: {item!r}")
         faults.append(Fault(**{"model": model, **item}))
     return faults

@@ -26,8 +26,17 @@ def client_for(providers: list[str], max_attempts: int | None, retry_delay_secon
     return client.with_step(retry=retry)
 
 
-async def chat(client: Any, model: str, prompt: str, stream: bool, headers: dict[str, str] | None) -> str:
-    extra = {"extra_headers": headers} if headers else {}
+async def chat(
+    client: Any,
+    model: str,
+    prompt: str,
+    stream: bool,
+    headers: dict[str, str] | None,
+    max_tokens: int | None = None,
+) -> str:
+    extra: dict[str, Any] = {"extra_headers": headers} if headers else {}
+    if max_tokens is not None:
+        extra["max_tokens"] = max_tokens
     messages = [{"role": "user", "content": prompt}]
     if stream:
         recorded = await client.chat.completions.create(model=model, messages=messages, stream=True, **extra)
@@ -45,12 +54,15 @@ async def chats(
     max_attempts: int | None,
     retry_delay_seconds: float | None,
     headers: dict[str, str] | None,
+    max_tokens: int | None = None,
 ) -> list[str]:
     client = client_for(providers, max_attempts, retry_delay_seconds)
     prompts = [f"question number {index} please" for index in range(calls)]
     if concurrent:
-        return list(await asyncio.gather(*(chat(client, model, p, stream, headers) for p in prompts)))
-    return [await chat(client, model, prompt, stream, headers) for prompt in prompts]
+        return list(
+            await asyncio.gather(*(chat(client, model, p, stream, headers, max_tokens) for p in prompts))
+        )
+    return [await chat(client, model, prompt, stream, headers, max_tokens) for prompt in prompts]
 
 
 @workflow(name="llm-chats")
@@ -63,10 +75,11 @@ async def llm_chats(
     max_attempts: int | None = None,
     retry_delay_seconds: float | None = None,
     headers: dict[str, str] | None = None,
+    max_tokens: int | None = None,
 ) -> list[str]:
     """``calls`` chat completions, one after another or all at once; their texts."""
     return await chats(
-        providers, model, calls, concurrent, stream, max_attempts, retry_delay_seconds, headers
+        providers, model, calls, concurrent, stream, max_attempts, retry_delay_seconds, headers, max_tokens
     )
 
 
