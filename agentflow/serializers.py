@@ -106,6 +106,9 @@ class TotalsSerializer(serializers.Serializer):
     unpriced_calls = serializers.IntegerField(
         help_text="Calls to models without a price in LLM_PRICES: not in `cost_usd`."
     )
+    estimated_calls = serializers.IntegerField(
+        help_text="Calls whose provider reported no usage: their tokens (and cost) are estimates."
+    )
 
 
 class WorkflowUsageSerializer(TotalsSerializer):

@@ -27,6 +27,7 @@ def usage_totals(usage: Mapping[str, Any] | None) -> dict[str, Any]:
     totals: dict[str, Any] = {key: int(summed.get(key) or 0) for key in COUNTS}
     totals["cost_usd"] = float(summed.get("cost_usd") or 0.0)
     totals["unpriced_calls"] = int(summed.get("unpriced_calls") or 0)
+    totals["estimated_calls"] = int(summed.get("estimated_calls") or 0)
     totals["by_model"] = {
         model: {key: int(counts.get(key) or 0) for key in COUNTS} | {"cost_usd": counts.get("cost_usd")}
         for model, counts in (summed.get("by_model") or {}).items()
@@ -70,11 +71,11 @@ def usage_value(key: str, output_field: Field[Any, Any], field: str = "usage") -
 
 def workflow_usage(runs: QuerySet[Any]) -> dict[str, Any]:
     """Totals over ``runs`` in one aggregate query: ``{"runs", "calls", "prompt_tokens",
-    "completion_tokens", "total_tokens", "cost_usd", "unpriced_calls"}``."""
+    "completion_tokens", "total_tokens", "cost_usd", "unpriced_calls", "estimated_calls"}``."""
     whole = BigIntegerField()
     sums: dict[str, Any] = {
         key: Coalesce(Sum(usage_value(key, whole)), Value(0), output_field=whole)
-        for key in (*COUNTS, "unpriced_calls")
+        for key in (*COUNTS, "unpriced_calls", "estimated_calls")
     }
     sums["cost_usd"] = Coalesce(
         Sum(usage_value("cost_usd", FloatField())), Value(0.0), output_field=FloatField()
@@ -86,4 +87,5 @@ def workflow_usage(runs: QuerySet[Any]) -> dict[str, Any]:
         # Float sums differ in their last bits between databases; the per-run totals are rounded likewise.
         "cost_usd": round(float(totals["cost_usd"]), 10),
         "unpriced_calls": int(totals["unpriced_calls"]),
+        "estimated_calls": int(totals["estimated_calls"]),
     }

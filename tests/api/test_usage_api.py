@@ -28,6 +28,7 @@ ZERO_USAGE = {
     "total_tokens": 0,
     "cost_usd": 0.0,
     "unpriced_calls": 0,
+    "estimated_calls": 0,
     "by_model": {},
 }
 
@@ -39,6 +40,7 @@ RUN_USAGE = {
     "total_tokens": 360,
     "cost_usd": 0.00012,
     "unpriced_calls": 1,
+    "estimated_calls": 1,
     "by_model": {
         "gpt-4o-mini": {
             "calls": 2,
@@ -129,7 +131,12 @@ def test_a_run_shows_its_usage_budget_and_each_steps_usage(api, alice, make_run)
     assert detail["usage"] == listed["usage"] == RUN_USAGE
     assert detail["budget"] == listed["budget"] == {"usd": 0.5, "tokens": None}
     steps = {item["step_id"]: item["usage"] for item in detail["steps"]}
-    assert steps["plan#0/openai.chat#0"] == {**STEP_USAGE, "unpriced_calls": 0, "skipped": []}
+    assert steps["plan#0/openai.chat#0"] == {
+        **STEP_USAGE,
+        "unpriced_calls": 0,
+        "estimated_calls": 0,
+        "skipped": [],
+    }
     assert steps["plan#0/openai.chat#1"] == {
         **ZERO_USAGE,
         "provider": None,
@@ -190,7 +197,7 @@ def usage_of(total_tokens: int, cost_usd: float, calls: int = 1, unpriced: int =
         "total_tokens": total_tokens,
         "cost_usd": cost_usd,
         "by_model": {},
-        **({"unpriced_calls": unpriced} if unpriced else {}),
+        **({"unpriced_calls": unpriced, "estimated_calls": unpriced} if unpriced else {}),
     }
 
 
@@ -216,6 +223,7 @@ def test_workflow_totals_count_only_the_runs_the_user_may_see(client_for, alice,
         "total_tokens": 150,
         "cost_usd": pytest.approx(0.0015),
         "unpriced_calls": 1,
+        "estimated_calls": 1,
     }
     assert (bobs["runs"], bobs["total_tokens"], bobs["cost_usd"]) == (1, 1000, pytest.approx(0.01))
     assert everyone["runs"] == 5
@@ -235,6 +243,7 @@ def test_workflow_totals_are_zeros_without_runs(api):
         "total_tokens": 0,
         "cost_usd": 0.0,
         "unpriced_calls": 0,
+        "estimated_calls": 0,
     }
 
 
@@ -272,7 +281,10 @@ def test_the_schema_describes_usage_and_budget(anonymous):
     assert run["budget"]["allOf"] == ref("Budget") and run["budget"]["nullable"] is True
     assert schemas["RunDetail"]["properties"]["usage"]["allOf"] == ref("Usage")
     assert steps["usage"]["allOf"] == ref("StepUsage") and steps["usage"]["nullable"] is True
-    keys = {"calls", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "unpriced_calls"}
+    keys = {
+        "calls", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "unpriced_calls",
+        "estimated_calls",
+    }  # fmt: skip
     assert set(schemas["Usage"]["required"]) == keys | {"by_model"}
     assert schemas["Usage"]["properties"]["by_model"]["additionalProperties"] == ref("ModelUsage")[0]
     assert schemas["ModelUsage"]["properties"]["cost_usd"]["nullable"] is True
@@ -345,7 +357,9 @@ def test_a_real_run_with_a_fallback(api, llm_settings):
         "total_tokens": prompt + completion,
         "cost_usd": pytest.approx(cost),
     }
-    assert run["usage"] == {**model, "unpriced_calls": 0, "by_model": {"fake-model": model}}
+    assert run["usage"] == {
+        **model, "unpriced_calls": 0, "estimated_calls": 0, "by_model": {"fake-model": model}
+    }  # fmt: skip
     assert run["budget"] is None
     calls = {item["step_id"]: item["usage"] for item in run["steps"]}
     assert set(calls) == {"openai.chat#0", "openai.chat#1"}
@@ -366,6 +380,7 @@ def test_a_real_run_with_a_fallback(api, llm_settings):
         "total_tokens": prompt + completion,
         "cost_usd": pytest.approx(cost),
         "unpriced_calls": 0,
+        "estimated_calls": 0,
     }
 
 

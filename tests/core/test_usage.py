@@ -240,3 +240,64 @@ def test_a_fan_out_waiting_for_capacity_suspends_once_no_attempt_is_in_flight():
     time.sleep(max(0.0, suspended.value.wake_at - time.time()))
     assert flow.execute({}, context(store, suspend_threshold_seconds=0.5)) == ["slow", "a", "b", "c"]
     assert attempts == {"a": 2, "slow": 1, "b": 2, "c": 2}
+
+
+def test_a_call_refused_for_budget_waits_for_the_calls_in_flight_then_stops_the_run():
+    import threading
+
+    from agentflow.core.context import Frame, _frame
+
+    ctx = context(MemoryStore(), budget=Budget(tokens=100))
+    releases = [ctx.reserve_budget(40, 0.0) for _ in range(3)]  # 120 held: the budget is full
+    outcome: list[object] = []
+
+    def refused() -> None:
+        try:
+            outcome.append(ctx.reserve_budget(40, 0.0))
+        except BudgetExceeded as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=refused)
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive() and not outcome  # not refused yet: calls holding reservations are in flight
+    for release in releases:  # they answer with 30 tokens each: 90 spent, room for one more call
+        ctx.add_usage(Frame(step_id="s", attempt=1), {"calls": 1, "total_tokens": 30})
+        release()
+    waiter.join(5)
+    [granted] = outcome
+    assert callable(granted)  # it got its reservation after all
+    ctx.add_usage(Frame(step_id="s", attempt=1), {"calls": 1, "total_tokens": 30})
+    granted()
+    # 120 tokens spent and nothing in flight: the next call, and the next step, stop the run at once.
+    with pytest.raises(BudgetExceeded) as stopped:
+        ctx.reserve_budget(40, 0.0)
+    assert stopped.value.details["usage"] == {"calls": 4, "total_tokens": 120, "cost_usd": 0.0}
+    with pytest.raises(BudgetExceeded):
+        ctx.check_budget()
+    assert _frame.get() is None
+
+
+def test_an_async_step_starting_once_the_budget_is_spent_waits_for_the_calls_in_flight():
+    import asyncio
+
+    ctx = context(MemoryStore(), budget=Budget(tokens=10))
+    order: list[str] = []
+
+    async def main() -> None:
+        release = await ctx.areserve_budget(5, 0.0)  # a call in flight
+        ctx.add_usage(ctx.root, {"calls": 1, "total_tokens": 12})  # another one spent the budget
+
+        async def answer() -> None:
+            await asyncio.sleep(0.2)
+            order.append("call answered")
+            release()
+
+        task = asyncio.create_task(answer())
+        with pytest.raises(BudgetExceeded):
+            await ctx.acheck_budget()  # the next step: not before the call in flight is over
+        order.append("run stopped")
+        await task
+
+    asyncio.run(main())
+    assert order == ["call answered", "run stopped"]

@@ -13,12 +13,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
-import redis
 from django.test import override_settings
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
@@ -27,7 +25,6 @@ from agentflow.conf import agentflow_settings
 from agentflow.core.errors import BudgetExceeded, StepFailed
 from agentflow.core.memory import MemoryCache, MemorySink, MemoryStore, run_in_memory
 from agentflow.llm import AsyncOpenAI, OpenAI, Provider, RecordedStream
-from agentflow.llm.breaker import breakers
 from agentflow.llm.calls import estimate_parts, pack, retry_after_seconds, unpack
 from agentflow.llm.pricing import cost, find_price, validate_prices
 from agentflow.llm.providers import parse_providers
@@ -35,35 +32,6 @@ from agentflow.llm.slots import Slots
 from agentflow.testing import FakeOpenAI, run_inline
 
 MESSAGES = [{"role": "user", "content": "write about durable workflows"}]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(completion_tokens=12) as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def backup() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(completion_tokens=12) as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server: FakeOpenAI, redis_client: redis.Redis) -> FakeOpenAI:
-    server.reset()
-    breakers.reset()
-    # A 429 in one test blocks its limit key for Retry-After: no test inherits another's block.
-    for key in redis_client.scan_iter(f"{agentflow_settings.key_prefix}ratelimit:*"):
-        redis_client.delete(key)
-    return server
-
-
-@pytest.fixture
-def providers(fake: FakeOpenAI) -> Iterator[list[dict[str, Any]]]:
-    configured = [{"name": "fake", "base_url": fake.base_url, "api_key": "test-key"}]
-    with override_settings(AGENTFLOW={**agentflow_settings.user_settings, "LLM_PROVIDERS": configured}):
-        yield configured
 
 
 _names = iter(range(1_000_000))
