@@ -185,3 +185,31 @@ def test_redact_error_walks_the_chain_and_the_sdk_fields() -> None:
     assert str(outer) == "wrapped Bearer [redacted]"
     assert str(outer.__cause__) == "connect to https://x?api_key=[redacted] failed"
     assert outer.body == {"error": {"message": ["[redacted]"]}}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("fan_out", ["gather", "map"])
+def test_a_budget_in_a_fan_out_counts_every_call_it_sent(
+    fake: FakeOpenAI, providers: Any, fan_out: str
+) -> None:
+    import asyncio
+
+    client = AsyncOpenAI().with_options(default_headers={"X-Fake-Latency-Ms": "100"})
+
+    @agentflow.component
+    async def ask(index: int) -> str:
+        messages = [{"role": "user", "content": f"question {index}"}]
+        reply = await client.chat.completions.create(model="fake-model", messages=messages, max_tokens=20)
+        return reply.choices[0].message.content or ""
+
+    @workflow
+    async def flow() -> list[str]:
+        if fan_out == "map":
+            return await agentflow.map(ask, range(30))
+        return list(await asyncio.gather(*(ask(index) for index in range(30))))
+
+    with pytest.raises(agentflow.BudgetExceeded) as stopped:
+        run_inline(flow, budget={"tokens": 100})
+    usage = stopped.value.details["usage"]
+    # Every request that reached the server was answered and counted; none was cut off by the stop.
+    assert fake.stats()["requests"] == fake.stats()["totals"]["requests"] == usage["calls"] >= 3
+    assert usage["total_tokens"] >= 100 and usage["calls"] < 30
