@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import openai
 import pytest
@@ -172,11 +173,39 @@ def test_dropped_stream_breaks_mid_iteration(fake: FakeOpenAI, client: openai.Op
     assert len(list(client.chat.completions.create(model="fake-model", messages=MESSAGES, stream=True))) == 22
 
 
+def test_streams_ending_early_or_without_usage_and_errors_echoing_the_key(
+    fake: FakeOpenAI, client: openai.OpenAI
+) -> None:
+    stream_usage: Any = {"include_usage": True}
+    fake.fail(
+        {"end_after_chunks": 22}, {"no_usage": True, "times": 2}, {"status": 401, "message": "bad {api_key}"}
+    )
+    # A clean end after the finish_reason chunk: no usage chunk, no [DONE], no error.
+    ended = list(
+        client.chat.completions.create(
+            model="fake-model", messages=MESSAGES, stream=True, stream_options=stream_usage
+        )
+    )
+    assert len(ended) == 22 and ended[-1].choices[0].finish_reason == "stop"
+    # A provider ignoring include_usage, streamed or not.
+    ignored = list(
+        client.chat.completions.create(
+            model="fake-model", messages=MESSAGES, stream=True, stream_options=stream_usage
+        )
+    )
+    assert len(ignored) == 22 and all(chunk.usage is None for chunk in ignored)
+    assert client.chat.completions.create(model="fake-model", messages=MESSAGES).usage is None
+    with pytest.raises(openai.AuthenticationError, match="bad k"):
+        client.chat.completions.create(model="fake-model", messages=MESSAGES)
+
+
 def test_bad_fault_script_is_rejected(fake: FakeOpenAI) -> None:
     with pytest.raises(ValueError, match="retry_afterr"):
         fake.fail({"status": 429, "retry_afterr": 1})
     with pytest.raises(ValueError, match="exactly one"):
         fake.fail({"times": 2})
+    with pytest.raises(ValueError, match="exactly one"):
+        fake.fail({"status": 500, "no_usage": True})
 
 
 def test_stats_count_tokens_per_key_and_model(fake: FakeOpenAI) -> None:
