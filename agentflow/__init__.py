@@ -1,7 +1,7 @@
 """agentflow: durable, streamable LLM and agent workflows for Django, executed on Celery workers.
 
 Importing this package does not import Django, so components and workflows can be defined (and unit
-tested) anywhere. The Django-side functions ``start``, ``get_run``, ``wait``, ``cancel`` and ``resume`` are
+tested) anywhere. The Django-side functions ``start``, ``get_run``, ``wait``, ``cancel``, ``resume`` and ``send_input`` are
 imported lazily.
 """
 
@@ -13,10 +13,15 @@ from .core.errors import (
     AgentflowError,
     BudgetExceeded,
     ConfigurationError,
+    InputAlreadyAnswered,
+    InputNotFound,
+    InputTimeout,
+    InvalidAnswer,
     InvalidInput,
     LeaseLost,
     NotInWorkflow,
     Retry,
+    RunAlreadyFinished,
     RunCancelled,
     RunFailed,
     RunInterrupted,
@@ -32,6 +37,14 @@ from .core.errors import (
 )
 from .core.retry import RetryPolicy
 from .core.usage import Budget, record_usage
+from .core.waits import (
+    run_workflow,
+    run_workflow_async,
+    run_workflows,
+    run_workflows_async,
+    wait_for_input,
+    wait_for_input_async,
+)
 from .core.workflow import Workflow, registry, workflow
 
 __version__ = "0.1.0.dev0"
@@ -42,11 +55,16 @@ __all__ = [
     "BudgetExceeded",
     "Component",
     "ConfigurationError",
+    "InputAlreadyAnswered",
+    "InputNotFound",
+    "InputTimeout",
+    "InvalidAnswer",
     "InvalidInput",
     "LeaseLost",
     "NotInWorkflow",
     "Retry",
     "RetryPolicy",
+    "RunAlreadyFinished",
     "RunCancelled",
     "RunFailed",
     "RunInterrupted",
@@ -69,16 +87,24 @@ __all__ = [
     "record_usage",
     "registry",
     "resume",
+    "run_workflow",
+    "run_workflow_async",
+    "run_workflows",
+    "run_workflows_async",
+    "send_input",
     "sleep",
     "start",
     "status",
     "stream_output",
     "wait",
+    "wait_for_input",
+    "wait_for_input_async",
     "workflow",
 ]
 
 _LAZY = {name: "agentflow.runs" for name in ("start", "get_run", "wait", "cancel")} | {
-    "resume": "agentflow.resume"
+    "resume": "agentflow.resume",
+    "send_input": "agentflow.inputs",
 }
 
 

@@ -24,6 +24,11 @@ AGENTFLOW_STATUSES: dict[str, int] = {
     "run_not_found": status.HTTP_404_NOT_FOUND,
     "invalid_input": status.HTTP_400_BAD_REQUEST,
     "not_resumable": status.HTTP_409_CONFLICT,
+    "input_not_found": status.HTTP_404_NOT_FOUND,
+    "invalid_answer": status.HTTP_400_BAD_REQUEST,
+    "input_already_answered": status.HTTP_409_CONFLICT,
+    "input_timed_out": status.HTTP_409_CONFLICT,
+    "run_finished": status.HTTP_409_CONFLICT,
 }
 
 # DRF's own exceptions keep their default codes, except the parse error: agentflow's views parse JSON only.

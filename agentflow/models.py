@@ -60,6 +60,13 @@ class WorkflowRun(models.Model):
     budget = models.JSONField(
         null=True, blank=True, help_text='Spending limit: {"usd": ..., "tokens": ...}; None: no limit.'
     )
+    # What a waiting run waits for: run.waiting's reason ("input", "child", "sleep", "retry", "slice", "drain").
+    wait_reason = models.CharField(max_length=16, blank=True, default="")
+    # A child run (agentflow.run_workflow) points at its parent run and the parent's step that started it.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
+    parent_step = models.CharField(max_length=500, blank=True, default="")
 
     class Meta:
         ordering = ["-created_at"]
@@ -112,7 +119,8 @@ class WorkflowRun(models.Model):
 class StepStatus(models.TextChoices):
     COMPLETED = "completed", "Completed"
     FAILED = "failed", "Failed"
-    # Suspended between two attempts (or in agentflow.sleep) until ``output["wake_at"]``; not finished.
+    # Suspended between two attempts (or in agentflow.sleep) until ``output["wake_at"]``, or a wait for input
+    # or a child run that is not over; not finished.
     WAITING = "waiting", "Waiting"
 
 

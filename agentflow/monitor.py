@@ -8,7 +8,11 @@
 - a waiting run (suspended, or handed back at the end of a time slice) still waiting ``LEASE_SECONDS`` after
   its ``wake_at`` is enqueued again, in case its delayed message was lost;
 - a finished run whose stream lacks its terminal event (the worker died between the commit and the append)
-  gets it, so no subscriber waits forever.
+  gets it, so no subscriber waits forever;
+- an active child run whose parent has finished is cancelled (a child never outlives its parent).
+
+A waiting run whose wait ended (an answer, a child's end) was made due (``wake_at`` now) in the transaction
+that ended the wait, so the overdue rule above also covers a wake-up message that was lost.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from django.utils import timezone
 from . import streams
 from .conf import agentflow_settings
 from .core import events as ev
-from .models import FINISHED_STATUSES, RunStatus, WorkflowRun
+from .models import ACTIVE_STATUSES, FINISHED_STATUSES, RunStatus, WorkflowRun
 
 logger = logging.getLogger("agentflow.monitor")
 
@@ -40,6 +44,7 @@ class MonitorReport:
     requeued: int = 0
     woken: int = 0
     terminals_repaired: int = 0
+    orphans_cancelled: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -102,6 +107,14 @@ def check_runs(now: Any = None) -> MonitorReport:
     for run in unfinished_streams[:500]:
         if append_terminal(run):
             report.terminals_repaired += 1
+
+    from .runs import cancel
+
+    orphans = WorkflowRun.objects.filter(status__in=ACTIVE_STATUSES, parent__status__in=FINISHED_STATUSES)
+    for run_id in orphans.values_list("id", flat=True)[:500]:
+        logger.warning("run %s: its parent run has finished; cancelling it", run_id)
+        cancel(run_id)
+        report.orphans_cancelled += 1
     return report
 
 
@@ -111,11 +124,20 @@ def _abandon(run_id: Any, epoch: int, recoveries: int) -> bool:
         "code": "run_abandoned",
         "message": f"the run's worker was lost {recoveries + 1} times; giving up after {recoveries} recoveries",
     }
-    updated = WorkflowRun.objects.filter(id=run_id, epoch=epoch, status=RunStatus.RUNNING).update(
-        status=RunStatus.FAILED, error=error, finished_at=timezone.now(), epoch=epoch + 1
-    )
+    from django.db import transaction
+
+    from .waits import cancel_children, wake_parent
+
+    with transaction.atomic():
+        updated = WorkflowRun.objects.filter(id=run_id, epoch=epoch, status=RunStatus.RUNNING).update(
+            status=RunStatus.FAILED, error=error, finished_at=timezone.now(), epoch=epoch + 1
+        )
+        parent_id = WorkflowRun.objects.filter(id=run_id).values_list("parent_id", flat=True).first()
+        if updated and parent_id is not None:
+            wake_parent(parent_id)
     if not updated:
         return False
+    cancel_children(run_id)
     run = WorkflowRun.objects.get(id=run_id)
     logger.error("run %s abandoned: %s", run_id, error["message"])
     append_terminal(run)

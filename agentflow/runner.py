@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from . import streams
@@ -35,10 +36,12 @@ from .core.errors import (
     WorkflowNotFound,
 )
 from .core.usage import Budget
+from .core.waits import OPEN_ENDED_REASONS
 from .core.workflow import registry
 from .llm import pricing
 from .models import ACTIVE_STATUSES, RunStatus, StepRun, WorkflowRun
 from .store import DjangoRunStore, Lease, load_checkpoints
+from .waits import DjangoWaits, cancel_children, due_now, next_timer, wake_parent
 
 logger = logging.getLogger("agentflow.runner")
 
@@ -145,7 +148,18 @@ def _claim(run_id: str, epoch: int, worker: str) -> tuple[WorkflowRun, str] | No
         run.heartbeat_at = now
         run.worker = worker
         run.wake_at = None
-        run.save(update_fields=["epoch", "status", "started_at", "heartbeat_at", "worker", "wake_at"])
+        run.wait_reason = ""
+        run.save(
+            update_fields=[
+                "epoch",
+                "status",
+                "started_at",
+                "heartbeat_at",
+                "worker",
+                "wake_at",
+                "wait_reason",
+            ]
+        )
     return run, previous
 
 
@@ -159,11 +173,14 @@ def _announce_recovery(
     """
     run_id, epoch = str(run.id), run.epoch
     open_steps: dict[str, int] = {}
+    announced: set[tuple[str, str]] = set()
     for event in streams.read_events(run_id, since=since or None):
         if event["type"] == ev.STEP_STARTED:
             open_steps[event["step"]] = event.get("attempt") or 1
         elif event["type"] in (ev.STEP_COMPLETED, ev.STEP_FAILED):
             open_steps.pop(event["step"], None)
+        elif event["step"] is not None:
+            announced.add((event["step"], event["type"]))
     # A waiting checkpoint (a step suspended between attempts) is not an end: its open attempt is void.
     finished = {step for step, checkpoint in checkpoints.items() if checkpoint.status != WAITING}
     void = [step for step in open_steps if step not in finished]
@@ -185,6 +202,31 @@ def _announce_recovery(
             if checkpoint.error:
                 data["error"] = checkpoint.error
             sink.emit(ev.envelope(kind, run_id, step=step, attempt=attempt, epoch=epoch, data=data))
+    _announce_waits(run, sink, announced)
+
+
+def _announce_waits(run: WorkflowRun, sink: streams.RedisSink, announced: set[tuple[str, str]]) -> None:
+    """Append what the dead incarnation checkpointed about its waits (an input requested or received, a
+    child started or ended) but died before announcing: the checkpoint is written first, the event after."""
+    from .core.waits import CHILD_PREFIX, INPUT, announcement
+
+    dead = StepRun.objects.filter(run_id=run.id, epoch=run.epoch - 1).filter(
+        Q(component=INPUT) | Q(component__startswith=CHILD_PREFIX)
+    )
+    for row in dead.order_by("id"):
+        made = announcement(row.component, row.status, row.input, row.output, row.error)
+        if made is not None and (row.step_id, made[0]) not in announced:
+            kind, data = made
+            sink.emit(
+                ev.envelope(
+                    kind,
+                    str(run.id),
+                    step=row.step_id,
+                    attempt=None,
+                    epoch=run.epoch,
+                    data={**data, "recovered": True},
+                )
+            )
 
 
 def execute_run(run_id: str, epoch: int, *, worker: str = WORKER_NAME) -> str | None:
@@ -246,6 +288,7 @@ def _execute(run_id: str, epoch: int, worker: str) -> str | None:
             suspend_threshold_seconds=agentflow_settings.suspend_threshold_seconds,
             budget=Budget.parse(run.budget) if run.budget else None,
             pricer=pricing.price,
+            waits=DjangoWaits(run_id, epoch, store),
         )
         lease.usage = ctx.usage_snapshot
         run.usage = ctx.usage  # _finish and _suspend write the totals with the run's status
@@ -279,35 +322,64 @@ def _execute(run_id: str, epoch: int, worker: str) -> str | None:
 
 
 def _suspend(run: WorkflowRun, sink: streams.RedisSink, exc: RunSuspended) -> str | None:
-    """Hand the run back: status ``waiting`` until ``exc.wake_at``, ``run.waiting``, and a new task then.
+    """Hand the run back: status ``waiting`` until its wake-up time, ``run.waiting``, and a new task then.
 
     The run keeps its epoch, so the next task claims ``epoch + 1`` as usual. Events are flushed before the
     task is enqueued: once the next incarnation claims the run, this one's appends are refused.
+
+    A run that waits for input or a child run has no wake-up time of its own: what ends the wait makes it due
+    (:mod:`agentflow.waits`). It is recorded under the run's row lock, the lock an answer takes too, so a wait
+    that ended while this incarnation was still running is found here and the run continues at once. A run
+    with several waits wakes at the earliest of their timers (a retry, a sleep, an input's time-out).
     """
     from .runs import enqueue
 
     run_id = str(run.id)
-    now = timezone.now()
-    wake_at = now if exc.wake_at is None else max(now, datetime.fromtimestamp(exc.wake_at, tz=UTC))
     sink.flush()
-    ours = WorkflowRun.objects.filter(id=run_id, epoch=run.epoch, status=RunStatus.RUNNING)
-    updated = ours.filter(cancel_requested=False).update(
-        status=RunStatus.WAITING, wake_at=wake_at, heartbeat_at=now, usage=run.usage
-    )
-    if not updated:
-        if ours.filter(cancel_requested=True).exists():
-            # Cancelled meanwhile: end it now rather than after a wait that may be long.
-            return _finish(run, sink, RunStatus.CANCELLED, None, None)
-        logger.warning("run %s: epoch %s went stale before it could be handed back", run_id, run.epoch)
-        return None
-    data = {"wake_at": wake_at.isoformat().replace("+00:00", "Z"), "reason": exc.reason}
+    now = timezone.now()
+    cancelled = False
+    with transaction.atomic():
+        locked = (
+            WorkflowRun.objects.select_for_update()
+            .filter(id=run_id, epoch=run.epoch, status=RunStatus.RUNNING)
+            .only("id", "cancel_requested")
+            .first()
+        )
+        if locked is None:
+            logger.warning("run %s: epoch %s went stale before it could be handed back", run_id, run.epoch)
+            return None
+        wake_at: datetime | None = now
+        if locked.cancel_requested:
+            cancelled = True
+        else:
+            if exc.reason in OPEN_ENDED_REASONS or exc.wake_at is not None:
+                timers = [t for t in (_at(exc.wake_at), next_timer(run_id)) if t is not None]
+                wake_at = now if due_now(run_id) else max(now, min(timers)) if timers else None
+            WorkflowRun.objects.filter(id=run_id).update(
+                status=RunStatus.WAITING,
+                wake_at=wake_at,
+                heartbeat_at=now,
+                usage=run.usage,
+                wait_reason=exc.reason,
+            )
+    if cancelled:
+        # Cancelled meanwhile: end it now rather than after a wait that may be long.
+        return _finish(run, sink, RunStatus.CANCELLED, None, None)
+    data = {"wake_at": wake_at.isoformat().replace("+00:00", "Z") if wake_at else None, "reason": exc.reason}
     sink.emit(ev.envelope(ev.RUN_WAITING, run_id, step=None, attempt=None, epoch=run.epoch, data=data))
     sink.flush()
+    if wake_at is None:
+        logger.info("run %s: handed back (%s), continues when its wait ends", run_id, exc.reason)
+        return RunStatus.WAITING
     delay = (wake_at - now).total_seconds()
     logger.info("run %s: handed back (%s), continues in %.1fs", run_id, exc.reason, delay)
     # If this message is lost, the monitor enqueues the run once wake_at has passed.
     enqueue(run_id, run.epoch, countdown_seconds=delay if delay > 0 else None)
     return RunStatus.WAITING
+
+
+def _at(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, tz=UTC)
 
 
 def _cache() -> Any:
@@ -322,14 +394,19 @@ def _finish(
     """Commit the final status (the DB is the source of truth), then append the terminal event."""
     run_id = str(run.id)
     now = timezone.now()
-    updated = WorkflowRun.objects.filter(id=run_id, epoch=run.epoch).update(
-        status=status,
-        output=output,
-        error=error,
-        finished_at=now,
-        step_count=StepRun.objects.filter(run__pk=run_id).count(),
-        usage=run.usage,
-    )
+    with transaction.atomic():
+        updated = WorkflowRun.objects.filter(id=run_id, epoch=run.epoch).update(
+            status=status,
+            output=output,
+            error=error,
+            finished_at=now,
+            step_count=StepRun.objects.filter(run__pk=run_id).count(),
+            usage=run.usage,
+            wait_reason="",
+        )
+        # In the same transaction: a parent waiting for this run is due as surely as this run is finished.
+        if updated and run.parent_id is not None:
+            wake_parent(run.parent_id)
     if not updated:
         logger.warning("run %s: epoch %s went stale before it could finish", run_id, run.epoch)
         return None
@@ -347,6 +424,8 @@ def _finish(
     sink.emit(ev.envelope(terminal, run_id, step=None, attempt=None, epoch=run.epoch, data=data))
     sink.flush()
     finalize_stream(run_id, sink.last_id, run.epoch)
+    # A child never outlives its parent (one that failed while a child it did not wait for ran, say).
+    cancel_children(run_id)
     return status
 
 

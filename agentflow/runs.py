@@ -33,12 +33,16 @@ def start(
     owner: Any = None,
     idempotency_key: str | None = None,
     budget: Budget | dict[str, Any] | None = None,
+    parent: WorkflowRun | None = None,
+    parent_step: str = "",
 ) -> WorkflowRun:
     """Validate ``input``, record a run and enqueue it once the current transaction commits.
 
     Raises ``WorkflowNotFound`` or ``InvalidInput`` before anything is recorded. With ``idempotency_key``,
     a second call with the same key, owner and workflow returns the first run instead of starting another.
     ``budget`` (``{"usd": ..., "tokens": ...}``) replaces the workflow's default spending limit for this run.
+    ``parent`` and ``parent_step`` link a child run to the run and step that started it
+    (``agentflow.run_workflow``).
     """
     wf = registry.get(workflow) if isinstance(workflow, str) else workflow
     if not isinstance(wf, Workflow):
@@ -62,6 +66,8 @@ def start(
                 owner_id=owner_id,
                 idempotency_key=idempotency_key,
                 budget=limit.as_dict() if limit is not None else None,
+                parent=parent,
+                parent_step=parent_step,
             )
     except IntegrityError:
         existing = _existing(wf.name, owner_id, idempotency_key) if idempotency_key else None
@@ -153,7 +159,10 @@ def wait(run: Any, timeout_seconds: float | None = None, *, raise_on_failure: bo
 
 def cancel(run: Any) -> WorkflowRun:
     """Ask a run to stop. A queued or waiting run is cancelled at once; a running one at its next step
-    boundary or heartbeat. Returns the run; finished runs are left as they are."""
+    boundary or heartbeat. Its child runs are cancelled too. Returns the run; finished runs are left as
+    they are."""
+    from .waits import cancel_children, wake_parent
+
     current = get_run(run)
     with transaction.atomic():
         locked = WorkflowRun.objects.select_for_update().get(pk=current.pk)
@@ -165,11 +174,16 @@ def cancel(run: Any) -> WorkflowRun:
         if cancelled_now:
             locked.status, locked.finished_at = RunStatus.CANCELLED, timezone.now()
             locked.epoch += 1  # fences the queued (or delayed) task
-            fields += ["status", "finished_at", "epoch"]
+            locked.wait_reason = ""
+            fields += ["status", "finished_at", "epoch", "wait_reason"]
         locked.save(update_fields=fields)
+        if cancelled_now and locked.parent_id is not None:
+            wake_parent(locked.parent_id)
     if cancelled_now:
         from .monitor import append_terminal
 
         # robust: the cancellation is committed; if Redis is down the monitor appends the event later.
         transaction.on_commit(lambda: append_terminal(locked), robust=True)
+    # A child never outlives its parent's cancellation (the monitor also cancels children of finished runs).
+    transaction.on_commit(lambda: cancel_children(locked.pk), robust=True)
     return locked

@@ -207,6 +207,45 @@ class StepSerializer(serializers.ModelSerializer):
         return step_usage(step.usage)
 
 
+class InputRequestSerializer(serializers.Serializer):
+    """A run's request for input (``agentflow.wait_for_input``)."""
+
+    key = serializers.CharField()
+    status = NamedChoiceField(
+        ["waiting", "answered", "timed_out", "closed"],
+        enum_name="InputStatus",
+        help_text="`closed`: the run finished without it being answered.",
+    )
+    prompt = serializers.CharField()
+    schema = serializers.JSONField(help_text="JSON Schema of the answer ({}: any JSON).")
+    requested_at = serializers.CharField(allow_null=True)
+    timeout_at = serializers.CharField(allow_null=True, help_text="When it times out (null: never).")
+    value = serializers.JSONField(allow_null=True, help_text="The answer, once answered.")
+    answered_by = serializers.CharField(allow_null=True, help_text="Username of who answered.")
+    answered_at = serializers.CharField(allow_null=True)
+    url = serializers.SerializerMethodField(help_text="POST the answer here.")
+
+    def get_url(self, request: Any) -> str:
+        run = self.context["run"]
+        path = reverse("agentflow:run-input", kwargs={"run_id": run.pk, "key": request.key})
+        return absolute_url(self.context, path)
+
+
+class ChildRunSerializer(serializers.ModelSerializer):
+    """A child run, as its parent lists it."""
+
+    status = NamedChoiceField(RunStatus.choices, enum_name="RunStatus", read_only=True)
+    url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = WorkflowRun
+        fields = ["id", "workflow", "status", "parent_step", "created_at", "finished_at", "url"]
+        read_only_fields = fields
+
+    def get_url(self, run: WorkflowRun) -> str:
+        return absolute_url(self.context, reverse("agentflow:run-detail", kwargs={"run_id": run.pk}))
+
+
 class RunUrlsSerializer(serializers.Serializer):
     self = serializers.URLField()
     events = serializers.URLField(help_text="History as JSON pages, or live as server-sent events.")
@@ -214,6 +253,8 @@ class RunUrlsSerializer(serializers.Serializer):
     cancel = serializers.URLField()
     resume = serializers.URLField()
     workflow = serializers.URLField()
+    inputs = serializers.URLField(help_text="The run's requests for input; answer one at `<inputs><key>/`.")
+    parent = serializers.URLField(allow_null=True, help_text="The parent run, for a child run.")
 
 
 class RunSerializer(serializers.ModelSerializer):
@@ -233,13 +274,21 @@ class RunSerializer(serializers.ModelSerializer):
     budget = serializers.SerializerMethodField(
         help_text="The run's spending limit, or null; reaching it fails the run (`budget_exceeded`)."
     )
+    wait_reason = serializers.SerializerMethodField(
+        help_text="What a waiting run waits for: `input`, `child`, `sleep`, `retry`, `slice` or `drain`; null "
+        "unless it is waiting."
+    )
+    parent = serializers.UUIDField(
+        source="parent_id", read_only=True, allow_null=True, help_text="The run that started this one."
+    )
 
     class Meta:
         model = WorkflowRun
         fields = [
-            "id", "workflow", "status", "input", "output", "error", "owner",
+            "id", "workflow", "status", "wait_reason", "input", "output", "error", "owner",
             "created_at", "started_at", "finished_at", "duration_seconds",
-            "epoch", "recoveries", "cancel_requested", "step_count", "usage", "budget", "urls", "stream_token",
+            "epoch", "recoveries", "cancel_requested", "step_count", "usage", "budget",
+            "parent", "parent_step", "urls", "stream_token",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -254,7 +303,7 @@ class RunSerializer(serializers.ModelSerializer):
         return {k: v for k, v in run.error.items() if k != "traceback"}
 
     @extend_schema_field(RunUrlsSerializer)
-    def get_urls(self, run: WorkflowRun) -> dict[str, str]:
+    def get_urls(self, run: WorkflowRun) -> dict[str, str | None]:
         def url(route: str, **kwargs: Any) -> str:
             return absolute_url(
                 self.context, reverse(f"agentflow:{route}", kwargs=kwargs or {"run_id": run.pk})
@@ -267,7 +316,12 @@ class RunSerializer(serializers.ModelSerializer):
             "cancel": url("run-cancel"),
             "resume": url("run-resume"),
             "workflow": url("workflow-detail", name=run.workflow),
+            "inputs": url("run-inputs"),
+            "parent": url("run-detail", run_id=run.parent_id) if run.parent_id else None,
         }
+
+    def get_wait_reason(self, run: WorkflowRun) -> str | None:
+        return (run.wait_reason or None) if run.status == RunStatus.WAITING else None
 
     def get_stream_token(self, run: WorkflowRun) -> str:
         return make_stream_token(run.pk)
@@ -282,13 +336,29 @@ class RunSerializer(serializers.ModelSerializer):
 
 
 class RunDetailSerializer(RunSerializer):
-    """A run with its steps: a flat list in execution order, ``parent_id`` making the tree."""
+    """A run with its steps: a flat list in execution order, ``parent_id`` making the tree; its requests for
+    input and its child runs."""
 
     steps = StepSerializer(many=True, read_only=True)
+    inputs = serializers.SerializerMethodField(help_text="Its requests for input, in the order it made them.")
+    children = serializers.SerializerMethodField(help_text="The runs it started (`agentflow.run_workflow`).")
 
     class Meta(RunSerializer.Meta):
-        fields = [*RunSerializer.Meta.fields, "steps"]
+        fields = [*RunSerializer.Meta.fields, "steps", "inputs", "children"]
         read_only_fields = fields
+
+    @extend_schema_field(InputRequestSerializer(many=True))
+    def get_inputs(self, run: WorkflowRun) -> list[dict[str, Any]]:
+        from .inputs import describe
+
+        rows = [step for step in run.steps.all() if step.component == "input"]
+        requests = [describe(row, run.status) for row in rows]
+        return InputRequestSerializer(requests, many=True, context={**self.context, "run": run}).data  # type: ignore[return-value]
+
+    @extend_schema_field(ChildRunSerializer(many=True))
+    def get_children(self, run: WorkflowRun) -> list[dict[str, Any]]:
+        children = run.children.order_by("created_at", "id")
+        return ChildRunSerializer(children, many=True, context=self.context).data  # type: ignore[return-value]
 
 
 class EventSerializer(serializers.Serializer):

@@ -198,6 +198,19 @@ class DjangoRunStore:
                 self._db_thread.submit(self._drain)
         return future
 
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` in this thread, or in the DB thread when this thread runs an event loop (Django forbids
+        synchronous queries there): the wait service's queries of async workflows go through here."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return fn()
+        with self._pending_lock:
+            if self._db_thread is None:
+                self._db_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="agentflow-db")
+            pool = self._db_thread
+        return pool.submit(fn).result()
+
     def save_step(self, record: StepRecord) -> None:
         try:
             asyncio.get_running_loop()

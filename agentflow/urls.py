@@ -20,4 +20,6 @@ urlpatterns = [
     path("runs/<str:run_id>/events/", views.RunEventsView.as_view(), name="run-events"),
     path("runs/<str:run_id>/cancel/", views.RunCancelView.as_view(), name="run-cancel"),
     path("runs/<str:run_id>/resume/", views.RunResumeView.as_view(), name="run-resume"),
+    path("runs/<str:run_id>/input/", views.RunInputListView.as_view(), name="run-inputs"),
+    path("runs/<str:run_id>/input/<str:key>/", views.RunInputView.as_view(), name="run-input"),
 ]

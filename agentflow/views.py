@@ -32,6 +32,7 @@ from .conf import agentflow_settings
 from .core.errors import InvalidInput, RunNotFound, RunTimeout
 from .core.serialization import stable_hash
 from .core.usage import Budget
+from .core.waits import WAIT_REASONS
 from .core.workflow import Workflow, registry
 from .exceptions import (
     IdempotencyKeyReused,
@@ -42,6 +43,7 @@ from .exceptions import (
     StreamUnavailable,
     exception_handler,
 )
+from .inputs import get_input, list_inputs, send_input
 from .models import RunStatus, WorkflowRun
 from .openapi import WorkflowInputSchema
 from .parsers import JSONParser
@@ -49,6 +51,7 @@ from .resume import resume
 from .serializers import (
     ErrorSerializer,
     EventPageSerializer,
+    InputRequestSerializer,
     ResumeRequestSerializer,
     RunDetailSerializer,
     RunSerializer,
@@ -61,13 +64,14 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 _ERROR_DESCRIPTIONS = {
-    400: "Bad request: `invalid_input` (with field errors), `malformed_json`, `invalid_parameter`, "
-    "`invalid_event_id` or `invalid_idempotency_key`.",
+    400: "Bad request: `invalid_input` or `invalid_answer` (with field errors), `malformed_json`, "
+    "`invalid_parameter`, `invalid_event_id` or `invalid_idempotency_key`.",
     401: "`not_authenticated`, `authentication_failed` or `invalid_stream_token`.",
     403: "`permission_denied` (or `not_authenticated` when no authentication scheme can be named).",
-    404: "`workflow_not_found` or `run_not_found` (also for another user's run).",
+    404: "`workflow_not_found`, `run_not_found` (also for another user's run) or `input_not_found`.",
     406: "`not_acceptable`: the Accept header asks for a format this endpoint does not produce.",
-    409: "`run_finished` or `not_resumable`: the run's state does not allow it.",
+    409: "`run_finished`, `not_resumable`, `input_already_answered` or `input_timed_out`: the run's state does "
+    "not allow it.",
     413: "`payload_too_large`: the body is over MAX_INPUT_BYTES.",
     415: "`unsupported_media_type`: the body must be application/json.",
     422: "`idempotency_key_reused`: the Idempotency-Key started a run with another input.",
@@ -357,6 +361,15 @@ class RunListView(AgentflowAPIView, generics.ListAPIView):
         workflow = self.request.query_params.get("workflow")
         if workflow:
             queryset = queryset.filter(workflow=workflow)
+        reason = self.request.query_params.get("wait_reason")
+        if reason:
+            if reason not in WAIT_REASONS:
+                raise InvalidParameter(
+                    "wait_reason",
+                    f"unknown reason {reason!r}: use {', '.join(WAIT_REASONS)}",
+                    kind="invalid_choice",
+                )
+            queryset = queryset.filter(status=RunStatus.WAITING, wait_reason=reason)
         wanted = self.request.query_params.get("status")
         if wanted:
             statuses = [s.strip() for s in wanted.split(",") if s.strip()]
@@ -377,6 +390,12 @@ class RunListView(AgentflowAPIView, generics.ListAPIView):
                 "status",
                 str,
                 description=f"Only runs in this status; several separated by commas. One of {', '.join(RunStatus.values)}.",
+            ),
+            OpenApiParameter(
+                "wait_reason",
+                str,
+                description="Only waiting runs that wait for this: `input` (a person's answer), `child` (a child "
+                f"run), ... One of {', '.join(WAIT_REASONS)}.",
             ),
         ],
         responses={200: RunSerializer(many=True), **_errors(400, 401, 403)},
@@ -523,3 +542,42 @@ class RunResumeView(AgentflowAPIView):
         resumed.owner = run.owner
         data = RunDetailSerializer(resumed, context={"request": request}).data
         return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["urls"]["self"]})
+
+
+# -- input -----------------------------------------------------------------------------------------------------
+
+
+class RunInputListView(AgentflowAPIView):
+    @extend_schema(responses={200: InputRequestSerializer(many=True), **_errors(401, 403, 404)})
+    def get(self, request: Request, run_id: str) -> Response:
+        """The run's requests for input (`agentflow.wait_for_input`), in the order it made them."""
+        run = get_visible_run(request, run_id)
+        return Response(
+            InputRequestSerializer(list_inputs(run), many=True, context={"request": request, "run": run}).data
+        )
+
+
+class RunInputView(AgentflowAPIView):
+    @extend_schema(responses={200: InputRequestSerializer, **_errors(401, 403, 404)})
+    def get(self, request: Request, run_id: str, key: str) -> Response:
+        """One request for input: its prompt, the JSON Schema of its answer, and its status."""
+        run = get_visible_run(request, run_id)
+        return Response(
+            InputRequestSerializer(get_input(run, key), context={"request": request, "run": run}).data
+        )
+
+    @extend_schema(
+        request=OpenApiTypes.ANY,
+        responses={
+            200: OpenApiResponse(InputRequestSerializer, description="Answered: the run continues."),
+            **_errors(400, 401, 403, 404, 409, 413, 415),
+        },
+    )
+    def post(self, request: Request, run_id: str, key: str) -> Response:
+        """Answer the run's request for input: the body is the answer, validated against the request's JSON
+        Schema (`400 invalid_answer` with field errors otherwise; the run keeps waiting). A second answer is
+        `409 input_already_answered`; so is an answer after the time-out (`input_timed_out`) or after the run
+        finished (`run_finished`)."""
+        run = get_visible_run(request, run_id)
+        answered = send_input(run, key, request.data, user=request.user)
+        return Response(InputRequestSerializer(answered, context={"request": request, "run": run}).data)

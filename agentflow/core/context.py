@@ -23,6 +23,7 @@ from .errors import BudgetExceeded, LeaseLost, RunSuspended, SliceEnded
 
 if TYPE_CHECKING:
     from .usage import Budget, Pricer
+    from .waits import WaitService
 
 COMPLETED = "completed"
 FAILED = "failed"
@@ -162,6 +163,7 @@ class RunContext:
         suspend_threshold_seconds: float | None = None,
         budget: Budget | None = None,
         pricer: Pricer | None = None,
+        waits: WaitService | None = None,
     ) -> None:
         self.run_id = run_id
         self.epoch = epoch
@@ -190,6 +192,8 @@ class RunContext:
         self._emit_lock = threading.Lock()
         self.budget = budget
         self.pricer = pricer
+        # What input waits and child workflows need beyond checkpoints (agentflow.core.waits); None: in memory.
+        self.waits = waits
         # Tokens and cost so far, replayed steps included (they were spent by this run, earlier).
         self.usage: dict[str, Any] = {}
         # Estimates of provider calls in flight, held against the budget (reserve_budget), how many calls
@@ -254,6 +258,26 @@ class RunContext:
         with self._emit_lock:
             frame.usage = merge(frame.usage if frame.usage is not None else {}, usage)
             merge(self.usage, usage)
+
+    def add_run_usage(self, usage: dict[str, Any] | None) -> None:
+        """Count ``usage`` (a finished child run's totals) in the run's totals."""
+        from .usage import merge
+
+        with self._emit_lock:
+            merge(self.usage, usage)
+
+    def remaining_budget(self) -> Budget | None:
+        """What the run may still spend (None: no limit), for a child run it starts."""
+        if self.budget is None:
+            return None
+        from .usage import Budget
+
+        with self._emit_lock:
+            spent_usd = float(self.usage.get("cost_usd") or 0.0) + self._reserved_usd
+            spent_tokens = int(self.usage.get("total_tokens") or 0) + self._reserved_tokens
+        usd = None if self.budget.usd is None else max(self.budget.usd - spent_usd, 1e-9)
+        tokens = None if self.budget.tokens is None else max(self.budget.tokens - spent_tokens, 1)
+        return Budget(usd=usd, tokens=tokens)
 
     def usage_snapshot(self) -> dict[str, Any]:
         """A copy of the run's totals, safe to read while steps in other threads record usage."""

@@ -62,6 +62,39 @@ class RunNotResumable(AgentflowError):
     code = "not_resumable"
 
 
+class RunAlreadyFinished(AgentflowError):
+    """The run has finished (completed, failed or cancelled): it takes no more answers."""
+
+    code = "run_finished"
+
+
+class InputNotFound(AgentflowError):
+    """The run has not asked for input under this key (yet): nothing to answer."""
+
+    code = "input_not_found"
+
+
+class InvalidAnswer(AgentflowError):
+    """An answer does not match the input's schema; ``details`` lists field errors. The run keeps waiting."""
+
+    code = "invalid_answer"
+
+
+class InputAlreadyAnswered(AgentflowError):
+    """The input was answered already: a second answer changes nothing (double-clicks are harmless)."""
+
+    code = "input_already_answered"
+
+
+class InputTimeout(AgentflowError):
+    """``wait_for_input`` got no answer within its ``timeout_seconds``; the workflow may catch it.
+
+    Also what ``send_input`` raises for an answer that comes after the time-out (HTTP 409).
+    """
+
+    code = "input_timed_out"
+
+
 class RunFailed(AgentflowError):
     """Raised by ``wait()`` when the awaited run ended failed or cancelled."""
 
@@ -163,7 +196,9 @@ class RunSuspended(RunInterrupted):
     """The incarnation hands its run back: it continues later, in a new Celery task, on any worker.
 
     ``wake_at`` (epoch seconds) is when the run may continue (a long retry delay or ``agentflow.sleep``);
-    ``None`` means at once. ``reason`` is ``"retry"``, ``"sleep"``, ``"slice"`` or ``"drain"``.
+    ``None`` means at once, except for ``"input"`` and ``"child"``, where it means when whatever the run waits for
+    happens (an answer, a child run's end). ``reason`` is ``"retry"``, ``"sleep"``, ``"slice"``, ``"drain"``,
+    ``"input"`` or ``"child"``.
     """
 
     code = "run_suspended"

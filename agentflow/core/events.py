@@ -26,6 +26,12 @@ STATUS = "status"
 DATA = "data"
 OUTPUT_DELTA = "output.delta"
 OUTPUT = "output"
+INPUT_REQUESTED = "input.requested"
+INPUT_RECEIVED = "input.received"
+INPUT_TIMED_OUT = "input.timed_out"
+CHILD_STARTED = "child.started"
+CHILD_COMPLETED = "child.completed"
+CHILD_FAILED = "child.failed"
 RUN_COMPLETED = "run.completed"
 RUN_FAILED = "run.failed"
 RUN_CANCELLED = "run.cancelled"
@@ -50,6 +56,12 @@ ALL_TYPES = frozenset(
         DATA,
         OUTPUT_DELTA,
         OUTPUT,
+        INPUT_REQUESTED,
+        INPUT_RECEIVED,
+        INPUT_TIMED_OUT,
+        CHILD_STARTED,
+        CHILD_COMPLETED,
+        CHILD_FAILED,
         RUN_COMPLETED,
         RUN_FAILED,
         RUN_CANCELLED,

@@ -169,7 +169,10 @@ def test_detail_has_everything_and_the_steps(api, alice, make_run):
         "cancel": base + "cancel/",
         "resume": base + "resume/",
         "workflow": "http://testserver/api/workflows/api-echo/",
+        "inputs": base + "input/",
+        "parent": None,
     }
+    assert (body["inputs"], body["children"], body["parent"], body["wait_reason"]) == ([], [], None, None)
     assert check_stream_token(body["stream_token"], run.pk)
     assert not check_stream_token(body["stream_token"], uuid.uuid4())
 
