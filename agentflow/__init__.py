@@ -36,6 +36,7 @@ from .core.errors import (
     WorkflowNotFound,
 )
 from .core.retry import RetryPolicy
+from .core.schedules import Schedule
 from .core.usage import Budget, record_usage
 from .core.waits import (
     run_workflow,
@@ -72,6 +73,7 @@ __all__ = [
     "RunNotResumable",
     "RunSuspended",
     "RunTimeout",
+    "Schedule",
     "SerializationError",
     "StepFailed",
     "StepTimeout",

@@ -212,3 +212,6 @@ def _check_providers(providers: Any) -> list[CheckMessage]:
         else:
             return []
     return [Error(f"AGENTFLOW['LLM_PROVIDERS'] {problem}", id="agentflow.E014")]
+
+
+from . import checks_schedules  # noqa: E402, F401  (registers the schedules' checks)

@@ -101,6 +101,15 @@ DEFAULTS: dict[str, Any] = {
     # the calls of this worker process for LLM_PROVIDER_COOLDOWN_SECONDS, when another provider serves them.
     "LLM_PROVIDER_FAILURE_THRESHOLD": 3,
     "LLM_PROVIDER_COOLDOWN_SECONDS": 30.0,
+    # Schedules (agentflow.schedules) declared in settings: {"<name>": {"workflow": ..., "cron": "0 9 * * *"
+    # or "every_seconds": 3600, "input": {...}, "catch_up": "latest" | "all" | "skip", "timezone": ...}}.
+    "SCHEDULES": {},
+    # Celery beat sends the agentflow.schedules task this often (agentflow.tasks.beat_schedule()); a tick starts
+    # at most this long after its time.
+    "SCHEDULER_INTERVAL_SECONDS": 5.0,
+    # A tick due longer ago than this (no scheduler ran meanwhile) is "missed": its schedule's catch_up policy
+    # decides whether it still gets a run. Ticks within it always do (a beat restart loses none).
+    "SCHEDULE_GRACE_SECONDS": 300.0,
 }
 
 REMOVED: dict[str, str] = {}

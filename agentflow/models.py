@@ -200,3 +200,60 @@ class RunEvent(models.Model):
             "ts": self.ts,
             "data": self.data,
         }
+
+
+class ScheduleSource(models.TextChoices):
+    CODE = "code", "Code (@workflow(schedule=...))"
+    SETTINGS = "settings", "Settings (AGENTFLOW['SCHEDULES'])"
+    ADMIN = "admin", "Admin"
+
+
+class CatchUp(models.TextChoices):
+    LATEST = "latest", "Latest: older missed ticks collapse into one run"
+    ALL = "all", "All: a run for every missed tick"
+    SKIP = "skip", "Skip: older missed ticks get no run"
+
+
+class Schedule(models.Model):
+    """When runs of a workflow start by themselves (``agentflow.schedules``, driven by Celery beat).
+
+    Rows come from ``@workflow(schedule=...)`` and ``AGENTFLOW["SCHEDULES"]`` (kept in step with them by the
+    scheduler, read-only in the admin) or are made in the admin. ``next_run_at`` is the next tick not yet
+    started; each tick's run has the idempotency key ``schedule:<name>:<tick>``, so it starts once.
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    workflow = models.CharField(max_length=100)
+    input = models.JSONField(default=dict, blank=True)
+    cron = models.CharField(
+        max_length=100, blank=True, default="", help_text="minute hour day-of-month month day-of-week"
+    )
+    every_seconds = models.FloatField(null=True, blank=True, help_text="Or: a tick every this many seconds.")
+    timezone = models.CharField(
+        max_length=64, blank=True, default="", help_text="Of cron; default TIME_ZONE."
+    )
+    catch_up = models.CharField(max_length=8, choices=CatchUp.choices, default=CatchUp.LATEST)
+    enabled = models.BooleanField(default=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="agentflow_schedules",
+        help_text="Owner of the runs it starts (none: visible to staff only).",
+    )
+    source = models.CharField(max_length=8, choices=ScheduleSource.choices, default=ScheduleSource.ADMIN)
+    next_run_at = models.DateTimeField(null=True, blank=True)
+    last_tick = models.DateTimeField(
+        null=True, blank=True, help_text="The latest tick a run was started for."
+    )
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [models.Index(fields=["enabled", "next_run_at"], name="agentflow_schedule_due")]
+
+    def __str__(self) -> str:
+        return self.name

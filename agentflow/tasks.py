@@ -30,14 +30,30 @@ def monitor_task() -> dict[str, int]:
     return check_runs().as_dict()
 
 
+@shared_task(name="agentflow.schedules", ignore_result=True, serializer="json")
+def schedules_task() -> dict[str, int]:
+    """Start the runs of the schedules' due ticks (``agentflow.schedules``); beat sends it often."""
+    from .schedules import dispatch
+
+    return dispatch().as_dict()
+
+
 def beat_schedule(every_seconds: float | None = None) -> dict[str, dict[str, object]]:
-    """A ``beat_schedule`` entry for the monitor, on its own queue: ``app.conf.beat_schedule.update(...)``."""
+    """``beat_schedule`` entries for the monitor and the scheduler, on the monitor's own queue:
+    ``app.conf.beat_schedule.update(beat_schedule())``. Any number of beat processes may send them."""
+    interval = agentflow_settings.scheduler_interval_seconds
     return {
         "agentflow-monitor": {
             "task": "agentflow.monitor",
             "schedule": every_seconds or max(1.0, agentflow_settings.heartbeat_interval_seconds),
             "options": {"queue": agentflow_settings.monitor_queue, "expires": 60},
-        }
+        },
+        "agentflow-schedules": {
+            "task": "agentflow.schedules",
+            "schedule": interval,
+            # A pass that waited longer than this is stale: the next one starts the same ticks anyway.
+            "options": {"queue": agentflow_settings.monitor_queue, "expires": max(interval * 2, 1.0)},
+        },
     }
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from .context import RunContext, _frame, _run
 from .errors import InvalidInput, WorkflowAlreadyRegistered, WorkflowNotFound
+from .schedules import Schedule, parse_schedules
 from .serialization import adapter_for, to_jsonable
 from .usage import Budget
 
@@ -44,6 +45,7 @@ class Workflow(Generic[P, R]):
         name: str,
         description: str,
         budget: Budget | dict[str, Any] | None = None,
+        schedule: Schedule | list[Schedule] | None = None,
     ) -> None:
         if not _NAME_RE.match(name):
             raise TypeError(
@@ -55,6 +57,8 @@ class Workflow(Generic[P, R]):
         self.description = description
         # The default spending limit of its runs (start(budget=...) overrides it).
         self.budget = Budget.parse(budget)
+        # When runs start by themselves (agentflow.schedules); each named, by default after the workflow.
+        self.schedules: tuple[Schedule, ...] = parse_schedules(schedule)
         self.is_async = inspect.iscoroutinefunction(fn)
         self.input_model = self._build_input_model(fn)
         hints = get_type_hints(fn)
@@ -197,6 +201,7 @@ def workflow(
     name: str | None = None,
     description: str | None = None,
     budget: Budget | dict[str, Any] | None = None,
+    schedule: Schedule | list[Schedule] | None = None,
 ) -> Callable[[Callable[P, R]], Workflow[P, R]]: ...
 
 
@@ -207,12 +212,14 @@ def workflow(
     name: str | None = None,
     description: str | None = None,
     budget: Budget | dict[str, Any] | None = None,
+    schedule: Schedule | list[Schedule] | None = None,
 ) -> Any:
     """Register ``fn`` as a workflow: ``@workflow`` or ``@workflow(name="blog-post", description=...)``.
 
     The name defaults to the function's name with ``_`` as ``-``; the description to its docstring.
     ``budget`` (``{"usd": 0.5, "tokens": 200_000}`` or a :class:`~agentflow.Budget`) stops each run once
-    its usage reaches either limit.
+    its usage reaches either limit. ``schedule`` (a :class:`~agentflow.Schedule` or a list of them) starts
+    runs on a timetable through Celery beat (docs/topics/schedules.md).
     """
 
     def wrap(func: Callable[..., Any]) -> Workflow[Any, Any]:
@@ -223,6 +230,7 @@ def workflow(
             name=name or func.__name__.replace("_", "-"),
             description=description if description is not None else inspect.cleandoc(func.__doc__ or ""),
             budget=budget,
+            schedule=schedule,
         )
         registry.register(wf)
         return wf

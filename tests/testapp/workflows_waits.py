@@ -103,3 +103,9 @@ def fan_out_children(tag: str, children: int = 3) -> list:
     return agentflow.run_workflows(
         "slow-child", [{"tag": f"{tag}-{i}", "steps": 1, "delay_seconds": 0.05} for i in range(children)]
     )
+
+
+@workflow(name="scheduled-hello", schedule=agentflow.Schedule(every_seconds=3600, input={"who": "world"}))
+def scheduled_hello(who: str) -> str:
+    """Declares a schedule in code (tests/test_schedules.py)."""
+    return f"hello {who}"
