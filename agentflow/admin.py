@@ -26,6 +26,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import ngettext
 
+from .admin_waits import RunWaitsAdminMixin, WaitReasonFilter
 from .models import FINISHED_STATUSES, RunStatus, StepRun, StepStatus, WorkflowRun
 from .spending import budget_limits, step_usage, usage_totals, usage_value
 
@@ -242,7 +243,7 @@ class LightChangeListMixin:
 
 
 @admin.register(WorkflowRun)
-class WorkflowRunAdmin(LightChangeListMixin, admin.ModelAdmin):
+class WorkflowRunAdmin(RunWaitsAdminMixin, LightChangeListMixin, admin.ModelAdmin):
     list_display = (
         "short_id",
         "workflow",
@@ -255,7 +256,7 @@ class WorkflowRunAdmin(LightChangeListMixin, admin.ModelAdmin):
         "created_at",
         "recoveries",
     )
-    list_filter = ("status", "workflow", BudgetFilter, "created_at")
+    list_filter = ("status", WaitReasonFilter, "workflow", BudgetFilter, "created_at")
     # A full run id is matched exactly in get_search_results; "^id" finds a run by the short id listed.
     search_fields = ("^id", "workflow", "owner__username", "idempotency_key")
     search_help_text = "A run id (or its start), workflow, owner's username or idempotency key."
@@ -267,7 +268,8 @@ class WorkflowRunAdmin(LightChangeListMixin, admin.ModelAdmin):
     show_full_result_count = False
     actions = ("cancel_runs",)
     fieldsets = (
-        (None, {"fields": ("id", "workflow", "status_display", "owner", "idempotency_key")}),
+        (None, {"fields": ("id", "workflow", "status_display", "wait_reason", "owner", "idempotency_key")}),
+        ("Parent", {"fields": ("parent_link", "parent_step"), "classes": ("collapse",)}),
         ("Timing", {"fields": ("created_at", "started_at", "finished_at", "duration", "heartbeat_at")}),
         ("Data", {"fields": ("input_json", "output_json", "error_json")}),
         ("Usage", {"fields": ("usage_totals", "usage_by_model", "budget_display")}),
@@ -316,6 +318,13 @@ class WorkflowRunAdmin(LightChangeListMixin, admin.ModelAdmin):
     @admin.display(description="status", ordering="status")
     def status_display(self, obj: WorkflowRun) -> SafeString:
         return status_badge(obj.status, obj.get_status_display())
+
+    @admin.display(description="parent run")
+    def parent_link(self, obj: WorkflowRun) -> str:
+        if obj.parent_id is None:
+            return self.get_empty_value_display()
+        url = reverse(f"{self.admin_site.name}:agentflow_workflowrun_change", args=[obj.parent_id])
+        return format_html('<a href="{}">{}</a>', url, obj.parent_id)
 
     @admin.display(description="steps")
     def steps(self, obj: WorkflowRun) -> int:
@@ -464,6 +473,7 @@ class WorkflowRunAdmin(LightChangeListMixin, admin.ModelAdmin):
                 events_error=events_error,
                 event_limit=EVENT_LIMIT,
                 events_truncated=len(events) >= EVENT_LIMIT,
+                **self.waits_context(request, obj),
             )
         return super().render_change_form(request, context, add, change, form_url, obj)
 
