@@ -19,3 +19,10 @@ def noop_steps(steps: int) -> int:
 
 
 from . import workflows_llm  # noqa: E402,F401  (bench-llm-fanout, for bench/llm_fanout.py)
+
+
+@workflow(name="bench-asks", description="Waits for one answer, then returns it (input latency benchmark).")
+def asks() -> object:
+    import agentflow
+
+    return agentflow.wait_for_input("go", schema={"type": "integer"}, prompt="Go?")
