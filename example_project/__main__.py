@@ -6,7 +6,9 @@ without $OPENAI_API_KEY it starts agentflow's fake OpenAI-compatible server (a s
 made-up words at a realistic pace) and points the LLM provider at it. Then it migrates, starts a Celery worker
 (with beat, for the monitor) in another process, starts a ``blog-post`` run, prints its events live as a
 client would see them and its token usage and cost, and serves the admin at http://127.0.0.1:8000/admin/
-(user ``admin``, password ``admin``) until Ctrl-C.
+(user ``admin``, password ``admin``) until Ctrl-C. The run asks for approval of its outline: answered on
+the terminal (``--approve ask``, the default on a terminal) or at once (``--approve yes``, the default
+otherwise).
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         "--no-serve", action="store_true", help="exit after the run instead of serving the admin"
     )
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--approve",
+        choices=["ask", "yes"],
+        default="ask" if sys.stdin.isatty() else "yes",
+        help="the run asks a person to approve its outline: ask on this terminal, or approve at once",
+    )
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
@@ -87,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         processes.append(worker)
         print(f"Celery worker started (pid {worker.pid})\n")
 
-        status = _run_and_follow(args.topic, args.words, args.sections, args.budget_usd)
+        status = _run_and_follow(
+            args.topic, args.words, args.sections, args.budget_usd, args.approve, args.port
+        )
         if args.no_serve:
             return 0 if status == "completed" else 1
         print(f"\nAdmin: http://127.0.0.1:{args.port}/admin/  (admin / admin)  — Ctrl-C to stop")
@@ -118,7 +128,9 @@ def _demo_admin() -> None:
         users.objects.create_superuser("admin", "admin@example.com", "admin")
 
 
-def _run_and_follow(topic: str, words: int, sections: int, budget_usd: float | None) -> str:
+def _run_and_follow(
+    topic: str, words: int, sections: int, budget_usd: float | None, approve: str = "yes", port: int = 8000
+) -> str:
     import agentflow
     from agentflow import streams
 
@@ -133,6 +145,8 @@ def _run_and_follow(topic: str, words: int, sections: int, budget_usd: float | N
         for event in streams.tail_events(str(run.id), last_id, block_ms=5000):
             last_id = event["id"]
             print_event(event)
+            if event["type"] == "input.requested":
+                _answer(run, event, approve, port)
             if event["type"] in ("run.completed", "run.failed", "run.cancelled"):
                 run.refresh_from_db()
                 print(f"\nRun {run.status} in {run.duration_seconds or 0:.1f} s with {run.step_count} steps.")
@@ -144,6 +158,26 @@ def _run_and_follow(topic: str, words: int, sections: int, budget_usd: float | N
                     print(f"Error: {run.error.get('code')}: {run.error.get('message')}")
                 _print_usage(run.usage or {}, run.budget or {})
                 return run.status
+
+
+def _answer(run: Any, event: dict[str, Any], approve: str, port: int) -> None:
+    """Answer the run's request for input (the outline's approval) with ``agentflow.send_input``: what the
+    REST API, the admin's form and the browser do too."""
+    import agentflow
+
+    key = event["data"]["key"]
+    print(
+        f"  The run waits for input {key!r}; its worker is free meanwhile. Over REST (with the server up):\n"
+        "    curl -X POST -H 'Authorization: Token <token>' -H 'Content-Type: application/json' \\\n"
+        f"         -d '{{\"approved\": true}}' http://127.0.0.1:{port}/api/runs/{run.id}/input/{key}/"
+    )
+    if approve == "yes":
+        answer: dict[str, Any] = {"approved": True}
+        print("  Approving it (--approve yes).")
+    else:
+        reply = input("  Approve this outline? [Y/n] ").strip().lower()
+        answer = {"approved": reply in ("", "y", "yes")}
+    agentflow.send_input(run, key, answer)
 
 
 def _print_usage(usage: dict[str, Any], budget: dict[str, Any]) -> None:
@@ -183,6 +217,8 @@ class _Printer:
             print(f"  [{data['label']}] {data['value'].strip()}")  # a section's tokens, as they stream
         elif kind == "data":
             print(f"  [data] {data['label']}: {data['value']}")
+        elif kind == "input.requested":
+            print(f"  [input.requested] {data['key']}: {data['prompt']}")
         elif kind in ("step.started", "step.completed", "step.retrying", "step.failed"):
             print(f"  [{kind}] {event['step']} (attempt {event['attempt']})")
         elif kind != "output":

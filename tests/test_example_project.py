@@ -55,6 +55,10 @@ def test_example_project_runs_the_blog_post_workflow_on_the_embedded_default(tmp
     assert "Database: sqlite3" in out
     assert "started a fake OpenAI server" in out
     assert "[run.started]" in out and "[run.completed]" in out
+    # The run asked for approval of its outline, waited without its worker, and went on once approved.
+    assert "[input.requested] outline: Approve this outline? " in out and "Approving it" in out
+    assert out.index("[input.requested]") < out.index("[run.waiting]") < out.index("[run.continued]")
+    assert "[input.received]" in out and "/input/outline/" in out
     # The outline is one LLM call step; the five sections are drafted by agentflow.map, each draft step
     # holding its LLM call step, whose streamed tokens arrive as "section <n>" data events.
     assert "[step.completed] outline#0 (" in out

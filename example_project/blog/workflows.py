@@ -1,5 +1,10 @@
-"""The example workflow: an "agent" that researches a topic, has an LLM outline a post, then drafts every
-section at once, streaming each section's tokens as they arrive.
+"""The example workflow: an "agent" that researches a topic, has an LLM outline a post, asks a person to
+approve the outline (or change its headings), then drafts every section at once, streaming each section's
+tokens as they arrive.
+
+The approval is ``agentflow.wait_for_input_async``: the run is suspended (its worker free) until someone
+answers ``{"approved": true}`` over REST (``POST /api/runs/<id>/input/outline/``), in the admin's run page,
+on the terminal of ``python -m example_project``, or in the browser. ``review=false`` skips it.
 
 Every LLM call goes through agentflow's wrapped OpenAI client (:mod:`agentflow.llm`), so inside the run each
 call is a durable step: retried on 429s and provider errors, checkpointed (a recovered or resumed run does not
@@ -13,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Annotated
 
 from django.conf import settings
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, StringConstraints
 
 import agentflow
 from agentflow import component, workflow
@@ -35,6 +41,21 @@ class Post(BaseModel):
     model: str
     sections: list[Section]
     words: int
+    # False when the person reviewing the outline rejected it (or did not answer in time): nothing was drafted.
+    approved: bool = True
+
+
+class OutlineReview(BaseModel):
+    """A person's answer to "approve this outline?": the JSON Schema the API validates answers against.
+
+    Module-level, so the API validates answers with this very model; ``headings`` replaces the outline's.
+    """
+
+    approved: bool
+    headings: list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]] | None = Field(
+        default=None, min_length=1, max_length=12
+    )
+    notes: str = ""
 
 
 @component
@@ -81,8 +102,16 @@ async def draft(job: dict[str, str | int]) -> str:
 
 
 @workflow(name="blog-post", budget={"usd": 0.05})
-async def blog_post(topic: str, words_per_section: int = 20, sections: int = 5, model: str = "") -> Post:
-    """Research a topic, have an LLM outline a post, then draft every section at once, streaming them."""
+async def blog_post(
+    topic: str,
+    words_per_section: int = 20,
+    sections: int = 5,
+    model: str = "",
+    review: bool = True,
+    review_timeout_seconds: float = 24 * 3600,
+) -> Post:
+    """Research a topic, have an LLM outline a post, ask a person to approve the outline, then draft every
+    section at once, streaming them."""
     model = model or getattr(settings, "EXAMPLE_LLM_MODEL", "gpt-4o-mini")
     agentflow.status("Researching", progress=0.0)
     angles = ["history", "state of the art", "open problems"]
@@ -106,6 +135,23 @@ async def blog_post(topic: str, words_per_section: int = 20, sections: int = 5, 
     agentflow.stream_output("\n")
     headings = headings_from(outline.text, sections)
     agentflow.publish("outline", {"headings": headings})
+
+    if review:
+        # The run is handed back here: no worker waits for the person, for minutes or for days.
+        agentflow.status("Waiting for approval of the outline", progress=0.3)
+        try:
+            decision = await agentflow.wait_for_input_async(
+                "outline",
+                schema=OutlineReview,
+                prompt="Approve this outline? " + " / ".join(headings),
+                timeout_seconds=review_timeout_seconds,
+            )
+        except agentflow.InputTimeout:
+            decision = OutlineReview(approved=False, notes="no answer in time")
+        if not decision.approved:
+            agentflow.status("Outline rejected: nothing drafted", progress=1.0)
+            return Post(title=topic.title(), model=model, sections=[], words=0, approved=False)
+        headings = decision.headings or headings
 
     agentflow.status(f"Drafting {len(headings)} sections at once", progress=0.4)
     jobs = [
