@@ -43,3 +43,14 @@ def test_inline_executor_runs_start_synchronously_with_real_backends(redis_clien
     assert run.status == "completed" and run.output["sections"] == 2
     assert counts(tag) == {"fetch": 1, "outline": 1, "write": 1}
     assert [e["type"] for e in streams.read_events(str(run.id))][-1] == "run.completed"
+
+
+def test_run_inline_answers_input_and_runs_child_workflows():
+    from agentflow.testing import run_inline
+
+    result = run_inline("asks-approval", {"tag": "inline"}, answers={"approve": {"approved": True, "notes": "ok"}})
+    assert result.output == {"published": True, "notes": "ok", "after": "after"}
+    assert [e["type"] for e in result.of_type("input.received")] == ["input.received"]
+    with pytest.raises(agentflow.RunSuspended):
+        run_inline("asks-approval", {"tag": "inline-2"})
+    assert run_inline("fan-out-children", {"tag": "inline-3", "children": 2}).output == [0, 0]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..core.context import StepRecord
-from ..core.memory import MemoryCache, MemorySink, MemoryStore, run_in_memory
+from ..core.memory import MemoryCache, MemoryRun
 from ..core.usage import Budget, Pricer
 from ..core.workflow import Workflow, registry
 
@@ -55,24 +55,22 @@ def run_inline(
     *,
     cache: MemoryCache | None = None,
     budget: Budget | dict[str, Any] | None = None,
+    answers: dict[str, Any] | None = None,
 ) -> InlineRun:
     """Validate ``input`` and run ``workflow`` to the end in this thread; exceptions propagate.
 
     Usage is priced with ``AGENTFLOW["LLM_PRICES"]`` when Django is configured; ``budget`` replaces the
     workflow's (a ``BudgetExceeded`` then propagates like any other exception). ``usage`` holds the totals.
+    ``answers`` answers ``agentflow.wait_for_input`` by key (the run replays after each, as it would on a
+    worker; a question without an answer raises ``RunSuspended``). Child workflows run at once, in memory.
     """
     wf = registry.get(workflow) if isinstance(workflow, str) else workflow
-    store, sink = MemoryStore(), MemorySink()
-    output, ctx = run_in_memory(
-        wf,
-        input,
-        store=store,
-        sink=sink,
-        cache=cache or MemoryCache(),
-        budget=Budget.parse(budget),
-        pricer=_pricer(),
+    run = MemoryRun(
+        wf, input, answers=answers, cache=cache or MemoryCache(), budget=Budget.parse(budget), pricer=_pricer()
     )
-    return InlineRun(output=output, events=sink.events, steps=dict(store.records), usage=ctx.usage)
+    output = run.run()
+    assert run.ctx is not None
+    return InlineRun(output=output, events=run.sink.events, steps=dict(run.store.records), usage=run.ctx.usage)
 
 
 def _pricer() -> Pricer | None:
