@@ -75,3 +75,43 @@ def test_idempotency_keys_are_unique_for_runs_without_an_owner_too():
     with pytest.raises(IntegrityError), transaction.atomic():
         WorkflowRun.objects.create(workflow="w", idempotency_key="k")
     WorkflowRun.objects.create(workflow="other", idempotency_key="k")  # per workflow
+
+
+def test_recovery_announces_the_waits_the_dead_incarnation_checkpointed_but_did_not_announce(redis_client):
+    from agentflow.models import StepRun
+
+    run = WorkflowRun.objects.create(workflow="w", status=RunStatus.RUNNING, epoch=1)
+    run_id = str(run.id)
+    first = streams.RedisSink(run_id, 1, streams.claim(run_id, 1))
+    emit(first, ev.RUN_STARTED)
+    first.flush()
+    streams.mark_incarnation_start(run_id, first.first_id)
+    emit(first, ev.CHILD_STARTED, "workflow:kid#0", run="c1", workflow="kid")  # announced before the death
+    first.close()
+    request = {"key": "approve", "prompt": "OK?", "schema": {"type": "boolean"}}
+    StepRun.objects.create(run=run, step_id="workflow:kid#0", component="workflow:kid", status="waiting",
+                           output={"run": "c1", "workflow": "kid"}, epoch=1)  # fmt: skip
+    # Checkpointed by the dead incarnation, which died before its input.requested reached the stream.
+    StepRun.objects.create(run=run, step_id="input:approve", component="input", status="waiting",
+                           input=request, output={"timeout_at": None}, epoch=1)  # fmt: skip
+    StepRun.objects.create(
+        run=run,
+        step_id="input:old",
+        component="input",
+        status="waiting",
+        input={**request, "key": "old"},
+        output={},
+        epoch=0,
+    )  # an earlier one's: not ours
+
+    run.epoch = 2
+    claim = streams.claim(run_id, 2)
+    second = streams.RedisSink(run_id, 2, claim)
+    _announce_recovery(run, second, claim.start, {})
+    second.close()
+
+    repaired = [e for e in streams.read_events(run_id) if e["epoch"] == 2 and e["type"] != ev.RUN_RECOVERED]
+    assert [(e["type"], e["step"]) for e in repaired] == [(ev.INPUT_REQUESTED, "input:approve")]
+    assert repaired[0]["data"] == {
+        "key": "approve", "prompt": "OK?", "schema": {"type": "boolean"}, "timeout_at": None, "recovered": True,
+    }  # fmt: skip

@@ -48,7 +48,9 @@ def test_inline_executor_runs_start_synchronously_with_real_backends(redis_clien
 def test_run_inline_answers_input_and_runs_child_workflows():
     from agentflow.testing import run_inline
 
-    result = run_inline("asks-approval", {"tag": "inline"}, answers={"approve": {"approved": True, "notes": "ok"}})
+    result = run_inline(
+        "asks-approval", {"tag": "inline"}, answers={"approve": {"approved": True, "notes": "ok"}}
+    )
     assert result.output == {"published": True, "notes": "ok", "after": "after"}
     assert [e["type"] for e in result.of_type("input.received")] == ["input.received"]
     with pytest.raises(agentflow.RunSuspended):
