@@ -32,7 +32,8 @@ _KEEP: Any = object()
 def resume(run: Any, *, budget: Any = _KEEP) -> WorkflowRun:
     """Queue a failed or cancelled run again, from its last checkpoint. Returns the run, now ``queued``.
 
-    In one transaction: the run's failed step checkpoints are deleted, its error, output, finish time,
+    In one transaction: the run's failed step checkpoints are deleted, its failed or cancelled child runs
+    are resumed too (keeping their budgets), its error, output, finish time,
     cancellation request and recovery count are cleared, and its epoch is bumped (fencing anything a former
     incarnation still holds). Once that commits, the run's stream is made persistent again (rebuilt from the
     archive if it expired) and the run is enqueued; the worker that takes it emits ``run.started``.
@@ -76,6 +77,10 @@ def resume(run: Any, *, budget: Any = _KEEP) -> WorkflowRun:
         )  # fmt: skip
         run_id, epoch = str(locked.pk), locked.epoch
         transaction.on_commit(lambda: _reopen_and_enqueue(run_id, epoch))
+        # Its failed or cancelled child runs go on too: the steps that started them run again (a failed
+        # step) or wait for them again (a step cancelled while it waited), and find the same child runs.
+        for child_id in locked.children.filter(status__in=RESUMABLE_STATUSES).values_list("pk", flat=True):
+            resume(child_id)
     return locked
 
 

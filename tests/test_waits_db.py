@@ -79,3 +79,18 @@ def test_a_childs_end_makes_its_waiting_parent_due_in_the_same_transaction(recor
     cancel(child)
     parent.refresh_from_db()
     assert parent.wake_at is not None and (str(parent.pk), 3, None) in recorder.enqueued
+
+
+def test_resuming_a_parent_resumes_its_failed_or_cancelled_children(recorder):
+    from agentflow.resume import resume
+
+    parent = WorkflowRun.objects.create(workflow="p", status=RunStatus.CANCELLED, epoch=2)
+    cancelled = WorkflowRun.objects.create(workflow="c", status=RunStatus.CANCELLED, parent=parent, epoch=1)
+    done = WorkflowRun.objects.create(workflow="c", status=RunStatus.COMPLETED, parent=parent, epoch=1)
+    StepRun.objects.create(run=parent, step_id="workflow:c#0", component="workflow:c", status="waiting",
+                           output={"run": str(cancelled.pk)})  # fmt: skip
+    resume(parent)
+    cancelled.refresh_from_db()
+    done.refresh_from_db()
+    assert (cancelled.status, cancelled.epoch) == ("queued", 2) and done.status == "completed"
+    assert {run_id for run_id, _, _ in recorder.enqueued} == {str(parent.pk), str(cancelled.pk)}

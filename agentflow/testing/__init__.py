@@ -66,11 +66,18 @@ def run_inline(
     """
     wf = registry.get(workflow) if isinstance(workflow, str) else workflow
     run = MemoryRun(
-        wf, input, answers=answers, cache=cache or MemoryCache(), budget=Budget.parse(budget), pricer=_pricer()
+        wf,
+        input,
+        answers=answers,
+        cache=cache or MemoryCache(),
+        budget=Budget.parse(budget),
+        pricer=_pricer(),
     )
     output = run.run()
     assert run.ctx is not None
-    return InlineRun(output=output, events=run.sink.events, steps=dict(run.store.records), usage=run.ctx.usage)
+    return InlineRun(
+        output=output, events=run.sink.events, steps=dict(run.store.records), usage=run.ctx.usage
+    )
 
 
 def _pricer() -> Pricer | None:
