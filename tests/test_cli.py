@@ -18,3 +18,32 @@ def test_version_subcommand_prints_the_version() -> None:
 def test_unknown_subcommand_is_an_error_naming_the_choices() -> None:
     with pytest.raises(CommandError, match=r"invalid choice: 'nope'.*version"):
         call_command("agentflow", "nope")
+
+
+@pytest.mark.django_db
+def test_answer_subcommand_lists_and_answers_a_runs_input(django_capture_on_commit_callbacks) -> None:
+    from agentflow.models import StepRun, WorkflowRun
+
+    run = WorkflowRun.objects.create(workflow="asks-approval", status="waiting", wait_reason="input", epoch=1)
+    StepRun.objects.create(
+        run=run, step_id="input:go", component="input", status="waiting", attempts=0,
+        input={"key": "go", "prompt": "Go?", "schema": {"type": "boolean"}}, output={"timeout_at": None},
+    )  # fmt: skip
+    out = io.StringIO()
+    call_command("agentflow", "answer", str(run.pk), stdout=out)
+    assert out.getvalue().splitlines()[:2] == ["go [waiting] Go?", '  schema: {"type": "boolean"}']
+
+    with pytest.raises(SystemExit) as refused:
+        call_command("agentflow", "answer", str(run.pk), "go", '"yes"', stdout=(out := io.StringIO()))
+    assert (
+        refused.value.code == 1
+        and "invalid_answer" in out.getvalue()
+        and "is not of type 'boolean'" in out.getvalue()
+    )
+    with pytest.raises(SystemExit) as not_json:
+        call_command("agentflow", "answer", str(run.pk), "go", "{nope", stdout=io.StringIO())
+    assert not_json.value.code == 2
+    with django_capture_on_commit_callbacks():
+        call_command("agentflow", "answer", str(run.pk), "go", "true", stdout=(out := io.StringIO()))
+    assert out.getvalue().strip() == "answered 'go': true; the run continues"
+    assert StepRun.objects.get(run=run, step_id="input:go").output["answer"] is True
