@@ -23,3 +23,23 @@ def arm_deadline(seconds: float) -> None:
 
 def disarm_deadline() -> None:
     signal.alarm(0)
+
+
+BENCH_MARKER = "agentflow-bench:this-database-belongs-to-the-bench"
+
+
+def claim_redis() -> None:
+    """Stop unless ``BENCH_REDIS_URL``'s database is the bench's: empty (then marked) or marked already.
+
+    The benchmarks delete keys by pattern (Celery's results and queues among them), so, like the test suite
+    (tests/redisdb.py), they refuse a database holding keys they did not mark. Needs Django set up.
+    """
+    import redis
+    from django.conf import settings
+
+    from tests.redisdb import NotOurDatabase, claim
+
+    try:
+        claim(redis.Redis.from_url(settings.BENCH_REDIS_URL), marker=BENCH_MARKER, variable="BENCH_REDIS_URL")
+    except NotOurDatabase as exc:
+        raise SystemExit(str(exc)) from None

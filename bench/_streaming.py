@@ -35,6 +35,10 @@ def setup_django() -> None:
     django.setup()
     from django.core.management import call_command
 
+    from bench import claim_redis
+
+    claim_redis()
+
     call_command("migrate", verbosity=0, interactive=False)
 
 

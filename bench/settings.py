@@ -2,7 +2,8 @@
 
 Environment overrides: BENCH_DB_NAME (default ``agentflow_bench``; created if missing), BENCH_REDIS_URL
 (default ``redis://127.0.0.1:6379/14``: broker, result backend, agentflow streams and cache all live there,
-under their own keys) and the PGHOST/PGPORT/PGUSER of tests.settings.
+under their own keys) and the PGHOST/PGPORT/PGUSER of tests.settings. The benchmarks delete keys there by
+pattern, so they refuse a database that holds keys but not their mark (``bench.claim_redis``).
 """
 
 import os

@@ -73,6 +73,10 @@ def ensure_database() -> None:
 def reset_state() -> None:
     """Empty the bench's tables and delete its Redis keys (streams, results, queued messages)."""
     from django.conf import settings
+
+    from bench import claim_redis
+
+    claim_redis()
     from django.db import connection
 
     from agentflow import streams

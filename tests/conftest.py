@@ -23,6 +23,7 @@ import redis
 from django.conf import settings
 
 from agentflow.core import events as ev
+from tests import redisdb
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -46,12 +47,32 @@ def redis_client() -> redis.Redis:
 
 @pytest.fixture(scope="session", autouse=True)
 def _clean_redis() -> Iterator[None]:
-    """Start every session on an empty test Redis database (db 15, used by nothing else)."""
+    """Start every session on an empty test Redis database: ``AGENTFLOW_TEST_REDIS_URL`` (tests/settings.py),
+    flushed only if the suite marked it as its own (tests/redisdb.py), never ``REDIS_URL``."""
     client = redis.Redis.from_url(settings.REDIS_URL)
-    # Without Redis, the tests that need it skip (or fail in CI) through `redis_client`.
-    with contextlib.suppress(redis.ConnectionError):
-        client.flushdb()
+    try:
+        redisdb.reset(client)
+    except redisdb.NotOurDatabase as exc:
+        pytest.exit(str(exc), returncode=pytest.ExitCode.USAGE_ERROR)
+    except redis.ConnectionError:
+        pass  # the tests that need Redis skip (or fail in CI) through `redis_client`
     yield
+
+
+@pytest.fixture
+def private_redis() -> Iterator[redisdb.PrivateRedis]:
+    """A redis-server of this test's own (any of its 16 databases), never the shared test server."""
+    binary = redisdb.redis_server_path()
+    if binary is None:
+        if IN_CI:
+            raise RuntimeError("redis-server is required in CI")
+        pytest.skip("no redis-server binary")
+    server = redisdb.PrivateRedis(binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
 
 
 class AsgiServer:

@@ -4,6 +4,8 @@ import json
 import os
 from typing import Any
 
+from tests.redisdb import redis_url_for_tests
+
 SECRET_KEY = "agentflow-tests-not-secret"
 DEBUG = False
 USE_TZ = True
@@ -67,7 +69,8 @@ else:
         }
     }
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
+# The suite's own Redis database, never $REDIS_URL (the example project's and yours): see tests/redisdb.py.
+REDIS_URL = redis_url_for_tests()
 
 CACHES = {
     "default": {

