@@ -27,6 +27,7 @@ from django.utils.safestring import SafeString
 from django.utils.translation import ngettext
 
 from .admin_waits import RunWaitsAdminMixin, WaitReasonFilter
+from .core.money import format_usd
 from .models import FINISHED_STATUSES, RunStatus, StepRun, StepStatus, WorkflowRun
 from .spending import budget_limits, step_usage, usage_totals, usage_value
 
@@ -92,12 +93,7 @@ def format_tokens(tokens: int) -> str:
 
 def format_cost(usd: float | None) -> str:
     """``"$1.25"``, ``"$0.0042"``, ``"$0.00000015"``: cents for dollars, else the significant digits."""
-    if usd is None:
-        return "unpriced"
-    if usd == 0 or abs(usd) >= 1:
-        return f"${usd:,.2f}"
-    whole, _, cents = f"{usd:.10f}".rstrip("0").partition(".")
-    return f"${whole}.{cents.ljust(2, '0')}"
+    return "unpriced" if usd is None else format_usd(usd)
 
 
 def cost_text(usd: float, unpriced_calls: int) -> str:

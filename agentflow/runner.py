@@ -303,7 +303,7 @@ def _execute(run_id: str, epoch: int, worker: str) -> str | None:
         except RunCancelled:
             status = RunStatus.CANCELLED
         except BudgetExceeded as exc:
-            logger.info("run %s stopped: %s", run_id, exc)
+            logger.info("%s", exc)  # "run <id> spent $..., reaching its budget of $..."
             status, error = RunStatus.FAILED, _error_dict(exc)
         except Exception as exc:
             logger.info("run %s failed: %s", run_id, exc, exc_info=not isinstance(exc, AgentflowError))

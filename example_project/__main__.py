@@ -9,11 +9,15 @@ client would see them and its token usage and cost, and serves the admin at http
 (user ``admin``, password ``admin``) until Ctrl-C. The run asks for approval of its outline: answered on
 the terminal (``--approve ask``, the default on a terminal) or at once (``--approve yes``, the default
 otherwise).
+
+Ctrl-C stops the worker, then the fake LLM server, then the embedded Redis, and exits with status 0 while
+serving (the normal end), 130 when it interrupts the run before that.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -49,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     # Stopped with SIGTERM (not only Ctrl-C): still stop the worker and the embedded Redis on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     var_dir = Path(os.environ.get("AGENTFLOW_VAR_DIR", ROOT / "var"))
-    processes: list[subprocess.Popen[Any]] = []
+    # What to stop on the way out, in start order; stopped in reverse: the worker first (its warm shutdown
+    # still needs Redis and the LLM server), then the fake LLM server, then Redis. The children run in
+    # sessions of their own, so a Ctrl-C in the terminal reaches only this process, which stops them in
+    # that order.
     stoppers: list[Callable[[], None]] = []
     try:
         from example_project.embedded import describe, reachable, start_embedded_redis
@@ -59,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Redis: {describe(url)}")
         else:
             url, redis_process = start_embedded_redis(var_dir)
-            processes.append(redis_process)
+            stoppers.append(lambda: _stop(redis_process))
             print(f"Redis: none reachable, started an embedded one at {describe(url)}")
         os.environ["REDIS_URL"] = url
 
@@ -92,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
              "-c", "2", "-l", "warning", "--without-mingle", "--without-gossip"],
             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
         )  # fmt: skip
-        processes.append(worker)
+        stoppers.append(lambda: _stop(worker))
         print(f"Celery worker started (pid {worker.pid})\n")
 
         status = _run_and_follow(
@@ -101,15 +108,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_serve:
             return 0 if status == "completed" else 1
         print(f"\nAdmin: http://127.0.0.1:{args.port}/admin/  (admin / admin)  — Ctrl-C to stop")
+        # Returns on Ctrl-C (the server handles SIGINT): the normal way to end, exit status 0.
         call_command("runserver", f"127.0.0.1:{args.port}", use_reloader=False)
         return 0
-    except KeyboardInterrupt:
-        return 0
+    except KeyboardInterrupt:  # Ctrl-C before serving: the run was interrupted
+        print()
+        return 130
     finally:
-        for process in reversed(processes):
-            _stop(process)
-        for stop in stoppers:
-            stop()
+        if stoppers:
+            print("Stopping...", flush=True)
+        for stop in reversed(stoppers):
+            # A second Ctrl-C while stopping must not leave children behind.
+            with contextlib.suppress(KeyboardInterrupt):
+                stop()
 
 
 def _start_fake_openai(words: int) -> Any:
@@ -226,7 +237,7 @@ class _Printer:
 
 
 def _stop(process: subprocess.Popen[Any]) -> None:
-    # SIGTERM to the main process only: Celery then shuts its pool down warmly.
+    # SIGTERM to the main process only: Celery then shuts its pool down warmly; Redis exits at once.
     if process.poll() is not None:
         return
     process.terminate()

@@ -42,6 +42,8 @@ def start_embedded_redis(var_dir: Path, timeout_seconds: float = 10.0) -> tuple[
          "--dir", str(var_dir), "--logfile", str(var_dir / "redis.log")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # Out of the terminal's process group: Ctrl-C must not kill Redis before the worker has stopped.
+        start_new_session=True,
     )  # fmt: skip
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + timeout_seconds

@@ -169,11 +169,12 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 
+# agentflow's INFO lines go to the root logger's handler, and nowhere else: a handler of its own would print
+# each line twice in the Celery worker, which gives the root logger its own handler.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {
-        "agentflow": {"handlers": ["console"], "level": os.environ.get("AGENTFLOW_LOG_LEVEL", "INFO")}
-    },
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {"agentflow": {"level": os.environ.get("AGENTFLOW_LOG_LEVEL", "INFO")}},
 }

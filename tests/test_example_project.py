@@ -3,15 +3,19 @@ worker, and the fake OpenAI server in its own process behind the blog workflow's
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
+import httpx
+import pexpect
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +26,8 @@ def unused_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_example_project_runs_the_blog_post_workflow_on_the_embedded_default(tmp_path):
+def example_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a machine without Redis, a database URL or an OpenAI key."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -41,6 +46,11 @@ def test_example_project_runs_the_blog_post_workflow_on_the_embedded_default(tmp
         AGENTFLOW_VAR_DIR=str(tmp_path),
         PYTHONPATH=str(ROOT),
     )
+    return env
+
+
+def test_example_project_runs_the_blog_post_workflow_on_the_embedded_default(tmp_path):
+    env = example_env(tmp_path)
     result = subprocess.run(
         [sys.executable, "-m", "example_project", "--no-serve", "--words", "3"],
         cwd=ROOT,
@@ -72,3 +82,77 @@ def test_example_project_runs_the_blog_post_workflow_on_the_embedded_default(tmp
     assert calls == 6 and completion_tokens == 6 * 3 and cost > 0  # fake-model is priced in the settings
     assert "Budget: $0.05 a run" in out
     assert (tmp_path / "example.sqlite3").exists()
+
+
+def children_of(parent: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after its closing parenthesis.
+            if int(stat.rpartition(")")[2].split()[1]) == parent:
+                found.append(int(entry))
+    return found
+
+
+def test_ctrl_c_stops_worker_then_llm_server_then_redis_quietly_and_logs_the_budget_once(tmp_path):
+    """Driven in a pseudo-terminal, where Ctrl-C reaches the whole foreground process group."""
+    port = unused_port()
+    transcript = io.StringIO()
+    child = pexpect.spawn(
+        sys.executable,
+        [
+            "-m",
+            "example_project",
+            "--words",
+            "3",
+            "--budget-usd",
+            "0.00002",
+            "--approve",
+            "yes",
+            "--port",
+            str(port),
+        ],
+        cwd=str(ROOT),
+        env=example_env(tmp_path),
+        encoding="utf-8",
+        timeout=120,
+        logfile=transcript,
+    )
+    try:
+        child.expect(r"started an embedded one at 127\.0\.0\.1:(\d+)")
+        redis_port = int(child.match.group(1))
+        child.expect(r"Celery worker started \(pid (\d+)\)")
+        worker_pid = int(child.match.group(1))
+        child.expect("Ctrl-C to stop")
+
+        def serving() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/admin/login/", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(serving, 60, "the example project to serve the admin")
+        # Ctrl-C reaches the terminal's foreground process group: the launcher only, not Redis, the fake LLM
+        # server or the worker, which the launcher stops itself, in order (Redis last).
+        children = children_of(child.pid)
+        assert len(children) == 3, children  # Redis, the fake LLM server, the worker
+        assert all(os.getpgid(pid) != os.getpgid(child.pid) for pid in children)
+        child.sendintr()
+        child.expect(pexpect.EOF, timeout=60)
+    finally:
+        child.close(force=True)
+    out = transcript.getvalue()
+    assert child.exitstatus == 0, out
+    assert "Traceback" not in out and "Error" not in out.replace("Error: budget_exceeded", ""), out
+    # The budget message reads as money and is logged once (plus the launcher's own "Error:" line).
+    assert out.count("reaching its budget of $0.00002") == 2, out
+    assert "e-05" not in out
+    # Every child is gone: the worker (its process) and the embedded Redis (its port).
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker_pid, 0)
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", redis_port), timeout=1):
+        pass

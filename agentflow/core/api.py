@@ -31,10 +31,11 @@ def status(text: str, progress: float | None = None) -> None:
     """Tell the run's subscribers what is happening: a ``status`` event (``progress`` from 0 to 1)."""
     if not isinstance(text, str):
         raise TypeError(f"status text must be a str, not {type(text).__name__}")
-    if progress is not None and (
-        not isinstance(progress, int | float) or isinstance(progress, bool) or not 0 <= progress <= 1
-    ):
-        raise TypeError(f"progress must be a number from 0 to 1 or None, not {progress!r}")
+    if progress is not None:
+        if not isinstance(progress, int | float) or isinstance(progress, bool):
+            raise TypeError(f"progress must be a number from 0 to 1 or None, not {progress!r}")
+        if not 0 <= progress <= 1:  # also NaN
+            raise ValueError(f"progress must be from 0 to 1 (a fraction: 0.5 is half way), not {progress!r}")
     data: dict[str, Any] = {"text": text}
     if progress is not None:
         data["progress"] = progress

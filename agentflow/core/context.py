@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from . import events as ev
 from .errors import BudgetExceeded, LeaseLost, RunSuspended, SliceEnded
+from .money import format_usd
 
 if TYPE_CHECKING:
     from .usage import Budget, Pricer
@@ -413,7 +414,7 @@ class RunContext:
             "cost_usd": float(self.usage.get("cost_usd") or 0.0),
         }
         if limit == "usd":
-            spent, held_now = f"${usage['cost_usd']:.6f}", f"${self._reserved_usd:.6f}"
+            spent, held_now = format_usd(usage["cost_usd"]), format_usd(self._reserved_usd)
         else:
             spent, held_now = f"{usage['total_tokens']} tokens", f"{self._reserved_tokens} tokens"
         if self._reserved_tokens or self._reserved_usd:
@@ -422,7 +423,7 @@ class RunContext:
             spent += f" with {held_now} more held by calls in flight"
         return BudgetExceeded(
             f"run {self.run_id} spent {spent}, reaching its budget of "
-            + (f"${budget.usd}" if limit == "usd" else f"{budget.tokens} tokens"),
+            + (format_usd(budget.usd or 0.0) if limit == "usd" else f"{budget.tokens} tokens"),
             limit=limit,
             budget=budget.as_dict(),
             usage=usage,

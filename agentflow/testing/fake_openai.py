@@ -171,7 +171,10 @@ class FakeOpenAIProcess(_Control):
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")])),
         }
-        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
+        # Its own session: a Ctrl-C in the terminal is for the parent, which stops the server when it is done.
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True
+        )
         stdout = self.process.stdout
         assert stdout is not None
         ready: list[str] = []

@@ -413,8 +413,6 @@ def test_current_step_names_the_run_step_and_attempt():
     ("call", "message"),
     [
         (lambda: agentflow.status(5), "status text"),  # type: ignore[arg-type]
-        (lambda: agentflow.status("x", progress=1.5), "progress"),
-        (lambda: agentflow.status("x", progress=-0.1), "progress"),
         (lambda: agentflow.status("x", progress=True), "progress"),
         (lambda: agentflow.status("x", progress="half"), "progress"),  # type: ignore[arg-type]
         (lambda: agentflow.publish("", 1), "label"),
@@ -426,6 +424,12 @@ def test_current_step_names_the_run_step_and_attempt():
 def test_content_apis_reject_bad_arguments(call, message):
     with pytest.raises(TypeError, match=message):
         call()
+
+
+@pytest.mark.parametrize("progress", [5, 1.5, -0.1, float("nan")])
+def test_a_progress_out_of_range_is_a_value_error_naming_the_range(progress):
+    with pytest.raises(ValueError, match=r"progress must be from 0 to 1 \(a fraction"):
+        agentflow.status("x", progress=progress)
 
 
 def test_content_events_carry_their_data():

@@ -19,6 +19,7 @@ from agentflow import (
 )
 from agentflow.core.context import RunContext
 from agentflow.core.memory import MemorySink, MemoryStore
+from agentflow.core.money import format_usd
 from agentflow.core.usage import merge
 
 
@@ -171,8 +172,33 @@ def test_the_budget_is_checked_before_each_step_and_cannot_be_swallowed():
         "budget": {"usd": 1.0},
         "usage": {"calls": 3, "total_tokens": 120, "cost_usd": 1.2},
     }
+    assert str(stopped.value) == "run r spent $1.20, reaching its budget of $1.00"
     with pytest.raises(BudgetExceeded, match="100 tokens"):
         flow.execute({}, context(MemoryStore(), budget=Budget(tokens=100)))
+
+
+def test_a_tiny_budget_reads_as_money_not_as_a_float():
+    @component
+    def spend() -> None:
+        record_usage("m", prompt_tokens=10, completion_tokens=0, cost_usd=0.000021)
+
+    @workflow(name="core-usage-tiny-budget")
+    def flow() -> None:
+        spend()
+        spend()
+
+    with pytest.raises(BudgetExceeded) as stopped:
+        flow.execute({}, context(MemoryStore(), budget=Budget(usd=0.00002)))
+    assert str(stopped.value) == "run r spent $0.000021, reaching its budget of $0.00002"
+
+
+@pytest.mark.parametrize(
+    ("usd", "text"),
+    [(0, "$0.00"), (0.05, "$0.05"), (2e-05, "$0.00002"), (1.5e-07, "$0.00000015"), (1234.567, "$1,234.57"),
+     (-0.25, "-$0.25")],
+)  # fmt: skip
+def test_format_usd(usd, text):
+    assert format_usd(usd) == text
 
 
 def test_budget_parsing():
