@@ -199,6 +199,21 @@ def event_rows(run_id: str) -> tuple[list[dict[str, Any]], str]:
     return [{**event, "data_json": compact_json(event.get("data"))} for event in events], ""
 
 
+def worker_notice_context(run: WorkflowRun | None = None) -> dict[str, str]:
+    """The banner of the run pages when no live worker consumes the run queue (a queued run: "waiting for a
+    worker")."""
+    from .health import worker_notice
+
+    notice = worker_notice()
+    if notice is None:
+        return {}
+    if run is not None and run.status == RunStatus.QUEUED:
+        notice = f"This run is queued, waiting for a worker: {notice}."
+    else:
+        notice = f"Runs wait: {notice}."
+    return {"agentflow_worker_notice": notice}
+
+
 class BudgetFilter(admin.SimpleListFilter):
     title = "spending"
     parameter_name = "spending"
@@ -450,6 +465,11 @@ class WorkflowRunAdmin(RunWaitsAdminMixin, LightChangeListMixin, admin.ModelAdmi
             )
             self.message_user(request, msg % failed, messages.ERROR)
 
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        return super().changelist_view(request, {**(extra_context or {}), **worker_notice_context()})
+
     def render_change_form(
         self,
         request: HttpRequest,
@@ -470,6 +490,7 @@ class WorkflowRunAdmin(RunWaitsAdminMixin, LightChangeListMixin, admin.ModelAdmi
                 event_limit=EVENT_LIMIT,
                 events_truncated=len(events) >= EVENT_LIMIT,
                 **self.waits_context(request, obj),
+                **worker_notice_context(obj),
             )
         return super().render_change_form(request, context, add, change, form_url, obj)
 

@@ -9,7 +9,7 @@ class AgentflowConfig(AppConfig):
     def ready(self) -> None:
         from django.utils.module_loading import autodiscover_modules
 
-        from . import checks  # noqa: F401  (registers the system checks)
+        from . import checks, setup_checks  # noqa: F401  (registers the system checks)
 
         # Every installed app's workflows.py registers its workflows by being imported.
         autodiscover_modules("workflows")

@@ -20,12 +20,17 @@ from .conf import agentflow_settings
 
 
 class Executor(Protocol):
+    #: Whether runs execute on workers in other processes (which the worker registry tracks), not here.
+    uses_workers: bool
+
     def enqueue(self, run_id: str, epoch: int, *, countdown_seconds: float | None = None) -> None:
         """Arrange for ``runner.execute_run(run_id, epoch)`` to be called, at least once (not before
         ``countdown_seconds``, when given: a suspended run's wake-up)."""
 
 
 class CeleryExecutor:
+    uses_workers = True
+
     def enqueue(self, run_id: str, epoch: int, *, countdown_seconds: float | None = None) -> None:
         from .tasks import execute_run_task
 
@@ -39,6 +44,7 @@ class InProcessExecutor:
     use Celery in production (the monitor still recovers runs the process left behind)."""
 
     max_workers = 4
+    uses_workers = False
 
     def __init__(self) -> None:
         self._pool = _pool(self.max_workers)
@@ -54,6 +60,8 @@ class InProcessExecutor:
 
 class InlineExecutor:
     """Executes the run at once in the calling thread (after the transaction commits)."""
+
+    uses_workers = False
 
     def enqueue(self, run_id: str, epoch: int, *, countdown_seconds: float | None = None) -> None:
         from .runner import execute_run

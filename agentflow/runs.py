@@ -133,7 +133,7 @@ def wait(run: Any, timeout_seconds: float | None = None, *, raise_on_failure: bo
                 break
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise RunTimeout(f"run {run_id} did not finish within {timeout}s (it is {current.status})")
+            raise _timeout(run_id, timeout, current.status)
         try:
             events = streams.tail_events(run_id, last_id, block_ms=max(1, int(min(remaining, 1.0) * 1000)))
         except Exception:
@@ -155,6 +155,21 @@ def wait(run: Any, timeout_seconds: float | None = None, *, raise_on_failure: bo
             details={"status": current.status, "error": error},
         )
     return current.output
+
+
+def _timeout(run_id: str, timeout: float, status: str) -> RunTimeout:
+    """What ``wait()`` raises when time is up: says so when the run is queued and no live worker consumes its
+    queue (``details["reason"]``: ``"no_live_worker"``), the usual cause of a run that never starts."""
+    details = {"status": status, "reason": "run_timeout"}
+    message = f"run {run_id} did not finish within {timeout:g}s (it is {status})"
+    if status == RunStatus.QUEUED:
+        from .health import worker_notice
+
+        notice = worker_notice()
+        if notice:
+            details.update(reason="no_live_worker", queue=str(agentflow_settings.task_queue))
+            message = f"run {run_id} did not finish within {timeout:g}s: it is queued, waiting for a worker; {notice}"
+    return RunTimeout(message, details=details)
 
 
 def cancel(run: Any) -> WorkflowRun:

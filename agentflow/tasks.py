@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import shared_task
-from celery.signals import worker_process_init, worker_shutting_down
+from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from .conf import agentflow_settings
 
@@ -65,8 +65,25 @@ def _drain_on_shutdown(**kwargs: Any) -> None:
     also sets a Redis key that the prefork pool's child processes watch.
     """
     from .runner import announce_drain
+    from .workers import mark_draining
 
+    mark_draining()
     announce_drain()
+
+
+@worker_ready.connect
+def _register_worker(sender: Any = None, **kwargs: Any) -> None:
+    """The worker registry (``agentflow.workers``): register, then beat every HEARTBEAT_INTERVAL_SECONDS."""
+    from .workers import start_heartbeat
+
+    start_heartbeat(sender)
+
+
+@worker_shutdown.connect
+def _unregister_worker(**kwargs: Any) -> None:
+    from .workers import stop_heartbeat
+
+    stop_heartbeat()
 
 
 @worker_process_init.connect

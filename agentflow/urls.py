@@ -10,6 +10,7 @@ from . import views
 app_name = "agentflow"
 
 urlpatterns = [
+    path("health/", views.HealthView.as_view(), name="health"),
     path("workflows/", views.WorkflowListView.as_view(), name="workflow-list"),
     path("workflows/<str:name>/", views.WorkflowDetailView.as_view(), name="workflow-detail"),
     path("workflows/<str:name>/runs/", views.WorkflowRunsView.as_view(), name="workflow-start"),

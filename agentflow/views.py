@@ -19,13 +19,13 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import generics, status
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination
-from rest_framework.permissions import IsAuthenticated
+from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from . import archive, runs, sse, streams
+from . import archive, health, runs, sse, streams
 from .access import visible_runs
 from .authentication import IsAuthenticatedOrStreamGrant, StreamGrant, StreamTokenAuthentication
 from .conf import agentflow_settings
@@ -161,6 +161,38 @@ def int_param(request: Request, name: str, default: int, maximum: int) -> int:
     return int(raw)
 
 
+# -- health ----------------------------------------------------------------------------------------------------
+
+
+class HealthView(AgentflowAPIView):
+    """``GET /api/health/``: liveness for anyone, the full report (``agentflow.health``) for staff."""
+
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        responses={
+            200: OpenApiResponse(
+                OpenApiTypes.OBJECT,
+                description='Anyone: `{"status": "ok"}` (this process answers). Staff (session or API token): '
+                "the report of every check, workers and settings in force, with `status` `ok` or `warning`.",
+            ),
+            503: OpenApiResponse(
+                OpenApiTypes.OBJECT, description="Staff: the report, with `status` `error` (a check failed)."
+            ),
+        }
+    )
+    def get(self, request: Request) -> Response:
+        """Whether this server answers, and for staff whether the database, Redis, the broker, the cache and
+        the workers are there."""
+        if not request.user.is_staff:
+            # Liveness only: no detail of the deployment, and no dependency that could take the web process
+            # out of a load balancer's rotation when Redis or the workers have a problem.
+            return Response({"status": "ok"})
+        result = health.report()
+        data = result.as_dict()
+        return Response(data, status=503 if result.status == health.ERROR else 200)
+
+
 # -- workflows -------------------------------------------------------------------------------------------------
 
 
@@ -292,7 +324,10 @@ class WorkflowRunView(StartRunMixin, AgentflowAPIView):
                 RunDetailSerializer, description="The run finished: completed, failed or cancelled."
             ),
             (202, "application/json"): OpenApiResponse(
-                RunDetailSerializer, description="Still running after the time-out: the run as it is now."
+                RunDetailSerializer,
+                description="Not finished after the time-out: the run as it is now, with `notice`: "
+                '`{"code": "no_live_worker", "message": ...}` when it is queued and no live worker consumes '
+                'its queue, else `{"code": "run_timeout", "message": ...}`.',
             ),
             (200, "text/event-stream"): OpenApiResponse(
                 OpenApiTypes.STR, description="The run's events as server-sent events, until it ends."
@@ -313,9 +348,12 @@ class WorkflowRunView(StartRunMixin, AgentflowAPIView):
             return sse.event_stream_response(str(run.pk), None)
         try:
             finished = runs.wait(run, timeout_seconds=timeout, raise_on_failure=False)
-        except RunTimeout:
+        except RunTimeout as exc:
             current = WorkflowRun.objects.select_related("owner").get(pk=run.pk)
             data = RunDetailSerializer(current, context={"request": request}).data
+            # The run as it is now, and why the answer came before its end.
+            reason = (exc.details or {}).get("reason")
+            data["notice"] = {"code": reason or exc.code, "message": exc.message}
             return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["urls"]["self"]})
         return Response(RunDetailSerializer(finished, context={"request": request}).data)
 

@@ -21,3 +21,13 @@ def rate_limit(prefix: str, limit_key: str, part: str) -> str:
     """A rate limit's ``log`` (sorted set of acquisitions), ``totals`` (hash) or ``block`` (a 429's
     Retry-After, with a PX expiry). ``{limit_key}`` is a hash tag, so one Lua script may touch all three."""
     return f"{prefix}ratelimit:{{{limit_key}}}:{part}"
+
+
+def workers(prefix: str) -> str:
+    """Sorted set of the workers that registered (member: worker id, score: last heartbeat, epoch seconds)."""
+    return f"{prefix}workers"
+
+
+def worker(prefix: str, worker_id: str) -> str:
+    """A worker's registration (JSON), expiring when its heartbeats stop: ``agentflow.workers``."""
+    return f"{prefix}worker:{worker_id}"
