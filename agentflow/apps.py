@@ -13,3 +13,16 @@ class AgentflowConfig(AppConfig):
 
         # Every installed app's workflows.py registers its workflows by being imported.
         autodiscover_modules("workflows")
+        _record_discovery()
+
+
+def _record_discovery() -> None:
+    """Tell the registry where workflows were looked for, for its "no workflow is named" message."""
+    from django.apps import apps
+    from django.utils.module_loading import module_has_submodule
+
+    from .core.workflow import Discovery, registry
+
+    configs = apps.get_app_configs()
+    found = tuple(f"{c.name}.workflows" for c in configs if module_has_submodule(c.module, "workflows"))
+    registry.discovery = Discovery(modules=found, scanned=tuple(c.name for c in configs))

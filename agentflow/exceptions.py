@@ -107,6 +107,18 @@ class StreamUnavailable(ApiError):
     default_code = "stream_unavailable"
 
 
+class AsgiRequired(ApiError):
+    """An event stream asked of a WSGI server, which would buffer it whole until the run ends."""
+
+    status_code = status.HTTP_501_NOT_IMPLEMENTED
+    default_detail = (
+        "Server-sent events need an ASGI server (uvicorn, daphne): under WSGI the stream would be held back "
+        "until the run ends. Serve the project with e.g. `uvicorn <project>.asgi:application`, or read the "
+        "events as JSON pages (Accept: application/json, ?after=<last id>)."
+    )
+    default_code = "asgi_required"
+
+
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"code": code, "message": message, "details": details}
 

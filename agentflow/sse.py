@@ -11,7 +11,8 @@
     : keep-alive
 
 The body is produced by an async iterator: under ASGI Django streams it as it comes (a sync iterator would be
-consumed whole first), and it needs ASGI. Every subscriber of a server process shares one Redis reader
+consumed whole first), and it needs ASGI: under WSGI the views answer 501 ``asgi_required`` at once
+(:func:`require_asgi`) instead of a response that would say nothing until the run ends. Every subscriber of a server process shares one Redis reader
 (:mod:`agentflow.hub`). Docs: docs/topics/streaming.md.
 """
 
@@ -21,11 +22,13 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from django.core.handlers.wsgi import WSGIRequest
 from django.http import StreamingHttpResponse
 from rest_framework.renderers import BaseRenderer
 
 from . import streams
 from .conf import agentflow_settings
+from .exceptions import AsgiRequired
 from .hub import Event, SubscriptionDropped, get_hub
 
 KEEP_ALIVE = b": keep-alive\n\n"
@@ -41,6 +44,13 @@ class EventStreamRenderer(BaseRenderer):
     def render(self, data, accepted_media_type=None, renderer_context=None):  # type: ignore[no-untyped-def]
         # Only error responses are rendered through here; event streams are StreamingHttpResponses.
         return ("event: error\ndata: " + json.dumps(data) + "\n\n").encode()
+
+
+def require_asgi(request: Any) -> None:
+    """Raise ``AsgiRequired`` (501) when ``request`` came through a WSGI server, where Django would consume
+    the stream's async iterator whole before sending a byte: the client would wait for the run's end."""
+    if isinstance(getattr(request, "_request", request), WSGIRequest):
+        raise AsgiRequired()
 
 
 def event_stream_response(run_id: str, after: str | None) -> StreamingHttpResponse:

@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import redis
+from django.apps import apps
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpResponse
@@ -20,6 +21,7 @@ from rest_framework import generics, status
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer, TemplateHTMLRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -74,6 +76,7 @@ _ERROR_DESCRIPTIONS = {
     "not allow it.",
     413: "`payload_too_large`: the body is over MAX_INPUT_BYTES.",
     415: "`unsupported_media_type`: the body must be application/json.",
+    501: "`asgi_required`: an event stream was asked of a server running WSGI.",
     422: "`idempotency_key_reused`: the Idempotency-Key started a run with another input.",
 }
 
@@ -98,9 +101,15 @@ class AgentflowAPIView(APIView):
         return [throttle() for throttle in api_settings.DEFAULT_THROTTLE_CLASSES]
 
     def get_renderers(self) -> list[Any]:
-        return [
+        renderers = [
             renderer() for renderer in [*api_settings.DEFAULT_RENDERER_CLASSES, *self.extra_renderer_classes]
         ]
+        if not apps.is_installed("rest_framework"):
+            # DRF's HTML pages need the templates of the rest_framework app: without it (system check
+            # agentflow.E031) they would be a 500 TemplateDoesNotExist; answer JSON instead.
+            html = (BrowsableAPIRenderer, TemplateHTMLRenderer)
+            renderers = [r for r in renderers if not isinstance(r, html)] or [JSONRenderer()]
+        return renderers
 
     def get_exception_handler(self) -> Any:
         return exception_handler
@@ -332,7 +341,7 @@ class WorkflowRunView(StartRunMixin, AgentflowAPIView):
             (200, "text/event-stream"): OpenApiResponse(
                 OpenApiTypes.STR, description="The run's events as server-sent events, until it ends."
             ),
-            **_errors(400, 401, 403, 404, 406, 413, 415, 422),
+            **_errors(400, 401, 403, 404, 406, 413, 415, 422, 501),
         },
     )
     def post(self, request: Request, name: str) -> Any:
@@ -341,6 +350,8 @@ class WorkflowRunView(StartRunMixin, AgentflowAPIView):
         A run that fails is not an error of the request: the answer is 200 with the failed run and its error.
         """
         wants_stream = self.wants_event_stream(request)
+        if wants_stream:
+            sse.require_asgi(request)  # before the run is recorded: a 501 starts nothing
         limit = agentflow_settings.wait_timeout_seconds
         timeout = limit if wants_stream else _timeout_param(request, limit)
         run, _replayed = self.start_run(request, name)
@@ -481,7 +492,7 @@ class RunEventsView(AgentflowAPIView):
             (204, "text/event-stream"): OpenApiResponse(
                 description="The run ended and nothing follows `after`."
             ),
-            **_errors(400, 401, 403, 404, 406),
+            **_errors(400, 401, 403, 404, 406, 501),
         },
     )
     def get(self, request: Request, run_id: str) -> Any:
@@ -495,6 +506,7 @@ class RunEventsView(AgentflowAPIView):
             if sse.stream_is_over(run, after):
                 # Ends an EventSource's reconnecting; a plain response, so no renderer writes a body.
                 return HttpResponse(status=status.HTTP_204_NO_CONTENT)
+            sse.require_asgi(request)
             return sse.event_stream_response(str(run.pk), after)
 
         after = event_id_param(request.query_params.get("after"), "after")

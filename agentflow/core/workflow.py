@@ -7,10 +7,12 @@ output's, come from the type hints through pydantic.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import inspect
 import re
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
@@ -157,6 +159,9 @@ class Registry:
     def __init__(self) -> None:
         self._workflows: dict[str, Workflow[Any, Any]] = {}
         self._lock = threading.Lock()
+        #: Where workflows were looked for, for the "not found" message: set by whoever discovers them
+        #: (agentflow's AppConfig: the ``workflows`` modules of installed apps).
+        self.discovery: Discovery | None = None
 
     def register(self, wf: Workflow[Any, Any]) -> None:
         with self._lock:
@@ -175,13 +180,47 @@ class Registry:
         try:
             return self._workflows[name]
         except KeyError:
-            raise WorkflowNotFound(f"no workflow is named {name!r}", details={"workflow": name}) from None
+            raise self.not_found(name) from None
+
+    def not_found(self, name: str) -> WorkflowNotFound:
+        """The error for an unknown name: close names, and where workflows are discovered from."""
+        names = sorted(self._workflows)
+        wanted = str(name).strip().lower().replace("_", "-")
+        close = [n for n in names if n == wanted] or difflib.get_close_matches(wanted, names, n=3, cutoff=0.6)
+        message = f"no workflow is named {name!r}."
+        if close:
+            message += f" Did you mean {' or '.join(repr(n) for n in close)}?"
+        elif names:
+            listed = ", ".join(repr(n) for n in names[:20]) + (", ..." if len(names) > 20 else "")
+            message += f" Registered: {listed}."
+        details: dict[str, Any] = {"workflow": name, "suggestions": close}
+        if self.discovery is not None:
+            message += f" {self.discovery.explain()}."
+            details["discovered_from"] = list(self.discovery.modules)
+        return WorkflowNotFound(message, details=details)
 
     def all(self) -> list[Workflow[Any, Any]]:
         return sorted(self._workflows.values(), key=lambda wf: wf.name)
 
     def __contains__(self, name: object) -> bool:
         return name in self._workflows
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """Where a registry's workflows were looked for: the modules imported, among how many places."""
+
+    modules: tuple[str, ...]  # e.g. ("blog.workflows",)
+    scanned: tuple[str, ...]  # e.g. the installed apps' names
+    pattern: str = "<app>/workflows.py"
+
+    def explain(self) -> str:
+        found = ", ".join(self.modules) if self.modules else "none"
+        return (
+            f"Workflows are registered when their module is imported: agentflow imports {self.pattern} of "
+            f"every installed app ({len(self.scanned)} scanned; found: {found}). A workflow defined "
+            "elsewhere is registered only once something imports its module"
+        )
 
 
 def _qualified(fn: Callable[..., Any]) -> str:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.contrib.auth.models import User
+from django.test import AsyncClient
 from django.urls import reverse
+from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from agentflow.models import WorkflowRun
@@ -50,6 +54,35 @@ def api(client_for: Callable[[User | None], APIClient], alice: User) -> APIClien
 @pytest.fixture
 def anonymous() -> APIClient:
     return APIClient()
+
+
+class AsgiClient:
+    """Requests through Django's ASGI handler (its AsyncClient), from sync tests, with an API token.
+
+    Event streams need ASGI: through the test client's WSGI handler they answer 501 ``asgi_required``, as
+    under a WSGI server. Headers go in ``headers={...}``.
+    """
+
+    def __init__(self, token: str | None) -> None:
+        self._client = AsyncClient()
+        # Per request: AsyncClient(headers=...) stores them under WSGI names, which its ASGI scope ignores.
+        self._auth = {"Authorization": f"Token {token}"} if token else {}
+
+    def get(self, path: str, data: Any = None, *, headers: dict[str, str] | None = None) -> Any:
+        return async_to_sync(self._client.get)(path, data, headers={**self._auth, **(headers or {})})
+
+    def post(self, path: str, data: Any, *, headers: dict[str, str] | None = None) -> Any:
+        return async_to_sync(self._client.post)(
+            path, json.dumps(data), content_type="application/json", headers={**self._auth, **(headers or {})}
+        )
+
+
+@pytest.fixture
+def asgi_for(db: None) -> Callable[[User | None], AsgiClient]:
+    def make(user: User | None) -> AsgiClient:
+        return AsgiClient(Token.objects.get_or_create(user=user)[0].key if user is not None else None)
+
+    return make
 
 
 @pytest.fixture

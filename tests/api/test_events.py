@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import redis
 from django.test import override_settings
@@ -212,25 +214,42 @@ def sse(client, run, **extra):
     return client.get(url("run-events", run.pk), HTTP_ACCEPT="text/event-stream", **extra)
 
 
-def test_accept_event_stream_answers_a_stream(api, alice, make_run):
+def asgi_sse(client, run, **headers):
+    return client.get(url("run-events", run.pk), headers={"Accept": "text/event-stream", **headers})
+
+
+def test_accept_event_stream_answers_a_stream(asgi_for, alice, make_run):
     run = make_run(alice, status="running")
-    response = sse(api, run)
+    response = asgi_sse(asgi_for(alice), run)
     assert response.status_code == 200
     assert response.streaming and response["Content-Type"] == "text/event-stream"
     assert response["Cache-Control"] == "no-cache"
 
 
-def test_an_event_stream_with_a_stream_token(anonymous, alice, make_run):
+def test_an_event_stream_under_wsgi_is_501_at_once(api, alice, make_run):
+    # Under WSGI Django would consume the stream whole before sending a byte: the client would hear nothing
+    # until the run ends.
+    response = sse(api, make_run(alice, status="running"))
+    assert response.status_code == 501 and not response.streaming
+    assert response["Content-Type"] == "text/event-stream"  # errors of event stream requests are events
+    error = json.loads(response.content.decode().split("data: ", 1)[1])
+    assert error["code"] == "asgi_required"
+    assert error["message"].startswith("Server-sent events need an ASGI server (uvicorn, daphne)")
+
+
+def test_an_event_stream_with_a_stream_token(asgi_for, alice, make_run):
     run = make_run(alice, status="running")
-    response = anonymous.get(
-        url("run-events", run.pk), {"token": make_stream_token(run.pk)}, HTTP_ACCEPT="text/event-stream"
+    response = asgi_for(None).get(
+        url("run-events", run.pk),
+        {"token": make_stream_token(run.pk)},
+        headers={"Accept": "text/event-stream"},
     )
     assert response.status_code == 200 and response.streaming
 
 
-def test_a_finished_runs_stream_after_its_last_event_is_204(api, finished):
-    assert sse(api, finished, HTTP_LAST_EVENT_ID="1002-0").status_code == 204
-    assert sse(api, finished, HTTP_LAST_EVENT_ID="1001-0").status_code == 200
+def test_a_finished_runs_stream_after_its_last_event_is_204(api, asgi_for, alice, finished):
+    assert sse(api, finished, HTTP_LAST_EVENT_ID="1002-0").status_code == 204  # no stream: WSGI will do
+    assert asgi_sse(asgi_for(alice), finished, **{"Last-Event-ID": "1001-0"}).status_code == 200
     # Last-Event-ID (sent by a reconnecting EventSource) wins over the URL's ?after=.
     response = api.get(
         url("run-events", finished.pk) + "?after=1000-0",

@@ -206,22 +206,33 @@ def test_a_bad_timeout_is_400_and_starts_nothing(api, timeout):
     assert not WorkflowRun.objects.exists()
 
 
-def test_the_synchronous_endpoint_accepts_an_event_stream(api):
+def test_the_synchronous_endpoint_accepts_an_event_stream(asgi_for, alice):
     # The run is recorded and the stream answered; its content is tested with a real ASGI server.
-    response = api.post(run_url("api-echo"), {"text": "a"}, format="json", HTTP_ACCEPT="text/event-stream")
+    response = asgi_for(alice).post(
+        run_url("api-echo"), {"text": "a"}, headers={"Accept": "text/event-stream"}
+    )
     assert response.status_code == 200
     assert response["Content-Type"] == "text/event-stream"
     assert response.streaming
     assert WorkflowRun.objects.get().status == "queued"
 
 
-def test_format_sse_asks_for_an_event_stream_too(api):
-    response = api.post(run_url("api-echo") + "?format=sse", {"text": "a"}, format="json")
+def test_an_event_stream_under_wsgi_is_501_and_starts_no_run(api):
+    response = api.post(run_url("api-echo"), {"text": "a"}, format="json", HTTP_ACCEPT="text/event-stream")
+    assert response.status_code == 501
+    assert json.loads(response.content.decode().split("data: ", 1)[1])["code"] == "asgi_required"
+    assert not WorkflowRun.objects.exists()
+
+
+def test_format_sse_asks_for_an_event_stream_too(asgi_for, alice):
+    response = asgi_for(alice).post(run_url("api-echo") + "?format=sse", {"text": "a"})
     assert response.status_code == 200 and response["Content-Type"] == "text/event-stream"
 
 
-def test_errors_of_an_event_stream_request_are_events(api):
-    response = api.post(run_url("api-echo"), {"times": 1}, format="json", HTTP_ACCEPT="text/event-stream")
+def test_errors_of_an_event_stream_request_are_events(asgi_for, alice):
+    response = asgi_for(alice).post(
+        run_url("api-echo"), {"times": 1}, headers={"Accept": "text/event-stream"}
+    )
     assert response.status_code == 400
     assert response["Content-Type"] == "text/event-stream"
     frame = response.content.decode()

@@ -40,11 +40,28 @@ def test_detail(api):
 def test_unknown_workflow_is_404(api):
     response = api.get(url("workflow-detail", "no-such-workflow"))
     assert response.status_code == 404
-    assert response.json() == {
-        "code": "workflow_not_found",
-        "message": "no workflow is named 'no-such-workflow'",
-        "details": {"workflow": "no-such-workflow"},
-    }
+    body = response.json()
+    assert body["code"] == "workflow_not_found"
+    assert body["message"].startswith("no workflow is named 'no-such-workflow'. Registered: 'api-echo', ")
+    assert body["details"]["workflow"] == "no-such-workflow" and body["details"]["suggestions"] == []
+
+
+def test_an_unknown_workflow_says_where_workflows_come_from_and_suggests_close_names(api):
+    response = api.get(url("workflow-detail", "api_echo"))  # underscores, as in the function's name
+    assert response.status_code == 404
+    body = response.json()
+    assert body["message"].startswith("no workflow is named 'api_echo'. Did you mean 'api-echo'? ")
+    assert (
+        "Workflows are registered when their module is imported: agentflow imports <app>/workflows.py of "
+        "every installed app (" in body["message"]
+    )
+    assert body["message"].endswith(
+        "found: tests.testapp.workflows). A workflow defined elsewhere is registered only once something "
+        "imports its module."
+    )
+    assert body["details"]["suggestions"] == ["api-echo"]
+    assert body["details"]["discovered_from"] == ["tests.testapp.workflows"]
+    assert "Did you mean 'api-gated'?" in api.get(url("workflow-detail", "api-gatd")).json()["message"]
 
 
 @pytest.mark.parametrize("path", [url("workflow-list"), url("workflow-detail", "api-echo")])

@@ -131,7 +131,7 @@ def test_unknown_workflow_is_not_found():
     with pytest.raises(WorkflowNotFound) as info:
         registry.get("core-no-such-workflow")
     assert info.value.code == "workflow_not_found"
-    assert info.value.details == {"workflow": "core-no-such-workflow"}
+    assert info.value.details["workflow"] == "core-no-such-workflow"
     assert "core-no-such-workflow" not in registry
 
 
@@ -400,3 +400,21 @@ def test_typed_step_outputs_are_rebuilt_on_replay():
     # What the store holds is plain JSON.
     assert store.records["summarise#0"].output == {"title": "a b", "words": 2}
     assert store.records["when#0"].output == "2024-05-01T12:30:00Z"
+
+
+def test_an_unknown_name_suggests_close_names_and_says_where_workflows_were_looked_for():
+    from agentflow.core.workflow import Discovery, Registry
+
+    local = Registry()
+    local.register(workflow(name="core-summarize")(lambda: None))
+    registry.unregister("core-summarize")
+    error = local.not_found("core_summarise")
+    assert str(error) == "no workflow is named 'core_summarise'. Did you mean 'core-summarize'?"
+    assert error.details == {"workflow": "core_summarise", "suggestions": ["core-summarize"]}
+
+    local.discovery = Discovery(modules=("blog.workflows",), scanned=("django.contrib.admin", "blog"))
+    assert str(local.not_found("zzz")) == (
+        "no workflow is named 'zzz'. Registered: 'core-summarize'. Workflows are registered when their module "
+        "is imported: agentflow imports <app>/workflows.py of every installed app (2 scanned; found: "
+        "blog.workflows). A workflow defined elsewhere is registered only once something imports its module."
+    )
