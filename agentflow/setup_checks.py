@@ -215,14 +215,20 @@ def check_celery(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     if not _uses_workers():
         return []
     app = project_celery_app()
-    if app is None:
+    if app is None or not app.conf.broker_url:
+        # A warning, not an error: a project is set up step by step, and `migrate` must not wait for Celery.
+        problem = (
+            "this process has no Celery app"
+            if app is None
+            else f"the Celery app {app.main!r} has no broker_url"
+        )
         return [
-            Error(
-                f"AGENTFLOW['EXECUTOR'] is {agentflow_settings.executor!r} but this process has no Celery "
-                "app: runs would be sent with Celery's defaults (AMQP on localhost), where no worker listens.",
-                hint="Create a Celery app (celery.py) and import it in your project's __init__.py, as "
-                "docs/tutorial.md shows.",
-                id="agentflow.E035",
+            Warning(
+                f"AGENTFLOW['EXECUTOR'] is {agentflow_settings.executor!r} but {problem}: runs would be sent "
+                "with Celery's defaults (AMQP on localhost), where no worker listens.",
+                hint="Create a Celery app (celery.py) configured from the CELERY_* settings, with "
+                "CELERY_BROKER_URL, and import it in your project's __init__.py, as docs/tutorial.md shows.",
+                id="agentflow.W007",
             )
         ]
     conf = app.conf
@@ -265,7 +271,7 @@ def check_celery(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                     f"The Celery app {app.main!r} does not create missing queues and does not declare "
                     f"{missing}: agentflow's tasks cannot be sent.",
                     hint="Add them to CELERY_TASK_QUEUES, or leave CELERY_TASK_CREATE_MISSING_QUEUES on.",
-                    id="agentflow.E036",
+                    id="agentflow.E035",
                 )
             )
     if conf.worker_prefetch_multiplier != 1:
@@ -285,14 +291,6 @@ def check_celery(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                 "the process that starts them, such as a web request, not on workers.",
                 hint="Turn CELERY_TASK_ALWAYS_EAGER off; in tests use agentflow.testing.inline_executor().",
                 id="agentflow.W006",
-            )
-        )
-    if not conf.broker_url:
-        messages.append(
-            Warning(
-                f"The Celery app {app.main!r} has no broker_url: it uses Celery's default, AMQP on localhost.",
-                hint="Set CELERY_BROKER_URL (for example to your Redis URL).",
-                id="agentflow.W007",
             )
         )
     return messages

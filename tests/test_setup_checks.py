@@ -136,9 +136,10 @@ def test_e034_a_visibility_timeout_shorter_than_a_slice(celery_app: Celery) -> N
     assert setup_checks.check_celery() == []
 
 
-def test_e035_no_celery_app_in_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_w007_no_celery_app_in_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(setup_checks, "project_celery_app", lambda: None)
-    assert ids(setup_checks.check_celery) == ["agentflow.E035"]
+    (message,) = setup_checks.check_celery()
+    assert message.id == "agentflow.W007" and "this process has no Celery app" in message.msg
     inline = {**agentflow_settings.user_settings, "EXECUTOR": "agentflow.executors.InProcessExecutor"}
     with override_settings(AGENTFLOW=inline):
         assert setup_checks.check_celery() == []  # no workers, no Celery needed
@@ -149,10 +150,10 @@ def test_the_tests_celery_app_is_the_one_found() -> None:
     assert app is not None and app.main == "agentflow_tests"
 
 
-def test_e036_queues_not_declared_and_not_created(celery_app: Celery) -> None:
+def test_e035_queues_not_declared_and_not_created(celery_app: Celery) -> None:
     celery_app.conf.task_create_missing_queues = False
     (message,) = setup_checks.check_celery()
-    assert message.id == "agentflow.E036" and "['agentflow', 'agentflow-monitor']" in message.msg
+    assert message.id == "agentflow.E035" and "['agentflow', 'agentflow-monitor']" in message.msg
 
 
 def test_w005_prefetching_workers(celery_app: Celery) -> None:
@@ -167,7 +168,8 @@ def test_w006_eager_tasks(celery_app: Celery) -> None:
 
 def test_w007_no_broker_url(celery_app: Celery) -> None:
     celery_app.conf.broker_url = None
-    assert ids(setup_checks.check_celery) == ["agentflow.W007"]
+    (message,) = setup_checks.check_celery()
+    assert message.id == "agentflow.W007" and "the Celery app 'checked' has no broker_url" in message.msg
 
 
 # -- caches and Redis ------------------------------------------------------------------------------------------
