@@ -17,6 +17,7 @@ Port 8000 in the blocks is replaced by a free port.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -125,6 +126,7 @@ class Shell:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+        _close_pipes(self.process)
 
 
 class Background:
@@ -162,6 +164,14 @@ class Background:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
+        _close_pipes(self.process)
+
+
+def _close_pipes(process: subprocess.Popen[str]) -> None:
+    for pipe in (process.stdin, process.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
 
 
 # Runs in `manage.py shell`: the blocks of one session as doctests (pycon) or code (python), one namespace.
