@@ -127,13 +127,28 @@ def parse_entry(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
     return event
 
 
+#: The largest stream id Redis knows: both parts are unsigned 64-bit integers.
+LAST_ID = (2**64 - 1, 2**64 - 1)
+
+
 def split_id(entry_id: str) -> tuple[int, int]:
-    """``"1732390000000-5"`` as ``(1732390000000, 5)``; ``ValueError`` if malformed."""
-    ms, sep, seq = entry_id.partition("-")
-    # isascii: str.isdigit() also accepts other scripts' digits, which Redis would reject.
-    if not sep or not entry_id.isascii() or not ms.isdigit() or not seq.isdigit():
-        raise ValueError(f"malformed event id {entry_id!r}")
-    return int(ms), int(seq)
+    """``"1732390000000-5"`` as ``(1732390000000, 5)``; ``ValueError`` if malformed.
+
+    Every id this accepts is one Redis accepts as the exclusive start of a range (``XRANGE key (<id> +``), so
+    a client's ``after`` that passes here cannot make a Redis command fail: each part is below 2**64, and the
+    largest id (after which nothing can follow, and which Redis refuses as an exclusive start) is refused.
+    """
+    ms, sep, seq = entry_id.partition("-") if isinstance(entry_id, str) else ("", "", "")
+    # isascii: str.isdigit() also accepts other scripts' digits, which Redis would reject. The length bound
+    # keeps int() cheap (2**64 has 20 digits; Redis accepts leading zeros).
+    if not sep or len(entry_id) > 64 or not entry_id.isascii() or not ms.isdigit() or not seq.isdigit():
+        raise ValueError(f"malformed event id {entry_id!r:.80}")
+    parts = int(ms), int(seq)
+    if max(parts) > LAST_ID[0]:
+        raise ValueError(f"event id {entry_id!r} is out of range: each part must be below 2**64")
+    if parts == LAST_ID:
+        raise ValueError(f"event id {entry_id!r} is the largest there is: no event can follow it")
+    return parts
 
 
 # -- the API plane's side --------------------------------------------------------------------------------------
