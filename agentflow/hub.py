@@ -22,6 +22,8 @@ A slow subscriber never delays the others: fan-out never waits, and a subscriber
 the reader reconnect with backoff; stream positions survive, so subscribers miss nothing. A run that finished
 without a terminal event in its stream (its worker died between the commit and the append) does not hold its
 subscribers forever: streams idle for ``STREAM_IDLE_CHECK_SECONDS`` get their runs' status re-read from the DB.
+Every read of the DB (those, and archive pages) gives its connection back at once (:mod:`agentflow.db`): a
+subscription holds none while it waits.
 
 The hub belongs to an event loop (one per server process under uvicorn/daphne) and opens its Redis connections
 lazily, named ``agentflow-hub:<host>:<pid>:reader`` and ``...:pool`` (see ``CLIENT LIST``). Redis Cluster is not
@@ -46,13 +48,13 @@ from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aredis
-from channels.db import database_sync_to_async
 
 from . import streams
 from .conf import agentflow_settings
 from .core import events as ev
 from .core.errors import AgentflowError
 from .core.serialization import dumps
+from .db import in_db
 
 logger = logging.getLogger("agentflow.hub")
 
@@ -687,7 +689,8 @@ class Hub:
 
 
 async def _in_db(fn: Callable[..., T], *args: Any) -> T:
-    result: T = await database_sync_to_async(fn)(*args)
+    # The connection is given back at once: a subscription waits far longer than it reads (agentflow.db).
+    result: T = await in_db(fn, *args)
     _raise_if_cancelled()
     return result
 

@@ -20,6 +20,7 @@ from .core import events as ev
 from .core.errors import RunFailed, RunNotFound, RunTimeout
 from .core.usage import Budget
 from .core.workflow import Workflow, registry
+from .db import release_connections
 from .executors import get_executor
 from .models import FINISHED_STATUSES, RunStatus, WorkflowRun
 
@@ -128,6 +129,7 @@ def wait(run: Any, timeout_seconds: float | None = None, *, raise_on_failure: bo
         # appended), after a quiet second, and at least once a second.
         if check or time.monotonic() - checked_at >= 1.0:
             current = get_run(run_id)
+            release_connections()  # not held while waiting on Redis (agentflow.db)
             checked_at, check = time.monotonic(), False
             if current.status in FINISHED_STATUSES:
                 break

@@ -19,6 +19,7 @@ consumed whole first), and it needs ASGI: under WSGI the views answer 501 ``asgi
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,8 +29,11 @@ from rest_framework.renderers import BaseRenderer
 
 from . import streams
 from .conf import agentflow_settings
+from .db import arelease_connections
 from .exceptions import AsgiRequired
 from .hub import Event, SubscriptionDropped, get_hub
+
+logger = logging.getLogger("agentflow.sse")
 
 KEEP_ALIVE = b": keep-alive\n\n"
 
@@ -87,15 +91,23 @@ def frame(event: Event) -> bytes:
 
 async def _frames(run_id: str, after: str | None) -> AsyncIterator[bytes]:
     keepalive = agentflow_settings.sse_keepalive_seconds
+    # The view's thread still holds the connection it read the run with, and Django would keep it until the
+    # stream ends, hours later maybe: give it back before the first byte (agentflow.db).
+    await arelease_connections()
     yield f"retry: {round(agentflow_settings.sse_retry_seconds * 1000)}\n\n".encode()
-    async with get_hub().subscribe(run_id, after) as subscription:
-        while True:
-            try:
-                event = await subscription.get(timeout=keepalive)
-            except StopAsyncIteration:
-                return
-            except SubscriptionDropped as exc:
-                # The client reconnects by itself (EventSource sends Last-Event-ID) and resumes where it was.
-                yield f": {exc.reason}: reconnect with Last-Event-ID\n\n".encode()
-                return
-            yield KEEP_ALIVE if event is None else frame(event)
+    try:
+        async with get_hub().subscribe(run_id, after) as subscription:
+            while True:
+                try:
+                    event = await subscription.get(timeout=keepalive)
+                except StopAsyncIteration:
+                    return
+                yield KEEP_ALIVE if event is None else frame(event)
+    except SubscriptionDropped as exc:
+        # The client reconnects by itself (EventSource sends Last-Event-ID) and resumes where it was.
+        yield f": {exc.reason}: reconnect with Last-Event-ID\n\n".encode()
+    except Exception:
+        # End the response properly rather than cut it: the client reconnects after `retry:` as it would after
+        # any ended stream, and the server logs the error once, not a torn response's traceback too.
+        logger.exception("event stream of run %s failed", run_id)
+        yield b": server error: reconnect with Last-Event-ID\n\n"

@@ -75,11 +75,27 @@ def private_redis() -> Iterator[redisdb.PrivateRedis]:
         server.cleanup()
 
 
-class AsgiServer:
-    """``uvicorn tests.asgi:application`` in its own process group, on a socket bound here (no port race),
-    against the test database. Tests using it need ``transactional_db``: the server sees committed rows."""
+#: The ASGI servers agentflow supports; streaming tests that depend on the server run under each.
+ASGI_SERVERS = ("uvicorn", "daphne")
 
-    def __init__(self, db_name: str, settings_module: str, ready_path: str) -> None:
+
+class AsgiServer:
+    """``uvicorn tests.asgi:application`` (or ``daphne``) in its own process group, on a socket bound here (no
+    port race), against the test database. Tests using it need ``transactional_db``: the server sees committed
+    rows. ``env`` adds environment variables, such as ``AGENTFLOW_TEST_OVERRIDES`` (tests/settings.py)."""
+
+    def __init__(
+        self,
+        db_name: str,
+        settings_module: str,
+        ready_path: str,
+        *,
+        server: str = "uvicorn",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        if server not in ASGI_SERVERS:
+            raise ValueError(f"unknown ASGI server {server!r}: use one of {ASGI_SERVERS}")
+        self.server = server
         self.log: list[str] = []
         self.ready_path = ready_path
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -95,11 +111,19 @@ class AsgiServer:
             "DJANGO_SETTINGS_MODULE": settings_module,
             "PGDATABASE": db_name,
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),
         }
-        cmd = [
-            sys.executable, "-m", "uvicorn", "tests.asgi:application", "--fd", str(sock.fileno()),
-            "--lifespan", "off", "--no-access-log", "--log-level", "warning", "--timeout-graceful-shutdown", "2",
-        ]  # fmt: skip
+        if server == "uvicorn":
+            cmd = [
+                sys.executable, "-m", "uvicorn", "tests.asgi:application", "--fd", str(sock.fileno()),
+                "--lifespan", "off", "--no-access-log", "--log-level", "warning",
+                "--timeout-graceful-shutdown", "2",
+            ]  # fmt: skip
+        else:  # verbosity 0: warnings and errors, no access log
+            cmd = [
+                sys.executable, "-m", "daphne", "--fd", str(sock.fileno()), "-v", "0",
+                "--application-close-timeout", "2", "tests.asgi:application",
+            ]  # fmt: skip
         try:
             self.process = subprocess.Popen(
                 cmd,
