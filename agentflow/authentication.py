@@ -1,23 +1,26 @@
 """Per-run stream tokens as DRF authentication, for the one endpoint that takes them: a run's ``events/``.
 
-Browsers cannot set headers on an ``EventSource`` (nor on a websocket), so the run representation carries a
-signed, expiring ``stream_token`` (:mod:`agentflow.access`) that may be passed as ``?token=``. It authorises
-reading that run's events and nothing else: it authenticates no user, and only the events view accepts it.
+The run representation carries a signed, expiring ``stream_token`` (:mod:`agentflow.access`). Clients that can
+set headers send it as ``Authorization: Stream <token>``; an ``EventSource`` cannot, so ``?token=<token>`` works
+too, at the price of the token landing in access logs (docs/topics/streaming.md). It authorises reading that
+run's events and nothing else: it authenticates no user, and only the events view accepts it.
 """
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser
-from rest_framework.authentication import BaseAuthentication
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from .access import check_stream_token
+from .access import canonical_run_id, check_stream_token
 from .exceptions import InvalidStreamToken
+
+#: The scheme of ``Authorization: Stream <token>``.
+SCHEME = "Stream"
 
 
 @dataclass(frozen=True)
@@ -27,29 +30,34 @@ class StreamGrant:
     run_id: str
 
 
-def _normalised(run_id: Any) -> str:
-    try:
-        return str(uuid.UUID(str(run_id)))
-    except ValueError:
-        return str(run_id)
-
-
 class StreamTokenAuthentication(BaseAuthentication):
-    """``?token=<stream token>`` for the run named by the URL's ``run_id``.
+    """``Authorization: Stream <token>``, or ``?token=<token>``, for the run named by the URL's ``run_id``.
 
-    Without ``token`` it does nothing (the project's authentication classes follow). A token that is invalid,
-    expired or for another run is refused (401 ``invalid_stream_token``) even if the request also has a
-    session: an explicit credential that does not hold is an error, not something to ignore.
+    Without either it does nothing (the project's authentication classes follow; an ``Authorization`` header
+    of another scheme is theirs). A token that is invalid, expired, revoked or for another run is refused (401
+    ``invalid_stream_token``) even if the request also has a session: an explicit credential that does not hold
+    is an error, not something to ignore.
     """
 
     def authenticate(self, request: Request) -> tuple[Any, StreamGrant] | None:
-        token = request.query_params.get("token")
-        if not token:
+        token = self.header_token(request)
+        if token is None:
+            token = request.query_params.get("token") or None
+        if token is None:
             return None
-        run_id = _normalised((request.parser_context or {}).get("kwargs", {}).get("run_id"))
+        run_id = canonical_run_id((request.parser_context or {}).get("kwargs", {}).get("run_id"))
         if not check_stream_token(token, run_id):
             raise InvalidStreamToken()
         return AnonymousUser(), StreamGrant(run_id)
+
+    @staticmethod
+    def header_token(request: Request) -> str | None:
+        parts = get_authorization_header(request).split()
+        if not parts or parts[0].decode("latin-1").lower() != SCHEME.lower():
+            return None
+        if len(parts) != 2:
+            raise InvalidStreamToken()  # "Stream" with no token, or with spaces in it
+        return parts[1].decode("latin-1")
 
     def authenticate_header(self, request: Request) -> str | None:
         return None  # the project's authenticators name the scheme of the 401

@@ -67,6 +67,9 @@ class WorkflowRun(models.Model):
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
     )
     parent_step = models.CharField(max_length=500, blank=True, default="")
+    # Stream tokens are bound to it: agentflow.access.revoke_stream_tokens() bumps it, refusing every token
+    # made before.
+    stream_token_generation = models.PositiveIntegerField(default=0, editable=False)
 
     class Meta:
         ordering = ["-created_at"]

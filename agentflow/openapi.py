@@ -19,16 +19,29 @@ from .core.workflow import Workflow, registry
 
 
 class StreamTokenScheme(OpenApiAuthenticationExtension):  # type: ignore[misc]
-    target_class = "agentflow.authentication.StreamTokenAuthentication"
-    name = "agentflowStreamToken"
+    """The stream token, in the query string (for ``EventSource``) or, better, in a header: either one."""
 
-    def get_security_definition(self, auto_schema: AutoSchema) -> dict[str, Any]:
-        return {
-            "type": "apiKey",
-            "in": "query",
-            "name": "token",
-            "description": "A run's `stream_token`: reads that run's events, nothing else.",
-        }
+    target_class = "agentflow.authentication.StreamTokenAuthentication"
+    name = ["agentflowStreamToken", "agentflowStreamTokenHeader"]
+
+    def get_security_requirement(self, auto_schema: AutoSchema) -> list[dict[str, list[Any]]]:
+        return [{name: []} for name in self.name]  # alternatives, not both
+
+    def get_security_definition(self, auto_schema: AutoSchema) -> list[dict[str, Any]]:
+        return [
+            {
+                "type": "apiKey",
+                "in": "query",
+                "name": "token",
+                "description": "A run's `stream_token`: reads that run's events, nothing else. Lands in "
+                "access logs: prefer the `Authorization: Stream <token>` header where the client can set it.",
+            },
+            {
+                "type": "http",
+                "scheme": "Stream",
+                "description": "`Authorization: Stream <token>`: a run's `stream_token`, as a header.",
+            },
+        ]
 
 
 class NamedChoiceFieldScheme(OpenApiSerializerFieldExtension):  # type: ignore[misc]

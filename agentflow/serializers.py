@@ -324,7 +324,7 @@ class RunSerializer(serializers.ModelSerializer):
         return (run.wait_reason or None) if run.status == RunStatus.WAITING else None
 
     def get_stream_token(self, run: WorkflowRun) -> str:
-        return make_stream_token(run.pk)
+        return make_stream_token(run)
 
     @extend_schema_field(UsageSerializer)
     def get_usage(self, run: WorkflowRun) -> dict[str, Any]:

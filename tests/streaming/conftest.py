@@ -28,8 +28,8 @@ from tests.conftest import AsgiServer
 class Server(AsgiServer):
     """The streaming tests' server (tests.streaming.settings), with clients for it."""
 
-    def __init__(self, db_name: str) -> None:
-        super().__init__(db_name, "tests.streaming.settings", "/health/")
+    def __init__(self, db_name: str, *, server: str = "uvicorn", env: dict[str, str] | None = None) -> None:
+        super().__init__(db_name, "tests.streaming.settings", "/health/", server=server, env=env)
 
     def hub_connections(self, redis_client: redis.Redis) -> dict[str, int]:
         """The server's hub connections to Redis by role (``reader``, ``pool``), from ``CLIENT LIST``."""
@@ -52,6 +52,8 @@ class Server(AsgiServer):
         cookie: str | None = None,
         origin: str | None = None,
         raw_query: str | None = None,
+        subprotocols: list[str] | None = None,
+        **options: Any,
     ) -> ClientConnection:
         params = {k: v for k, v in (("after", after), ("token", token)) if v is not None}
         query = raw_query if raw_query is not None else urlencode(params)
@@ -60,10 +62,12 @@ class Server(AsgiServer):
             f"{self.ws}/ws/runs/{run_id}/" + (f"?{query}" if query else ""),
             additional_headers=headers,
             origin=origin,  # type: ignore[arg-type]
+            subprotocols=subprotocols,  # type: ignore[arg-type]
             compression=None,
             open_timeout=10,
-            close_timeout=2,
+            close_timeout=options.pop("close_timeout", 2),
             proxy=None,
+            **options,
         )
 
 

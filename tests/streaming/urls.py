@@ -27,11 +27,12 @@ async def run_events(request: HttpRequest, run_id: uuid.UUID) -> HttpResponse:
         except ValueError:
             return JsonResponse({"code": "invalid_after", "message": "malformed event id"}, status=400)
     token = request.GET.get("token")
-    by_token = bool(token) and check_stream_token(token, run_id)
+    run = await WorkflowRun.objects.filter(pk=run_id).afirst()
+    # Given the run, the token check reads nothing (given an id it reads the run, which async code may not).
+    by_token = bool(token) and run is not None and check_stream_token(token, run)
     user = await request.auser()
     if not by_token and not user.is_authenticated:
         return JsonResponse({"code": "not_authenticated"}, status=401)
-    run = await WorkflowRun.objects.filter(pk=run_id).afirst()
     if run is None:
         return JsonResponse({"code": "run_not_found"}, status=404)
     if not by_token and not can_view(user, run):
