@@ -89,7 +89,11 @@ def _database(url: str | None) -> dict:
         "PASSWORD": parsed.password or "",
         "HOST": parsed.hostname or "",
         "PORT": str(parsed.port or ""),
-        "CONN_MAX_AGE": 60,
+        # Not kept for reuse: under ASGI (daphne, uvicorn) each request runs in a thread of its own, and a
+        # connection kept by a thread that serves no other request is never reused, only left open. To reuse
+        # connections under ASGI, use Django's pool instead ("OPTIONS": {"pool": True}, psycopg[pool]).
+        # docs/deploy.md#database-connections
+        "CONN_MAX_AGE": 0,
     }
 
 
