@@ -50,6 +50,13 @@ class RunNotFound(AgentflowError):
     code = "run_not_found"
 
 
+class IdempotencyKeyReused(AgentflowError):
+    """An idempotency key that started a run came again with a different input: the earlier run is not what
+    was asked for (``details``: ``{"run": <its id>}``). The REST API answers 422."""
+
+    code = "idempotency_key_reused"
+
+
 class RunTimeout(AgentflowError):
     """Waiting for a run's result took longer than allowed. The run itself goes on."""
 

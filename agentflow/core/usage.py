@@ -16,6 +16,7 @@ and in ``estimated_calls``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,9 @@ from typing import Any
 from .context import _frame, current_run
 
 COUNTS = ("calls", "prompt_tokens", "completion_tokens", "total_tokens")
+
+#: The largest token budget: a signed 64-bit integer (a PostgreSQL bigint, a Java long).
+MAX_BUDGET_TOKENS = 2**63 - 1
 
 # (model, prompt_tokens, completion_tokens) -> USD, or None when the model has no price.
 Pricer = Callable[[str, int, int], float | None]
@@ -84,13 +88,19 @@ class Budget:
 
     def __post_init__(self) -> None:
         if self.usd is not None and (
-            not isinstance(self.usd, int | float) or isinstance(self.usd, bool) or self.usd <= 0
+            not isinstance(self.usd, int | float)
+            or isinstance(self.usd, bool)
+            or not 0 < self.usd < math.inf  # JSON (and the run's row) cannot hold an infinity
         ):
-            raise TypeError(f"budget usd must be a number > 0 or None, not {self.usd!r}")
+            raise TypeError(f"budget usd must be a finite number > 0 or None, not {self.usd!r}")
         if self.tokens is not None and (
-            not isinstance(self.tokens, int) or isinstance(self.tokens, bool) or self.tokens <= 0
+            not isinstance(self.tokens, int)
+            or isinstance(self.tokens, bool)
+            or not 0 < self.tokens <= MAX_BUDGET_TOKENS
         ):
-            raise TypeError(f"budget tokens must be an int > 0 or None, not {self.tokens!r}")
+            raise TypeError(
+                f"budget tokens must be an int from 1 to {MAX_BUDGET_TOKENS} or None, not {self.tokens!r}"
+            )
         if self.usd is None and self.tokens is None:
             raise TypeError("a budget needs usd, tokens or both")
 

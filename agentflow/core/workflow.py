@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import inspect
+import json
 import re
 import threading
 from collections.abc import Callable
@@ -18,9 +19,9 @@ from typing import Any, Generic, ParamSpec, TypeVar, get_type_hints, overload
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from .context import RunContext, _frame, _run
-from .errors import InvalidInput, WorkflowAlreadyRegistered, WorkflowNotFound
+from .errors import InvalidInput, SerializationError, WorkflowAlreadyRegistered, WorkflowNotFound
 from .schedules import Schedule, parse_schedules
-from .serialization import adapter_for, to_jsonable
+from .serialization import adapter_for, to_jsonable, unstorable
 from .usage import Budget
 
 P = ParamSpec("P")
@@ -63,7 +64,7 @@ class Workflow(Generic[P, R]):
         self.schedules: tuple[Schedule, ...] = parse_schedules(schedule)
         self.is_async = inspect.iscoroutinefunction(fn)
         self.input_model = self._build_input_model(fn)
-        hints = get_type_hints(fn)
+        hints = get_type_hints(fn, include_extras=True)
         self.output_annotation: Any = hints.get("return", Any)
 
     def __repr__(self) -> str:
@@ -74,7 +75,9 @@ class Workflow(Generic[P, R]):
 
     @staticmethod
     def _build_input_model(fn: Callable[..., Any]) -> type[BaseModel]:
-        hints = get_type_hints(fn)
+        # include_extras: Annotated[int, Field(le=3)] keeps its constraints (else they vanish from both the
+        # validation and the published schema).
+        hints = get_type_hints(fn, include_extras=True)
         fields: dict[str, Any] = {}
         for param in inspect.signature(fn).parameters.values():
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -97,7 +100,14 @@ class Workflow(Generic[P, R]):
     # -- input and output --------------------------------------------------------------------------------
 
     def validate_input(self, data: Any) -> dict[str, Any]:
-        """``data`` checked and normalised to JSON; raises ``InvalidInput`` with field errors."""
+        """``data`` checked and normalised to JSON; raises ``InvalidInput`` with field errors.
+
+        Validation is strict, and in JSON's terms: ``data`` is first turned into JSON (datetimes, UUIDs,
+        enums and models become what a client would send) and then validated as pydantic validates JSON in
+        strict mode, so that it accepts exactly what the published JSON Schema describes: ``"5"`` or ``true``
+        is not an ``int``, ``1`` is not a ``bool``, but ``"2024-01-01T00:00:00Z"`` is a ``datetime``. Values
+        JSON or the database cannot hold (``\\u0000``, lone surrogates, infinities) are refused too.
+        """
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -105,13 +115,28 @@ class Workflow(Generic[P, R]):
                 f"the input of workflow {self.name!r} must be a JSON object, not {type(data).__name__}",
                 details=[{"field": "", "code": "object_type", "message": "Input should be an object"}],
             )
+        self._check_storable(data)  # first: pydantic cannot even convert a key with a lone surrogate
         try:
-            model = self.input_model.model_validate(data)
+            document = to_jsonable(data, what="the input")
+        except SerializationError as exc:
+            raise self._invalid([{"field": "", "code": "not_serializable", "message": exc.message}]) from None
+        self._check_storable(document)  # what objects (models, dataclasses) became
+        try:
+            model = self.input_model.model_validate_json(json.dumps(document, allow_nan=False), strict=True)
         except ValidationError as exc:
-            raise InvalidInput(
-                f"invalid input for workflow {self.name!r}", details=validation_details(exc)
-            ) from None
-        return model.model_dump(mode="json")
+            raise self._invalid(validation_details(exc)) from None
+        validated = model.model_dump(mode="json")
+        self._check_storable(validated)  # a validator of the workflow's own types may have made something new
+        return validated
+
+    def _check_storable(self, document: Any) -> None:
+        problem = unstorable(document)
+        if problem is not None:
+            field, code, message = problem
+            raise self._invalid([{"field": field, "code": code, "message": message}])
+
+    def _invalid(self, details: list[dict[str, Any]]) -> InvalidInput:
+        return InvalidInput(f"invalid input for workflow {self.name!r}", details=details)
 
     def bind(self, data: dict[str, Any]) -> dict[str, Any]:
         """Keyword arguments for the function, typed as its hints say, from stored (validated) input."""

@@ -220,7 +220,7 @@ def test_input_defaults_are_applied():
 
 def test_input_is_normalised_to_json():
     wf = make_input_workflow()
-    data = wf.validate_input({"topic": "x", "count": "5", "tags": ("a", "b"), "author": Author(name="Ann")})
+    data = wf.validate_input({"topic": "x", "count": 5, "tags": ("a", "b"), "author": Author(name="Ann")})
     assert data == {"topic": "x", "count": 5, "tags": ["a", "b"], "author": {"name": "Ann", "email": None}}
 
 
@@ -234,7 +234,7 @@ def test_invalid_input_lists_field_errors():
         wf.validate_input({"count": "many", "author": {"email": "a@b"}, "topci": "typo"})
     assert field_errors(info.value) == {
         "topic": "missing",
-        "count": "int_parsing",
+        "count": "int_type",
         "author.name": "missing",
         "topci": "extra_forbidden",
     }
