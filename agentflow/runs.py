@@ -17,7 +17,8 @@ from django.utils import timezone
 from . import streams
 from .conf import agentflow_settings
 from .core import events as ev
-from .core.errors import RunFailed, RunNotFound, RunTimeout
+from .core.errors import IdempotencyKeyReused, RunFailed, RunNotFound, RunTimeout
+from .core.serialization import same_json, unstorable
 from .core.usage import Budget
 from .core.workflow import Workflow, registry
 from .db import release_connections
@@ -40,7 +41,9 @@ def start(
     """Validate ``input``, record a run and enqueue it once the current transaction commits.
 
     Raises ``WorkflowNotFound`` or ``InvalidInput`` before anything is recorded. With ``idempotency_key``,
-    a second call with the same key, owner and workflow returns the first run instead of starting another.
+    a second call with the same key, owner and workflow returns the first run instead of starting another,
+    if it has the same input (after validation); else it raises ``IdempotencyKeyReused``, also when the two
+    calls race (the database's unique constraint decides which one recorded the run).
     ``budget`` (``{"usd": ..., "tokens": ...}``) replaces the workflow's default spending limit for this run.
     ``parent`` and ``parent_step`` link a child run to the run and step that started it
     (``agentflow.run_workflow``).
@@ -51,12 +54,16 @@ def start(
     data = wf.validate_input(input)
     limit = Budget.parse(budget) if budget is not None else wf.budget
     if idempotency_key is not None and (
-        not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255
+        not isinstance(idempotency_key, str)
+        or not 0 < len(idempotency_key) <= 255
+        or unstorable(idempotency_key) is not None
     ):
-        raise TypeError("idempotency_key must be a string of 1 to 255 characters")
+        raise TypeError(
+            "idempotency_key must be a string of 1 to 255 characters, without U+0000 or lone surrogates"
+        )
     owner_id = getattr(owner, "pk", owner)
     if idempotency_key:
-        existing = _existing(wf.name, owner_id, idempotency_key)
+        existing = _existing(wf.name, owner_id, idempotency_key, data)
         if existing is not None:
             return existing
     try:
@@ -71,7 +78,8 @@ def start(
                 parent_step=parent_step,
             )
     except IntegrityError:
-        existing = _existing(wf.name, owner_id, idempotency_key) if idempotency_key else None
+        # A concurrent call with the same key committed first: its run is the answer, if its input is ours.
+        existing = _existing(wf.name, owner_id, idempotency_key, data) if idempotency_key else None
         if existing is None:
             raise
         return existing
@@ -80,8 +88,15 @@ def start(
     return run
 
 
-def _existing(workflow: str, owner_id: Any, key: str) -> WorkflowRun | None:
-    return WorkflowRun.objects.filter(workflow=workflow, owner_id=owner_id, idempotency_key=key).first()
+def _existing(workflow: str, owner_id: Any, key: str, data: dict[str, Any]) -> WorkflowRun | None:
+    """The run this key started, if any; ``IdempotencyKeyReused`` if it was started with another input."""
+    run = WorkflowRun.objects.filter(workflow=workflow, owner_id=owner_id, idempotency_key=key).first()
+    if run is not None and not same_json(run.input, data):
+        raise IdempotencyKeyReused(
+            f"idempotency key {key!r} started run {run.pk} with a different input",
+            details={"run": str(run.pk)},
+        )
+    return run
 
 
 def enqueue(
