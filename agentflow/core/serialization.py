@@ -37,17 +37,22 @@ def stable_hash(value: Any) -> str:
 # A str holding one of these code points has a lone surrogate: a pair decodes to one code point above U+FFFF.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
+#: How deep objects and arrays may nest in input: pydantic gives up between 200 and 255 levels, with errors
+#: that say little (or a ValueError); no real input comes close.
+MAX_JSON_DEPTH = 100
+
 #: The codes of :func:`unstorable`'s findings, with what each means.
 UNSTORABLE = {
     "null_character": "cannot contain the character U+0000",
     "lone_surrogate": "cannot contain a lone surrogate (U+D800 to U+DFFF): it is not Unicode",
     "non_finite_number": "must be finite: JSON has no Infinity or NaN (1e309 is Infinity as a float)",
+    "too_deep": f"nests too deep: objects and arrays at most {MAX_JSON_DEPTH} levels",
 }
 
 
 def unstorable(value: Any) -> tuple[str, str, str] | None:
-    """The first place in JSON-able ``value`` that JSON, or PostgreSQL's ``jsonb``, cannot hold, as
-    ``(path, code, message)``; ``None`` if there is none.
+    """The first place in JSON-able ``value`` that JSON, or PostgreSQL's ``jsonb``, cannot hold (or that nests
+    deeper than :data:`MAX_JSON_DEPTH`), as ``(path, code, message)``; ``None`` if there is none.
 
     Python's ``json`` parses ``"\\u0000"``, lone surrogates (``"\\ud800"``) and ``1e309`` (infinity), but
     PostgreSQL refuses the first two in ``jsonb`` and JSON has no infinity (``json.dumps`` writes a bare
@@ -56,9 +61,11 @@ def unstorable(value: Any) -> tuple[str, str, str] | None:
     a key that is itself the problem appears escaped (``"a\\u0000b"``), so that the error can be rendered.
     The walk is iterative: parsed JSON may nest as deep as the parser's recursion limit.
     """
-    stack: list[tuple[str, Any]] = [("", value)]
+    stack: list[tuple[str, Any, int]] = [("", value, 0)]
     while stack:
-        path, item = stack.pop()
+        path, item, depth = stack.pop()
+        if isinstance(item, dict | list | tuple) and depth >= MAX_JSON_DEPTH:
+            return path, "too_deep", "a value " + UNSTORABLE["too_deep"]
         if isinstance(item, str):
             problem = _text_problem(item)
             if problem:
@@ -73,9 +80,12 @@ def unstorable(value: Any) -> tuple[str, str, str] | None:
                 if problem:
                     escaped = json.dumps(name)[1:-1]  # ASCII: \u0000, \ud800
                     return _join(path, escaped), problem, "a key " + UNSTORABLE[problem]
-                stack.append((_join(path, name), child))
+                stack.append((_join(path, name), child, depth + 1))
         elif isinstance(item, list | tuple):
-            stack.extend((_join(path, str(index)), child) for index, child in reversed(list(enumerate(item))))
+            stack.extend(
+                (_join(path, str(index)), child, depth + 1)
+                for index, child in reversed(list(enumerate(item)))
+            )
     return None
 
 

@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from agentflow import InvalidInput, registry, workflow
-from agentflow.core.serialization import same_json, unstorable
+from agentflow.core.serialization import MAX_JSON_DEPTH, same_json, unstorable
 
 
 class Colour(enum.Enum):
@@ -134,11 +134,25 @@ def test_unstorable_finds_the_first_problem_in_document_order():
     assert unstorable({"fine": ["ünïcode ✓", "😀", 1e308, -0.0, None, True]}) is None
 
 
-def test_unstorable_walks_what_recursion_could_not():
-    deep: Any = "\x00"
-    for _ in range(50_000):
+def test_deep_nesting_is_refused_before_pydantic_gives_up():
+    # Past about 254 levels pydantic's serializer raised a ValueError: a 500 over REST.
+    deep: Any = 1
+    for _ in range(MAX_JSON_DEPTH - 1):
         deep = [deep]
-    assert unstorable(deep)[1] == "null_character"
+    assert unstorable({"a": deep}) is None  # MAX_JSON_DEPTH levels, the input object included
+    assert unstorable({"a": [deep]})[:2] == ("a" + ".0" * (MAX_JSON_DEPTH - 1), "too_deep")
+    for _ in range(50_000):  # an iterative walk: far past Python's recursion limit
+        deep = [deep]
+    assert unstorable(deep)[1] == "too_deep"
+
+
+def test_deeply_nested_input_is_invalid_input(typed):
+    deep: Any = {}
+    for _ in range(300):
+        deep = {"a": deep}
+    with pytest.raises(InvalidInput) as info:
+        typed.validate_input({"anything": deep})
+    assert info.value.details[0]["code"] == "too_deep"
 
 
 def test_same_json_compares_numbers_as_jsonb_gives_them_back():
