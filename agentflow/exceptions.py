@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import TooManyFieldsSent
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -29,6 +31,7 @@ AGENTFLOW_STATUSES: dict[str, int] = {
     "input_already_answered": status.HTTP_409_CONFLICT,
     "input_timed_out": status.HTTP_409_CONFLICT,
     "run_finished": status.HTTP_409_CONFLICT,
+    "idempotency_key_reused": status.HTTP_422_UNPROCESSABLE_ENTITY,
 }
 
 # DRF's own exceptions keep their default codes, except the parse error: agentflow's views parse JSON only.
@@ -48,6 +51,31 @@ class MalformedJSON(exceptions.ParseError):
     default_code = "malformed_json"
 
 
+class UnsupportedJSON(ApiError):
+    """The body is JSON, but holds what agentflow cannot take: a duplicate key, ``\\u0000``, a lone
+    surrogate, a number too large for a float, nesting past ``MAX_JSON_DEPTH``. ``details`` is
+    ``[{"field", "code", "message"}]``."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_detail = "The request body holds JSON that agentflow cannot accept."
+    default_code = "unsupported_json"
+
+    def __init__(self, field: str, kind: str, message: str) -> None:
+        where = f" (at {field})" if field else ""
+        super().__init__(
+            f"The request body holds JSON that agentflow cannot accept{where}: {message}.",
+            details=[{"field": field, "code": kind, "message": message}],
+        )
+
+
+class LengthRequired(ApiError):
+    """A chunked body under a WSGI server that does not say where it ends (``wsgi.input_terminated``)."""
+
+    status_code = status.HTTP_411_LENGTH_REQUIRED
+    default_detail = "This server needs a Content-Length: send the body with one."
+    default_code = "length_required"
+
+
 class PayloadTooLarge(ApiError):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_detail = "The request body is too large."
@@ -62,7 +90,9 @@ class InvalidParameter(ApiError):
 
     def __init__(self, field: str, message: str, *, code: str | None = None, kind: str = "invalid") -> None:
         super().__init__(
-            f"{field}: {message}", details=[{"field": field, "code": kind, "message": message}], code=code
+            f"{field}: {message}" if field else message,
+            details=[{"field": field, "code": kind, "message": message}],
+            code=code,
         )
 
 
@@ -80,14 +110,6 @@ class InvalidIdempotencyKey(InvalidParameter):
 
     def __init__(self) -> None:
         super().__init__("Idempotency-Key", "must be 1 to 255 characters", kind="length")
-
-
-class IdempotencyKeyReused(ApiError):
-    """The same ``Idempotency-Key`` came with a different input: the earlier run is not what was asked."""
-
-    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
-    default_detail = "This Idempotency-Key was used with a different input."
-    default_code = "idempotency_key_reused"
 
 
 class RunFinished(ApiError):
@@ -131,7 +153,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             return None
         set_rollback()
         return Response(error_body(exc.code, exc.message, exc.details), status=http_status)
-    if isinstance(exc, Http404):
+    if isinstance(exc, TooManyFieldsSent):  # DATA_UPLOAD_MAX_NUMBER_FIELDS, when a view reads the query
+        exc = InvalidParameter(
+            "", f"more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} query parameters", kind="too_many"
+        )
+    elif isinstance(exc, Http404):
         exc = exceptions.NotFound(*exc.args)
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied(*exc.args)

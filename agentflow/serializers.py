@@ -181,14 +181,6 @@ class BudgetSerializer(serializers.Serializer):
     tokens = serializers.IntegerField(allow_null=True, help_text="Limit in tokens (null: none).")
 
 
-class ResumeRequestSerializer(serializers.Serializer):
-    budget = BudgetSerializer(
-        required=False,
-        allow_null=True,
-        help_text="Replaces the run's budget (null: no limit); omitted: kept.",
-    )
-
-
 class StepSerializer(serializers.ModelSerializer):
     status = NamedChoiceField(StepStatus.choices, enum_name="StepStatus", read_only=True)
     duration_seconds = serializers.FloatField(read_only=True, allow_null=True)
@@ -295,7 +287,7 @@ class RunSerializer(serializers.ModelSerializer):
     def get_owner(self, run: WorkflowRun) -> str | None:
         return run.owner.get_username() if run.owner_id is not None and run.owner else None
 
-    @extend_schema_field(OpenApiTypes.OBJECT)
+    @extend_schema_field(serializers.DictField(allow_null=True))
     def get_error(self, run: WorkflowRun) -> dict[str, Any] | None:
         if not run.error:
             return None
@@ -378,3 +370,30 @@ class EventPageSerializer(serializers.Serializer):
         allow_null=True, help_text="Pass it back as `?after=` for the next page (null: no event yet)."
     )
     has_more = serializers.BooleanField(help_text="Whether more events follow this page right now.")
+
+
+class ServerSentEventSerializer(serializers.Serializer):
+    """One event of an event stream, as a client parses it. (OpenAPI 3.2 names this the ``itemSchema`` of
+    ``text/event-stream``; tools such as schemathesis read that media type's ``schema`` so in 3.0 too.)"""
+
+    id = serializers.CharField(
+        required=False, help_text="The event's id: send it back as Last-Event-ID or ?after=."
+    )
+    event = serializers.CharField(help_text="The event's type, such as run.started.")
+    data = serializers.CharField(help_text="The event as one line of JSON, as in EventPage.events.")
+    retry = serializers.IntegerField(
+        required=False, help_text="Milliseconds a client waits before it reconnects (the first frame)."
+    )
+
+    class Meta:
+        ref_name = "ServerSentEvent"
+
+
+class ServerSentErrorSerializer(serializers.Serializer):
+    """The one event of the answer to an event stream request that failed."""
+
+    event = NamedChoiceField(["error"], enum_name="ServerSentErrorType")
+    data = serializers.CharField(help_text="The error as one line of JSON: {code, message, details}.")
+
+    class Meta:
+        ref_name = "ServerSentError"

@@ -7,6 +7,8 @@ a request comes, not at import, and render every error as ``{"code", "message", 
 
 from __future__ import annotations
 
+import math
+import re
 import uuid
 from typing import Any
 
@@ -15,6 +17,7 @@ from django.apps import apps
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpResponse
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, status
@@ -31,13 +34,12 @@ from . import archive, health, runs, sse, streams
 from .access import visible_runs
 from .authentication import IsAuthenticatedOrStreamGrant, StreamGrant, StreamTokenAuthentication
 from .conf import agentflow_settings
-from .core.errors import InvalidInput, RunNotFound, RunTimeout
-from .core.serialization import stable_hash
+from .core.errors import IdempotencyKeyReused, InvalidInput, RunNotFound, RunTimeout
+from .core.serialization import same_json
 from .core.usage import Budget
 from .core.waits import WAIT_REASONS
 from .core.workflow import Workflow, registry
 from .exceptions import (
-    IdempotencyKeyReused,
     InvalidEventId,
     InvalidIdempotencyKey,
     InvalidParameter,
@@ -47,16 +49,23 @@ from .exceptions import (
 )
 from .inputs import get_input, list_inputs, send_input
 from .models import RunStatus, WorkflowRun
-from .openapi import WorkflowInputSchema
-from .parsers import JSONParser
+from .openapi import (
+    IDEMPOTENCY_KEY_PATTERN,
+    RunEventsSchema,
+    RunResumeSchema,
+    WorkflowInputSchema,
+    WorkflowRunSchema,
+)
+from .parsers import JSONParser, frame_body
 from .resume import resume
 from .serializers import (
     ErrorSerializer,
     EventPageSerializer,
     InputRequestSerializer,
-    ResumeRequestSerializer,
     RunDetailSerializer,
     RunSerializer,
+    ServerSentErrorSerializer,
+    ServerSentEventSerializer,
     WorkflowDetailSerializer,
     WorkflowSerializer,
 )
@@ -67,13 +76,14 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 _ERROR_DESCRIPTIONS = {
     400: "Bad request: `invalid_input` or `invalid_answer` (with field errors), `malformed_json`, "
-    "`invalid_parameter`, `invalid_event_id` or `invalid_idempotency_key`.",
+    "`unsupported_json`, `invalid_parameter`, `invalid_event_id` or `invalid_idempotency_key`.",
     401: "`not_authenticated`, `authentication_failed` or `invalid_stream_token`.",
     403: "`permission_denied` (or `not_authenticated` when no authentication scheme can be named).",
     404: "`workflow_not_found`, `run_not_found` (also for another user's run) or `input_not_found`.",
     406: "`not_acceptable`: the Accept header asks for a format this endpoint does not produce.",
     409: "`run_finished`, `not_resumable`, `input_already_answered` or `input_timed_out`: the run's state does "
     "not allow it.",
+    411: "`length_required`: a chunked body, under a WSGI server that cannot tell where it ends.",
     413: "`payload_too_large`: the body is over MAX_INPUT_BYTES.",
     415: "`unsupported_media_type`: the body must be application/json.",
     501: "`asgi_required`: an event stream was asked of a server running WSGI.",
@@ -81,8 +91,21 @@ _ERROR_DESCRIPTIONS = {
 }
 
 
-def _errors(*codes: int) -> dict[int, Any]:
-    return {code: OpenApiResponse(ErrorSerializer, description=_ERROR_DESCRIPTIONS[code]) for code in codes}
+def _errors(*codes: int, sse: bool = False) -> dict[Any, Any]:
+    """The error responses ``codes``; with ``sse``, also as the one ``error`` event an event stream request
+    gets (``sse.EventStreamRenderer``)."""
+    responses: dict[Any, Any] = {}
+    for code in codes:
+        description = _ERROR_DESCRIPTIONS[code]
+        if not sse:
+            responses[code] = OpenApiResponse(ErrorSerializer, description=description)
+            continue
+        responses[(code, "application/json")] = OpenApiResponse(ErrorSerializer, description=description)
+        if code != 406:  # a request that could not have an event stream gets JSON
+            responses[(code, "text/event-stream")] = OpenApiResponse(
+                ServerSentErrorSerializer, description=description
+            )
+    return responses
 
 
 class AgentflowAPIView(APIView):
@@ -93,6 +116,8 @@ class AgentflowAPIView(APIView):
     parser_classes = [JSONParser]
     #: Renderers added after the project's, such as the event stream's.
     extra_renderer_classes: list[type] = []
+    #: Whether the view reads a request body (which then may come without a Content-Length).
+    reads_body = False
 
     def get_authenticators(self) -> list[Any]:
         return [auth() for auth in api_settings.DEFAULT_AUTHENTICATION_CLASSES]
@@ -113,6 +138,22 @@ class AgentflowAPIView(APIView):
 
     def get_exception_handler(self) -> Any:
         return exception_handler
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        if self.reads_body:
+            # Before authentication: session authentication's CSRF check may parse the body already.
+            frame_body(request._request)
+        super().initial(request, *args, **kwargs)
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        # DRF ignores an empty ?format= and answers an unknown one with a bare 404.
+        name = api_settings.URL_FORMAT_OVERRIDE
+        if not force and name and name in request.query_params:
+            wanted = request.query_params[name]
+            formats = [renderer.format for renderer in self.get_renderers()]
+            if wanted not in formats:
+                raise InvalidParameter(name, f"must be one of {', '.join(formats)}", kind="invalid_choice")
+        return super().perform_content_negotiation(request, force)
 
     def get_authenticate_header(self, request: Request) -> str | None:
         # DRF asks the first authenticator only, and answers 403 instead of 401 when that one (typically
@@ -163,7 +204,7 @@ def event_id_param(value: str | None, field: str) -> str | None:
 
 def int_param(request: Request, name: str, default: int, maximum: int) -> int:
     raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
         raise InvalidParameter(name, f"must be a whole number from 1 to {maximum}", kind="range")
@@ -206,7 +247,7 @@ class HealthView(AgentflowAPIView):
 
 
 class WorkflowListView(AgentflowAPIView):
-    @extend_schema(responses={200: WorkflowSerializer(many=True), **_errors(401, 403)})
+    @extend_schema(responses={200: WorkflowSerializer(many=True), **_errors(400, 401, 403)})
     def get(self, request: Request) -> Response:
         """The registered workflows, by name."""
         data = WorkflowSerializer(registry.all(), many=True, context={"request": request}).data
@@ -214,7 +255,7 @@ class WorkflowListView(AgentflowAPIView):
 
 
 class WorkflowDetailView(AgentflowAPIView):
-    @extend_schema(responses={200: WorkflowDetailSerializer, **_errors(401, 403, 404)})
+    @extend_schema(responses={200: WorkflowDetailSerializer, **_errors(400, 401, 403, 404)})
     def get(self, request: Request, name: str) -> Response:
         """One workflow: its description, the JSON Schemas of its input and output, and the tokens and cost
         of its runs (yours; staff: everyone's)."""
@@ -239,6 +280,8 @@ class StartRunMixin:
         earlier = self.earlier_run(request, wf, data, key) if key else None
         if earlier is not None:
             return earlier, True
+        # A concurrent first request with the same key may still win the race: runs.start() then gives back
+        # its run (answered 202 here too) or raises IdempotencyKeyReused if its input is not this one.
         return runs.start(wf, data, owner=request.user, idempotency_key=key), False
 
     @staticmethod
@@ -246,7 +289,7 @@ class StartRunMixin:
         key = request.headers.get(IDEMPOTENCY_HEADER)
         if key is None:
             return None
-        if not 0 < len(key) <= 255:
+        if not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
             raise InvalidIdempotencyKey()
         return key
 
@@ -261,7 +304,7 @@ class StartRunMixin:
         )
         if earlier is None:
             return None
-        if stable_hash(earlier.input) != stable_hash(wf.validate_input(data)):
+        if not same_json(earlier.input, wf.validate_input(data)):
             raise IdempotencyKeyReused(
                 f"Idempotency-Key {key!r} started run {earlier.pk} with a different input.",
                 details={"run": str(earlier.pk)},
@@ -277,15 +320,17 @@ def _json_type(value: Any) -> str:
 _START_PARAMETERS = [
     OpenApiParameter(
         IDEMPOTENCY_HEADER,
-        str,
+        {"type": "string", "minLength": 1, "maxLength": 255, "pattern": IDEMPOTENCY_KEY_PATTERN.pattern},
         OpenApiParameter.HEADER,
-        description="Up to 255 characters. The same key, user and workflow give back the run started first.",
+        description="1 to 255 printable ASCII characters. The same key, user, workflow and input give back "
+        "the run started first; another input is `422 idempotency_key_reused`.",
     )
 ]
 
 
 class WorkflowRunsView(StartRunMixin, AgentflowAPIView):
     schema = WorkflowInputSchema()
+    reads_body = True
 
     @extend_schema(
         parameters=_START_PARAMETERS,
@@ -294,7 +339,7 @@ class WorkflowRunsView(StartRunMixin, AgentflowAPIView):
             200: OpenApiResponse(
                 RunSerializer, description="Idempotency-Key replay: the run started earlier."
             ),
-            **_errors(400, 401, 403, 404, 413, 415, 422),
+            **_errors(400, 401, 403, 404, 411, 413, 415, 422),
         },
     )
     def post(self, request: Request, name: str) -> Response:
@@ -310,7 +355,8 @@ class WorkflowRunsView(StartRunMixin, AgentflowAPIView):
 
 
 class WorkflowRunView(StartRunMixin, AgentflowAPIView):
-    schema = WorkflowInputSchema()
+    schema = WorkflowRunSchema()
+    reads_body = True
     extra_renderer_classes = [sse.EventStreamRenderer]
 
     @classmethod
@@ -320,14 +366,7 @@ class WorkflowRunView(StartRunMixin, AgentflowAPIView):
         return transaction.non_atomic_requests(super().as_view(**initkwargs))
 
     @extend_schema(
-        parameters=[
-            *_START_PARAMETERS,
-            OpenApiParameter(
-                "timeout",
-                float,
-                description="Seconds to wait for the run to finish, at most WAIT_TIMEOUT_SECONDS (its default).",
-            ),
-        ],
+        parameters=_START_PARAMETERS,
         responses={
             (200, "application/json"): OpenApiResponse(
                 RunDetailSerializer, description="The run finished: completed, failed or cancelled."
@@ -339,9 +378,10 @@ class WorkflowRunView(StartRunMixin, AgentflowAPIView):
                 'its queue, else `{"code": "run_timeout", "message": ...}`.',
             ),
             (200, "text/event-stream"): OpenApiResponse(
-                OpenApiTypes.STR, description="The run's events as server-sent events, until it ends."
+                ServerSentEventSerializer,
+                description="The run's events as server-sent events, until it ends.",
             ),
-            **_errors(400, 401, 403, 404, 406, 413, 415, 422, 501),
+            **_errors(400, 401, 403, 404, 406, 411, 413, 415, 422, 501, sse=True),
         },
     )
     def post(self, request: Request, name: str) -> Any:
@@ -352,8 +392,7 @@ class WorkflowRunView(StartRunMixin, AgentflowAPIView):
         wants_stream = self.wants_event_stream(request)
         if wants_stream:
             sse.require_asgi(request)  # before the run is recorded: a 501 starts nothing
-        limit = agentflow_settings.wait_timeout_seconds
-        timeout = limit if wants_stream else _timeout_param(request, limit)
+        timeout = _timeout_param(request, agentflow_settings.wait_timeout_seconds)  # checked, even if unused
         run, _replayed = self.start_run(request, name)
         if wants_stream:
             return sse.event_stream_response(str(run.pk), None)
@@ -369,20 +408,25 @@ class WorkflowRunView(StartRunMixin, AgentflowAPIView):
         return Response(RunDetailSerializer(finished, context={"request": request}).data)
 
 
+# A JSON number without a sign: float() would also take "inf", " 5", "1_0" and other scripts' digits.
+_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def _timeout_param(request: Request, limit: float) -> float:
     raw = request.query_params.get("timeout")
-    if raw is None or raw == "":
+    if raw is None:
         return limit
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
+    value = float(raw) if _DECIMAL.fullmatch(raw) else math.nan
+    if not 0 < value < math.inf:
         raise InvalidParameter("timeout", "must be a number of seconds greater than 0", kind="range")
     return min(value, limit)
 
 
 # -- runs ------------------------------------------------------------------------------------------------------
+
+
+# What DRF's cursors are made of (standard base64); DRF's decoding would skip anything else.
+_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 
 
 class RunPagination(CursorPagination):
@@ -394,10 +438,29 @@ class RunPagination(CursorPagination):
         return int(agentflow_settings.runs_page_size)
 
     def decode_cursor(self, request: Request) -> Any:
-        try:
-            return super().decode_cursor(request)
-        except NotFound:
-            raise InvalidParameter("cursor", "is not a cursor this API gave", kind="cursor") from None
+        encoded = request.query_params.get(self.cursor_query_param)
+        # Else "%%%" would be the first page.
+        if encoded is not None and _BASE64.fullmatch(encoded):
+            try:
+                cursor = super().decode_cursor(request)
+            except NotFound:
+                pass
+            else:
+                # DRF checks the offset and direction, not the position, which is compared with created_at:
+                # a position that is not an aware datetime would make the query fail.
+                if cursor is None or cursor.position is None or _is_position(cursor.position):
+                    return cursor
+        elif encoded is None:
+            return None
+        raise InvalidParameter("cursor", "is not a cursor this API gave", kind="cursor")
+
+
+def _is_position(value: str) -> bool:
+    try:
+        moment = parse_datetime(value)
+    except ValueError:  # well formed, but not a date (month 13)
+        return False
+    return moment is not None and moment.tzinfo is not None
 
 
 class RunListView(AgentflowAPIView, generics.ListAPIView):
@@ -409,9 +472,10 @@ class RunListView(AgentflowAPIView, generics.ListAPIView):
         queryset = visible_runs(self.request.user).select_related("owner")
         workflow = self.request.query_params.get("workflow")
         if workflow:
-            queryset = queryset.filter(workflow=workflow)
+            # No run's workflow holds a NUL, and PostgreSQL refuses one in a query: match nothing.
+            queryset = queryset.filter(workflow=workflow) if "\x00" not in workflow else queryset.none()
         reason = self.request.query_params.get("wait_reason")
-        if reason:
+        if reason is not None:
             if reason not in WAIT_REASONS:
                 raise InvalidParameter(
                     "wait_reason",
@@ -420,10 +484,11 @@ class RunListView(AgentflowAPIView, generics.ListAPIView):
                 )
             queryset = queryset.filter(status=RunStatus.WAITING, wait_reason=reason)
         wanted = self.request.query_params.get("status")
-        if wanted:
-            statuses = [s.strip() for s in wanted.split(",") if s.strip()]
+        if wanted is not None:
+            # Exactly the schema's comma-separated list of statuses: an empty one is not "any".
+            statuses = wanted.split(",")
             unknown = [s for s in statuses if s not in RunStatus.values]
-            if unknown or not statuses:
+            if unknown:
                 raise InvalidParameter(
                     "status",
                     f"unknown status {', '.join(unknown)!r}: use {', '.join(RunStatus.values)}",
@@ -437,14 +502,16 @@ class RunListView(AgentflowAPIView, generics.ListAPIView):
             OpenApiParameter("workflow", str, description="Only the runs of this workflow."),
             OpenApiParameter(
                 "status",
-                str,
-                description=f"Only runs in this status; several separated by commas. One of {', '.join(RunStatus.values)}.",
+                {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(RunStatus.values)}},
+                style="form",
+                explode=False,
+                description="Only runs in these statuses, separated by commas: `status=queued,running`.",
             ),
             OpenApiParameter(
                 "wait_reason",
-                str,
+                {"type": "string", "enum": list(WAIT_REASONS)},
                 description="Only waiting runs that wait for this: `input` (a person's answer), `child` (a child "
-                f"run), ... One of {', '.join(WAIT_REASONS)}.",
+                "run), ...",
             ),
         ],
         responses={200: RunSerializer(many=True), **_errors(400, 401, 403)},
@@ -455,7 +522,7 @@ class RunListView(AgentflowAPIView, generics.ListAPIView):
 
 
 class RunDetailView(AgentflowAPIView):
-    @extend_schema(responses={200: RunDetailSerializer, **_errors(401, 403, 404)})
+    @extend_schema(responses={200: RunDetailSerializer, **_errors(400, 401, 403, 404)})
     def get(self, request: Request, run_id: str) -> Response:
         """One run: status, input, output, error, timings, usage and its steps."""
         run = get_visible_run(request, run_id)
@@ -463,6 +530,7 @@ class RunDetailView(AgentflowAPIView):
 
 
 class RunEventsView(AgentflowAPIView):
+    schema = RunEventsSchema()
     permission_classes = [IsAuthenticatedOrStreamGrant]
     extra_renderer_classes = [sse.EventStreamRenderer]
 
@@ -471,38 +539,32 @@ class RunEventsView(AgentflowAPIView):
         return [StreamTokenAuthentication(), *super().get_authenticators()]
 
     @extend_schema(
-        parameters=[
-            OpenApiParameter(
-                "after", str, description="Only events after this event id (e.g. 1732390000000-0)."
-            ),
-            OpenApiParameter("limit", int, description="Events per page, 1 to EVENTS_MAX_PAGE_SIZE."),
-            OpenApiParameter(
-                "Last-Event-ID",
-                str,
-                OpenApiParameter.HEADER,
-                description="Event stream only: resume after this id (wins over `after`).",
-            ),
-        ],
+        # The parameters (bounded by settings) are RunEventsSchema's.
         responses={
             (200, "application/json"): EventPageSerializer,
             (200, "text/event-stream"): OpenApiResponse(
-                OpenApiTypes.STR,
+                ServerSentEventSerializer,
                 description="Replay after `after`, then the live events, until the run ends.",
             ),
             (204, "text/event-stream"): OpenApiResponse(
                 description="The run ended and nothing follows `after`."
             ),
-            **_errors(400, 401, 403, 404, 406, 501),
+            **_errors(400, 401, 403, 404, 406, 501, sse=True),
         },
     )
     def get(self, request: Request, run_id: str) -> Any:
         """The run's events: a page of its history, or with `Accept: text/event-stream` replay then live."""
         run = get_visible_run(request, run_id)
+        # Both checked whatever the format (the header and the pages are one format's): a bad parameter is an
+        # error either way, as the schema says.
+        header = request.headers.get("Last-Event-ID")
+        resume_after = event_id_param(header, "Last-Event-ID") if header else None
+        limit = int_param(
+            request, "limit", agentflow_settings.events_page_size, agentflow_settings.events_max_page_size
+        )
         if self.wants_event_stream(request):
             # An EventSource reconnects with the URL it started with and Last-Event-ID: the header is newer.
-            header = request.headers.get("Last-Event-ID")
-            after = event_id_param(header, "Last-Event-ID") if header else None
-            after = after or event_id_param(request.query_params.get("after"), "after")
+            after = resume_after or event_id_param(request.query_params.get("after"), "after")
             if sse.stream_is_over(run, after):
                 # Ends an EventSource's reconnecting; a plain response, so no renderer writes a body.
                 return HttpResponse(status=status.HTTP_204_NO_CONTENT)
@@ -510,9 +572,6 @@ class RunEventsView(AgentflowAPIView):
             return sse.event_stream_response(str(run.pk), after)
 
         after = event_id_param(request.query_params.get("after"), "after")
-        limit = int_param(
-            request, "limit", agentflow_settings.events_page_size, agentflow_settings.events_max_page_size
-        )
         events = self.history(run, after, limit + 1)
         has_more = len(events) > limit
         events = events[:limit]
@@ -538,7 +597,7 @@ class RunCancelView(AgentflowAPIView):
                 description="Cancellation requested: the run stops at its next step boundary.",
             ),
             200: OpenApiResponse(RunDetailSerializer, description="The run was queued and is now cancelled."),
-            **_errors(401, 403, 404, 409),
+            **_errors(400, 401, 403, 404, 409),
         },
     )
     def post(self, request: Request, run_id: str) -> Response:
@@ -557,8 +616,7 @@ class RunCancelView(AgentflowAPIView):
 
 
 def _resume_options(data: Any) -> dict[str, Any]:
-    if data is None:  # a JSON null; no body at all is an empty dict, handled below
-        return {}
+    # No body at all is an empty dict; a JSON null is not an object, as the schema says.
     if not isinstance(data, dict) or set(data) - {"budget"}:
         raise InvalidInput(
             'the body of a resume is empty or {"budget": {"usd": ..., "tokens": ...} or null}',
@@ -575,11 +633,14 @@ def _resume_options(data: Any) -> dict[str, Any]:
 
 
 class RunResumeView(AgentflowAPIView):
+    schema = RunResumeSchema()
+    reads_body = True
+
     @extend_schema(
-        request=ResumeRequestSerializer,
+        # The body is RunResumeSchema's.
         responses={
             202: OpenApiResponse(RunDetailSerializer, description="The run is queued again."),
-            **_errors(400, 401, 403, 404, 409),
+            **_errors(400, 401, 403, 404, 409, 411, 413, 415),
         },
     )
     def post(self, request: Request, run_id: str) -> Response:
@@ -598,7 +659,7 @@ class RunResumeView(AgentflowAPIView):
 
 
 class RunInputListView(AgentflowAPIView):
-    @extend_schema(responses={200: InputRequestSerializer(many=True), **_errors(401, 403, 404)})
+    @extend_schema(responses={200: InputRequestSerializer(many=True), **_errors(400, 401, 403, 404)})
     def get(self, request: Request, run_id: str) -> Response:
         """The run's requests for input (`agentflow.wait_for_input`), in the order it made them."""
         run = get_visible_run(request, run_id)
@@ -608,7 +669,9 @@ class RunInputListView(AgentflowAPIView):
 
 
 class RunInputView(AgentflowAPIView):
-    @extend_schema(responses={200: InputRequestSerializer, **_errors(401, 403, 404)})
+    reads_body = True
+
+    @extend_schema(responses={200: InputRequestSerializer, **_errors(400, 401, 403, 404)})
     def get(self, request: Request, run_id: str, key: str) -> Response:
         """One request for input: its prompt, the JSON Schema of its answer, and its status."""
         run = get_visible_run(request, run_id)
@@ -620,7 +683,7 @@ class RunInputView(AgentflowAPIView):
         request=OpenApiTypes.ANY,
         responses={
             200: OpenApiResponse(InputRequestSerializer, description="Answered: the run continues."),
-            **_errors(400, 401, 403, 404, 409, 413, 415),
+            **_errors(400, 401, 403, 404, 409, 411, 413, 415),
         },
     )
     def post(self, request: Request, run_id: str, key: str) -> Response:

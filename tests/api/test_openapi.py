@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import pytest
 from django.core.management import call_command
+from django.test import override_settings
+from drf_spectacular.generators import SchemaGenerator
+from drf_spectacular.settings import patched_settings
 from pydantic import BaseModel
 
 from agentflow import registry, workflow
+from agentflow.conf import agentflow_settings
+from agentflow.exceptions import InvalidEventId
 from agentflow.openapi import component_names, to_oas30
+from agentflow.views import event_id_param
+from tests.api.conftest import start_url
 
 pytestmark = pytest.mark.django_db
 
@@ -20,6 +28,12 @@ def schema(client) -> dict:
     response = client.get("/api/schema/", {"format": "json"})
     assert response.status_code == 200
     return response.json()
+
+
+def generated(hooks: list[str]) -> dict:
+    """The schema, generated with these postprocessing hooks (the test settings have the split)."""
+    with patched_settings({"POSTPROCESSING_HOOKS": hooks}):
+        return SchemaGenerator().get_schema(request=None, public=True)
 
 
 def test_every_registered_workflow_has_its_input_schema(anonymous):
@@ -33,6 +47,36 @@ def test_every_registered_workflow_has_its_input_schema(anonymous):
         assert component["type"] == "object" and component["additionalProperties"] is False
         assert set(component["properties"]) == set(expected["properties"])
         assert component.get("required", []) == expected.get("required", [])
+    assert components["ApiEchoInput"]["properties"]["times"] == {
+        "default": 1,
+        "title": "Times",
+        "type": "integer",
+    }
+
+
+def test_each_workflow_has_start_operations_with_its_own_body(anonymous):
+    # One operation for all workflows could only say the body is one of all the inputs, whatever the name.
+    paths = schema(anonymous)["paths"]
+    names = component_names(registry.all())
+    assert not set(START_PATHS) & set(paths)
+    for wf in registry.all():
+        for path in START_PATHS:
+            operation = paths[path.replace("{name}", wf.name)]["post"]
+            body = operation["requestBody"]
+            assert body["content"]["application/json"]["schema"] == {
+                "$ref": f"#/components/schemas/{names[wf.name]}"
+            }
+            # No body is an empty input, which is enough unless the workflow has required parameters.
+            assert body["required"] is bool(wf.input_schema().get("required"))
+            assert "name" not in {p["name"] for p in operation["parameters"]}
+            assert "x-agentflow-start" not in operation
+    operation_ids = [op["operationId"] for item in paths.values() for op in item.values()]
+    assert len(operation_ids) == len(set(operation_ids))
+
+
+def test_without_the_hook_one_operation_takes_any_input():
+    doc = generated(["drf_spectacular.hooks.postprocess_schema_enums"])
+    names = component_names(registry.all())
     refs = {f"#/components/schemas/{names[wf.name]}" for wf in registry.all()}
     for path in START_PATHS:
         operation = doc["paths"][path]["post"]
@@ -40,11 +84,6 @@ def test_every_registered_workflow_has_its_input_schema(anonymous):
         assert {option["$ref"] for option in body["oneOf"]} == refs
         (name,) = [p for p in operation["parameters"] if p["name"] == "name"]
         assert name["schema"]["enum"] == [wf.name for wf in registry.all()]
-    assert components["ApiEchoInput"]["properties"]["times"] == {
-        "default": 1,
-        "title": "Times",
-        "type": "integer",
-    }
 
 
 def test_the_api_is_documented(anonymous):
@@ -53,7 +92,8 @@ def test_the_api_is_documented(anonymous):
     assert {
         "/api/workflows/",
         "/api/workflows/{name}/",
-        *START_PATHS,
+        "/api/workflows/api-echo/runs/",
+        "/api/workflows/api-echo/run/",
         "/api/runs/",
         "/api/runs/{run_id}/",
         "/api/runs/{run_id}/events/",
@@ -145,3 +185,108 @@ def test_to_oas30():
         "anyOf": [{"$ref": "#/x"}],
         "nullable": True,
     }
+
+
+# -- the schema says what the views do (issue 10) ---------------------------------------------------------------
+
+
+def parameter(operation: dict, name: str) -> dict:
+    (found,) = [p for p in operation["parameters"] if p["name"] == name]
+    return found
+
+
+def test_a_runs_error_is_nullable(anonymous):
+    components = schema(anonymous)["components"]["schemas"]
+    for name in ("Run", "RunDetail"):
+        assert components[name]["properties"]["error"]["nullable"] is True
+
+
+def test_parameters_have_the_bounds_the_views_enforce(anonymous):
+    paths = schema(anonymous)["paths"]
+    events = paths["/api/runs/{run_id}/events/"]["get"]
+    assert parameter(events, "limit")["schema"] == {"type": "integer", "minimum": 1, "maximum": 1000}
+    with override_settings(AGENTFLOW={**agentflow_settings.user_settings, "EVENTS_MAX_PAGE_SIZE": 50}):
+        events = schema(anonymous)["paths"]["/api/runs/{run_id}/events/"]["get"]
+    assert parameter(events, "limit")["schema"]["maximum"] == 50  # read when the schema is generated
+    run = paths["/api/workflows/api-echo/run/"]["post"]
+    assert parameter(run, "timeout")["schema"] == {"type": "number", "minimum": 0, "exclusiveMinimum": True}
+    status = parameter(paths["/api/runs/"]["get"], "status")
+    assert (status["style"], status["explode"], status["schema"]["minItems"]) == ("form", False, 1)
+    assert status["schema"]["items"]["enum"] == [
+        "queued",
+        "running",
+        "waiting",
+        "completed",
+        "failed",
+        "cancelled",
+    ]
+
+
+def test_the_resume_body_has_the_budgets_bounds(anonymous):
+    body = schema(anonymous)["components"]["schemas"]["ResumeRequest"]
+    assert body["additionalProperties"] is False
+    budget = body["properties"]["budget"]
+    assert budget["nullable"] is True and budget["additionalProperties"] is False
+    assert budget["properties"]["usd"] == {
+        "type": "number",
+        "minimum": 0,
+        "exclusiveMinimum": True,
+        "nullable": True,
+        "description": "Limit in USD (null: none).",
+    }
+    tokens = budget["properties"]["tokens"]
+    assert (tokens["minimum"], tokens["maximum"]) == (1, 2**63 - 1)
+    # At least one limit that is not null: {} and {"usd": null, "tokens": null} are 400.
+    assert [option["required"] for option in budget["anyOf"]] == [["usd"], ["tokens"]]
+
+
+def test_event_streams_are_declared_as_events(anonymous):
+    paths = schema(anonymous)["paths"]
+    components = schema(anonymous)["components"]["schemas"]
+    for path, method in [("/api/runs/{run_id}/events/", "get"), ("/api/workflows/api-echo/run/", "post")]:
+        responses = paths[path][method]["responses"]
+        assert responses["200"]["content"]["text/event-stream"]["schema"] == {
+            "$ref": "#/components/schemas/ServerSentEvent"
+        }
+        # An error answers an event-stream request with one `error` event.
+        for status in ("400", "401", "404"):
+            assert responses[status]["content"] == {
+                "application/json": {"schema": {"$ref": "#/components/schemas/Error"}},
+                "text/event-stream": {"schema": {"$ref": "#/components/schemas/ServerSentError"}},
+            }
+    assert components["ServerSentEvent"]["required"] == ["data", "event"]
+    assert components["ServerSentError"]["properties"]["event"] == {
+        "$ref": "#/components/schemas/ServerSentErrorType"
+    }
+    assert components["ServerSentErrorType"]["enum"] == ["error"]
+
+
+@pytest.mark.parametrize(
+    "key", ["k", "a b", "k" * 255, "~!", "", " k", "k ", "k" * 256, "caf\u00e9", "a\tb", "a\nb", "\x7f"]
+)
+def test_the_idempotency_key_pattern_is_what_the_view_accepts(anonymous, api, key):
+    operation = schema(anonymous)["paths"]["/api/workflows/api-echo/runs/"]["post"]
+    declared = parameter(operation, "Idempotency-Key")["schema"]
+    matches = bool(re.search(declared["pattern"], key)) and 1 <= len(key) <= declared["maxLength"]
+    response = api.post(start_url("api-echo"), {"text": "a"}, format="json", HTTP_IDEMPOTENCY_KEY=key)
+    assert (response.status_code == 202) is matches, (key, response.content)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "", "0-0", "1732390000000-0", "007-01", "18446744073709551615-18446744073709551615",
+        "18446744073709551616-0", "0-18446744073709551616", "99999999999999999999-0", "1844674407370955161-9",
+        "1-", "-1", "1", "1-2-3", "1.5-0", "\u0661-\u0660", " 1-0", "1-0 ", "+1-0", "0" * 62 + "1-0",
+        "0" * 61 + "1-0", "00018446744073709551615-18446744073709551615", "18446744073709551615-18446744073709551614",
+    ],
+)  # fmt: skip
+def test_the_event_id_pattern_is_what_the_view_accepts(anonymous, value):
+    operation = schema(anonymous)["paths"]["/api/runs/{run_id}/events/"]["get"]
+    pattern = parameter(operation, "after")["schema"]["pattern"]
+    assert parameter(operation, "Last-Event-ID")["schema"]["pattern"] == pattern
+    try:
+        accepted = event_id_param(value, "after") is not None or value == ""
+    except InvalidEventId:
+        accepted = False
+    assert bool(re.fullmatch(pattern, value)) is accepted

@@ -66,7 +66,9 @@ def test_filters(api, alice, make_run):
     }
 
 
-@pytest.mark.parametrize("value", ["done", "completed,nope", ","])
+@pytest.mark.parametrize(
+    "value", ["done", "completed,nope", ",", "", "completed,,failed", "completed, failed"]
+)
 def test_an_unknown_status_is_400(api, value):
     response = api.get(url("run-list"), {"status": value})
     assert response.status_code == 400

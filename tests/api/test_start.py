@@ -53,7 +53,7 @@ def test_invalid_input_is_400_with_field_errors(api):
     assert body["message"] == "invalid input for workflow 'api-echo'"
     assert {(d["field"], d["code"]) for d in body["details"]} == {
         ("text", "missing"),
-        ("times", "int_parsing"),
+        ("times", "int_type"),
         ("colour", "extra_forbidden"),
     }
     assert not WorkflowRun.objects.exists()
