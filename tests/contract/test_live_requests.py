@@ -78,6 +78,26 @@ def test_malformed_chunked_framing_is_refused_by_the_server(contract_server, tok
     assert not WorkflowRun.objects.exists()
 
 
+def test_parameters_of_the_other_format_are_checked_for_an_event_stream_too(contract_server, token):
+    # Each applies to JSON only, but the schema bounds it whatever the format: it was ignored.
+    run = contract_server.http + "/api/workflows/contract-echo/run/"
+    response = httpx.post(run + "?timeout=-1&format=sse", json={"text": "a"}, headers=headers(token))
+    assert response.status_code == 400 and response.headers["Content-Type"] == "text/event-stream"
+    assert '"code": "invalid_parameter"' in response.text
+    assert not WorkflowRun.objects.exists()
+    started = httpx.post(
+        f"{contract_server.http}/api/workflows/contract-echo/runs/",
+        json={"text": "a"},
+        headers=headers(token),
+    )
+    events = f"{contract_server.http}/api/runs/{started.json()['id']}/events/"
+    for query in ("?format=sse&limit=0", "?format=sse&limit="):
+        response = httpx.get(events + query, headers=headers(token), timeout=TIMEOUT)
+        assert response.status_code == 400, (query, response.text)
+    response = httpx.get(events + "?format=sse", headers=headers(token), timeout=TIMEOUT)
+    assert response.status_code == 200 and "event: run.completed" in response.text
+
+
 ROUNDS = 5
 PARALLEL = 16
 
