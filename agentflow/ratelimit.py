@@ -33,6 +33,7 @@ import asyncio
 import hashlib
 import random
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -270,6 +271,9 @@ class RateLimiter:
         self._jitter_seconds = jitter_seconds
         self._client = client
         self._key_prefix = key_prefix
+        self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batcher] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def window_seconds(self) -> float:
@@ -305,8 +309,8 @@ class RateLimiter:
         limits = self._limits if self._limits is not None else agentflow_settings.rate_limits
         return resolve_limits(limits, key)
 
-    def try_acquire(self, key: str, *, requests: int = 1, tokens: int = 0) -> Acquisition:
-        """Take ``requests`` and ``tokens`` from ``key``'s capacity if all fit now; see :class:`Acquisition`."""
+    def _acquisition(self, key: str, requests: int, tokens: int) -> tuple[list[str], list[int]]:
+        """The acquire script's keys and arguments; a request larger than a whole window raises ValueError."""
         requests, tokens = _count(requests, "requests"), _count(tokens, "tokens")
         limits = self.limits_for(key)
         max_requests = limits.get("requests_per_minute", 0)
@@ -316,20 +320,42 @@ class RateLimiter:
             raise ValueError(f"{requests} requests exceed {key!r}'s limit of {max_requests} per minute")
         if max_tokens and tokens > max_tokens:
             raise ValueError(f"{tokens} tokens exceed {key!r}'s limit of {max_tokens} per minute")
-        window_us = self._log_window_us()
+        return self._keys(key), [self._log_window_us(), max_requests, max_tokens, requests, tokens]
+
+    def try_acquire(self, key: str, *, requests: int = 1, tokens: int = 0) -> Acquisition:
+        """Take ``requests`` and ``tokens`` from ``key``'s capacity if all fit now; see :class:`Acquisition`."""
+        script_keys, args = self._acquisition(key, requests, tokens)
         client = self._redis()
-        granted, wait_us, now_us = client.register_script(_ACQUIRE)(
-            keys=self._keys(key), args=[window_us, max_requests, max_tokens, requests, tokens]
-        )
-        return Acquisition(bool(int(granted)), int(wait_us) / 1_000_000, int(now_us) / 1_000_000)
+        return _answer(_script(client, _ACQUIRE)(keys=script_keys, args=args))
+
+    def _acquire_many(self, calls: list[tuple[list[str], list[int]]]) -> list[Acquisition]:
+        """Several acquisitions in one round trip: each is the same script call as :meth:`try_acquire`'s,
+        run one after the other by Redis, so each is decided exactly as if it had come alone."""
+        client = self._redis()
+        script = _script(client, _ACQUIRE)
+        with client.pipeline(transaction=False) as pipe:
+            for script_keys, args in calls:
+                script(keys=script_keys, args=args, client=pipe)
+            return [_answer(result) for result in pipe.execute()]
 
     def acquire(self, key: str, *, requests: int = 1, tokens: int = 0) -> float:
         """0 if granted now (capacity consumed), else the seconds to wait before trying again."""
         return self.try_acquire(key, requests=requests, tokens=tokens).wait_seconds
 
+    async def atry_acquire(self, key: str, *, requests: int = 1, tokens: int = 0) -> Acquisition:
+        """:meth:`try_acquire` for async code. The acquisitions an event loop's tasks ask for while one is on
+        its way go together in the next round trip (a pipeline, on one thread hop): a fan-out of hundreds
+        of calls costs a few round trips, not one thread hop each (see :class:`_Batcher`)."""
+        script_keys, args = self._acquisition(key, requests, tokens)
+        loop = asyncio.get_running_loop()
+        batcher = self._batchers.get(loop)
+        if batcher is None:
+            batcher = self._batchers[loop] = _Batcher(self, loop)
+        return await batcher.submit(script_keys, args)
+
     async def aacquire(self, key: str, *, requests: int = 1, tokens: int = 0) -> float:
-        # One short Redis round trip: a thread keeps the event loop free without a second client.
-        return await asyncio.to_thread(self.acquire, key, requests=requests, tokens=tokens)
+        """:meth:`acquire` for async code (batched: see :meth:`atry_acquire`)."""
+        return (await self.atry_acquire(key, requests=requests, tokens=tokens)).wait_seconds
 
     def penalize(self, key: str, retry_after_seconds: float) -> None:
         """Block ``key`` for every process for ``retry_after_seconds`` (a 429's ``Retry-After``). A block
@@ -337,7 +363,7 @@ class RateLimiter:
         if retry_after_seconds <= 0:
             return
         ms = max(1, round(retry_after_seconds * 1000))
-        self._redis().register_script(_PENALIZE)(keys=self._keys(key)[2:], args=[ms])
+        _script(self._redis(), _PENALIZE)(keys=self._keys(key)[2:], args=[ms])
 
     def reconcile(self, key: str, estimated_tokens: int, actual_tokens: int) -> None:
         """Correct the tokens taken by an acquisition of ``estimated_tokens`` once the call reports its usage."""
@@ -346,9 +372,7 @@ class RateLimiter:
         if estimated == actual or not self.limits_for(key).get("tokens_per_minute"):
             return
         window_us = self._log_window_us()
-        self._redis().register_script(_RECONCILE)(
-            keys=self._keys(key)[:2], args=[estimated, actual, window_us]
-        )
+        _script(self._redis(), _RECONCILE)(keys=self._keys(key)[:2], args=[estimated, actual, window_us])
 
     def wait_for_capacity(
         self, key: str, *, requests: int = 1, tokens: int = 0, max_wait_seconds: float | None = None
@@ -423,6 +447,77 @@ class RateLimiter:
         if max_wait_seconds is None:
             return float(agentflow_settings.suspend_threshold_seconds)
         return max_wait_seconds
+
+
+def _answer(result: Any) -> Acquisition:
+    granted, wait_us, now_us = result
+    return Acquisition(bool(int(granted)), int(wait_us) / 1_000_000, int(now_us) / 1_000_000)
+
+
+_scripts: weakref.WeakKeyDictionary[redis.Redis, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _script(client: redis.Redis, source: str) -> Any:
+    """``client.register_script(source)``, once per client (it hashes the source each time)."""
+    known = _scripts.get(client)
+    if known is None:
+        known = _scripts.setdefault(client, {})
+    script = known.get(source)
+    if script is None:
+        script = known[source] = client.register_script(source)
+    return script
+
+
+class _Batcher:
+    """One event loop's acquisitions, sent to Redis together: group commit, as the checkpoints do.
+
+    An acquisition asked for while none is on its way goes at the end of the current turn of the loop, with
+    every other one asked for in that turn (a fan-out's calls all reach the limiter in the same turn); those
+    asked for meanwhile go together next. One thread hop and one pipeline per batch: the sync client keeps
+    the loop free without a second, async, Redis client per loop. Redis runs the batch's scripts one after
+    the other, so each grant is decided exactly as it would be alone; only the round trips are shared.
+    """
+
+    def __init__(self, limiter: RateLimiter, loop: asyncio.AbstractEventLoop) -> None:
+        self.limiter = limiter
+        self.loop = loop
+        self.pending: list[tuple[list[str], list[int], asyncio.Future[Acquisition]]] = []
+        self.busy = False  # a batch is scheduled or on its way
+        self.task: asyncio.Task[None] | None = None
+
+    def submit(self, script_keys: list[str], args: list[int]) -> asyncio.Future[Acquisition]:
+        future: asyncio.Future[Acquisition] = self.loop.create_future()
+        self.pending.append((script_keys, args, future))
+        if not self.busy:
+            self.busy = True
+            self.loop.call_soon(self._start)
+        return future
+
+    def _start(self) -> None:
+        self.task = self.loop.create_task(self._send())
+
+    async def _send(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                live = [entry for entry in batch if not entry[2].done()]  # a cancelled caller needs nothing
+                if not live:
+                    continue
+                try:
+                    answers = await asyncio.to_thread(
+                        self.limiter._acquire_many, [(script_keys, args) for script_keys, args, _ in live]
+                    )
+                except Exception as exc:  # Redis down: every caller of the batch gets the error
+                    for _, _, future in live:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, _, future), answer in zip(live, answers, strict=True):
+                    if not future.done():
+                        future.set_result(answer)
+        finally:
+            self.busy = False
+            self.task = None
 
 
 def _spread() -> float:

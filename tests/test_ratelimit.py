@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from typing import Any
 
 import pytest
 import redis
@@ -175,6 +176,49 @@ def test_async_api(prefix, redis_client):
     waits, waited = asyncio.run(main())
     assert waits[:2] == [0, 0] and waits[2] > 0
     assert 0.1 < waited < 0.5
+
+
+class _CountingRedis(redis.Redis):
+    """Counts what goes to Redis: commands sent alone, and pipelines."""
+
+    sent = 0
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        type(self).sent += 1
+        return super().execute_command(*args, **options)
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        type(self).sent += 1
+        return super().pipeline(*args, **kwargs)
+
+
+def test_concurrent_async_acquisitions_go_together_and_each_is_decided_alone(prefix, redis_client):
+    client = _CountingRedis(connection_pool=redis_client.connection_pool)
+    limiter = make(prefix, client, window_seconds=60, requests_per_minute=30)
+
+    async def main() -> list[float]:
+        return await asyncio.gather(*(limiter.aacquire("p:m") for _ in range(50)))
+
+    _CountingRedis.sent = 0
+    waits = asyncio.run(main())
+    # One round trip (a pipeline) for the fan-out, not one per acquisition...
+    assert _CountingRedis.sent == 1
+    # ... and the limit holds exactly, in the order the acquisitions were asked for.
+    assert waits[:30] == [0] * 30
+    assert all(wait > 50 for wait in waits[30:])
+    assert int(redis_client.zcard(f"{prefix}ratelimit:{{p:m}}:log")) == 30
+
+
+def test_an_unreachable_redis_fails_every_async_acquisition_of_the_batch(prefix):
+    limiter = RateLimiter(
+        {}, client=redis.Redis(port=1, socket_connect_timeout=1), key_prefix=prefix, jitter_seconds=0
+    )
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(limiter.aacquire("p:m") for _ in range(3)), return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert [type(result) for result in results] == [redis.ConnectionError] * 3
 
 
 def test_default_limiter_reads_settings_and_the_streams_client(redis_client):
