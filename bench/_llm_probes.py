@@ -8,6 +8,11 @@ they wrap its functions in the worker process only.
   JSON to ``$BENCH_LLM_PROBE_DIR/<run id>.json`` when the task ends (read by llm_fanout.py --probe).
 - ``no-limiter``: skip the shared rate limiter (no Redis round trip on a thread before and after each call).
 - ``shards=N``: spread a run's calls over N HTTP connection pools (N SDK clients) instead of one.
+- ``gc``: time the garbage collector's pauses (by generation), per run and per task of any kind (the floor's
+  too: ``$BENCH_LLM_PROBE_DIR/gc.log``, summarised by llm_fanout.py).
+- ``freeze``: ``gc.freeze()`` in each pool process once it starts (what ``WORKER_GC_FREEZE`` does).
+- ``persistent-loop``: run each async workflow on an event loop kept by the worker thread across runs, and
+  keep the run's SDK clients (their connections) for the next run, instead of a new loop per incarnation.
 """
 
 from __future__ import annotations
@@ -48,6 +53,14 @@ def install(names: list[str]) -> None:
     for name in names:
         if name == "probe":
             _install_probe()
+        elif name == "persistent-loop":
+            _install_persistent_loop()
+        elif name == "freeze":
+            import gc
+
+            gc.freeze()
+        elif name == "gc":
+            _install_gc()
         elif name == "no-limiter":
             _install_no_limiter()
         elif name.startswith("shards="):
@@ -162,3 +175,76 @@ def _install_shards(count: int) -> None:
         return client
 
     calls.async_client = async_client
+
+
+def _install_gc() -> None:
+    """Time the collector's pauses; also log them per task (any task: the floor's too) to
+    ``$BENCH_LLM_PROBE_DIR/gc.log`` as ``<task name> <pauses> <seconds by generation...>``."""
+    import gc
+
+    from celery.signals import task_postrun, task_prerun
+
+    started: dict[int, float] = {}
+    per_task = [0.0, 0.0, 0.0]
+    pauses = [0]
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[info["generation"]] = time.perf_counter()
+        elif info["generation"] in started:
+            elapsed = time.perf_counter() - started.pop(info["generation"])
+            per_task[info["generation"]] += elapsed
+            pauses[0] += 1
+            with _lock:
+                _durations[f"gc generation {info['generation']} pause"].append(elapsed)
+
+    gc.callbacks.append(callback)
+
+    @task_prerun.connect(weak=False)
+    def _reset(**kwargs: Any) -> None:
+        per_task[:] = [0.0, 0.0, 0.0]
+        pauses[0] = 0
+
+    @task_postrun.connect(weak=False)
+    def _log(task: Any = None, **kwargs: Any) -> None:
+        directory = os.environ.get("BENCH_LLM_PROBE_DIR")
+        if directory:
+            with open(Path(directory, "gc.log"), "a") as log:
+                log.write(
+                    f"{getattr(task, 'name', '?')} {pauses[0]} {' '.join(f'{t:.4f}' for t in per_task)}\n"
+                )
+
+
+def _install_persistent_loop() -> None:
+    import asyncio
+    import contextvars
+
+    from agentflow.core import workflow as wf_module
+    from agentflow.core.context import _frame, _run
+    from agentflow.llm import calls
+
+    local = threading.local()
+
+    def execute(self: Any, input: Any, ctx: Any) -> Any:
+        kwargs = self.bind(input)
+        run_token = _run.set(ctx)
+        frame_token = _frame.set(ctx.root)
+        try:
+            if self.is_async:
+                runner = getattr(local, "runner", None)
+                if runner is None:
+                    runner = local.runner = asyncio.Runner()
+                result = runner.run(self._main(self.fn, kwargs, ctx), context=contextvars.copy_context())
+            else:
+                result = self.fn(**kwargs)
+        finally:
+            _frame.reset(frame_token)
+            _run.reset(run_token)
+        return self.dump_output(result)
+
+    wf_module.Workflow.execute = execute
+
+    async def close_async_clients(ctx: Any) -> None:
+        ctx.resources.pop("async_clients", [])
+
+    calls.close_async_clients = close_async_clients

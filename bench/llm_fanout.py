@@ -31,7 +31,7 @@ the fake server saw exactly the calls made, per side (each side has its own API 
 ``--patch probe`` adds the worker-side phases of each call (limiter granted, SDK call started, response
 received, checkpoint written and how long it waited for the store's DB thread); ``--patch`` also takes
 experiments that wrap agentflow's functions in the worker only (bench/_llm_probes.py: ``no-limiter``,
-``shards=N``). ``--profile DIR`` runs the worker's tasks under cProfile (see
+``shards=N``, ``gc`` (the collector's pauses per task, printed), ``freeze``, ``persistent-loop``). ``--profile DIR`` runs the worker's tasks under cProfile (see
 bench/workflows_llm.py) and prints the hot spots of the last task; cProfile sees the task's thread (the run's
 event loop), not the helper threads (checkpoint writer, ``asyncio.to_thread``), which the probes time.
 
@@ -322,6 +322,25 @@ def print_probes(probe_dir: str, sample: Sample, t0: float) -> None:
         )
 
 
+def print_gc(probe_dir: str) -> None:
+    """The collector's pauses per task (``--patch gc``): median seconds by generation, per task name."""
+    path = Path(probe_dir, "gc.log")
+    if not path.exists():
+        return
+    by_task: dict[str, list[list[float]]] = {}
+    for line in path.read_text().splitlines():
+        name, _pauses, *seconds = line.split()
+        by_task.setdefault(name, []).append([float(s) for s in seconds])
+    print("  garbage collector pauses per task (--patch gc), median ms by generation 0 / 1 / 2, and total")
+    for name, rows in by_task.items():
+        gens = [statistics.median(row[g] for row in rows) * 1e3 for g in range(3)]
+        total = statistics.median(sum(row) for row in rows) * 1e3
+        print(
+            f"  {name:<44}{len(rows):4d} tasks  {gens[0]:6.1f} {gens[1]:6.1f} {gens[2]:6.1f}   {total:6.1f}"
+        )
+    print()
+
+
 def print_profile(profile_dir: str, limit: int = 30) -> None:
     import pstats
 
@@ -499,6 +518,8 @@ def main() -> int:
                 print_probes(probe_dir, median_run, median_run.t0)
             print()
 
+        if "gc" in args.patch.split(","):
+            print_gc(probe_dir)
         print(
             f"  fake server requests   agentflow {seen[AGENTFLOW_KEY]} ({af_runs} runs x {n}), "
             f"floor {seen[FLOOR_KEY]}, Celery group {seen[BASELINE_KEY]}: as expected"
