@@ -102,7 +102,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id="agentflow.E009",
             )
         )
-    for key in ("ARCHIVE_EVENTS", "PREPARED_STATEMENTS"):
+    for key in ("ARCHIVE_EVENTS", "PREPARED_STATEMENTS", "WORKER_GC_FREEZE"):
         if not isinstance(merged[key], bool):
             errors.append(Error(f"AGENTFLOW[{key!r}] must be True or False.", id="agentflow.E010"))
     page, max_page = merged["EVENTS_PAGE_SIZE"], merged["EVENTS_MAX_PAGE_SIZE"]

@@ -57,6 +57,9 @@ DEFAULTS: dict[str, Any] = {
     # Checkpoints as server-side prepared statements on PostgreSQL (faster). Turn off behind a connection
     # pooler that cannot keep prepared statements, such as PgBouncer in transaction mode before 1.21.
     "PREPARED_STATEMENTS": True,
+    # Celery worker processes freeze the objects alive once they are ready (gc.freeze()), so the garbage
+    # collector's full collections, triggered by what runs allocate, no longer scan the whole start-up heap.
+    "WORKER_GC_FREEZE": True,
     # How long a run's stream token (for browsers' websockets and EventSource) stays valid.
     "STREAM_TOKEN_TTL_SECONDS": 3600.0,
     # Default bound of agentflow.wait() and of synchronous API runs.

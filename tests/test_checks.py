@@ -81,6 +81,7 @@ def test_e009_cache_alias_exists():
 def test_e010_booleans():
     assert ids(ARCHIVE_EVENTS="yes") == ["agentflow.E010"]
     assert ids(PREPARED_STATEMENTS=1) == ["agentflow.E010"]
+    assert ids(WORKER_GC_FREEZE="no") == ["agentflow.E010"]
 
 
 def test_e011_events_page_size_within_the_maximum():

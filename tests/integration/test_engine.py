@@ -187,3 +187,9 @@ def test_cancelling_a_queued_run_cancels_it_at_once():
     run.refresh_from_db()
     assert run.status == "cancelled" and run.finished_at is not None
     assert types(run.id) == ["run.queued", "run.cancelled"]
+
+
+def test_worker_processes_freeze_their_start_up_heap():
+    # The shared worker's prefork children froze what was alive once ready (WORKER_GC_FREEZE).
+    run = agentflow.start("gc-frozen", {})
+    assert agentflow.wait(run, timeout_seconds=30) > 10_000

@@ -157,3 +157,11 @@ def retry_request(tag: str) -> str:
 from . import workflows_api, workflows_slices, workflows_waits  # noqa: E402, F401
 from .workflows_chaos import chaos_stream  # noqa: E402, F401  (registers the chaos tests' workflows, tests/chaos)
 from .workflows_llm import llm_chats  # noqa: E402, F401  (registers the LLM integration tests' workflows, tests/llm)
+
+
+@workflow(name="gc-frozen")
+def gc_frozen() -> int:
+    """How many objects the worker process executing the run froze (agentflow.tasks.freeze_startup_heap)."""
+    import gc
+
+    return gc.get_freeze_count()
