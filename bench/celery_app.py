@@ -11,6 +11,7 @@ up), and by bench/step_overhead.py in the client: a way to A/B-test an engine ch
 
 import importlib
 import os
+import time
 
 from celery import Celery
 from celery.signals import worker_ready
@@ -28,6 +29,12 @@ app.autodiscover_tasks(["agentflow"])
 @app.task(name="bench.noop")
 def noop(value=0):
     return value
+
+
+@app.task(name="bench.stamp")
+def stamp():
+    """The start-latency benchmark's floor (bench/start_latency.py): when the task's first line ran."""
+    return time.time()
 
 
 _openai_clients: dict = {}

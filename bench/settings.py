@@ -21,6 +21,9 @@ INSTALLED_APPS = [app for app in INSTALLED_APPS if app != "tests.testapp"] + ["b
 DATABASES = {"default": {**DATABASES["default"], "NAME": BENCH_DB_NAME}}
 DATABASES["default"].pop("TEST", None)
 
+# bench/start_latency.py calls the REST API of a local uvicorn process.
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+
 REDIS_URL = BENCH_REDIS_URL
 CACHES = {
     "default": {
