@@ -282,7 +282,10 @@ class StartRunMixin:
             return earlier, True
         # A concurrent first request with the same key may still win the race: runs.start() then gives back
         # its run (answered 202 here too) or raises IdempotencyKeyReused if its input is not this one.
-        return runs.start(wf, data, owner=request.user, idempotency_key=key), False
+        run = runs.start(wf, data, owner=request.user, idempotency_key=key)
+        if run.owner_id is not None and run.owner_id == request.user.pk:
+            run.owner = request.user  # the response names its owner: no query for the user at hand
+        return run, False
 
     @staticmethod
     def idempotency_key(request: Request) -> str | None:

@@ -39,6 +39,21 @@ def test_start_answers_202_with_the_queued_run(api, alice):
     assert "steps" not in body
 
 
+def test_starting_a_run_reads_nothing_back_for_its_response(api, alice):
+    # The time to a run's first event starts with this request: its response names the owner (the user at
+    # hand) without a query for it, and the run is written once.
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        response = api.post(start_url("api-echo"), {"text": "ho"}, format="json")
+    assert response.status_code == 202 and response.json()["owner"] == "alice"
+    users = [q["sql"] for q in queries.captured_queries if '"auth_user"' in q["sql"]]
+    assert users == []
+    inserts = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("INSERT")]
+    assert len(inserts) == 1
+
+
 def test_input_defaults_and_an_empty_body(api):
     response = post_raw(api, start_url("api-gated"), "")
     assert response.status_code == 400
