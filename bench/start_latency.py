@@ -9,7 +9,8 @@ HTTP connection (a browser's), authenticated with a DRF API token:
   t0        ``POST /api/workflows/bench-noop-steps/runs/`` with ``{"steps": 0}`` sent;
   response  202 received (Django + DRF: authentication, validation, the INSERT, the commit, and the on_commit
             callback: ``run.queued`` appended and the task sent to the broker);
-  open      the websocket opened with the response's ``urls.websocket`` and ``?token=<stream_token>``;
+  open      the websocket opened with the response's ``urls.websocket``, offering its ``stream_token`` as the
+            subprotocol ``agentflow.token.<token>`` (next to ``agentflow.v1``), as agentflow.js does;
   claimed   the run's ``started_at`` (a worker claimed it), read from the DB afterwards;
   appended  ``run.started``'s ``ts`` (the worker built the event; its writer thread appends it);
   received  ``run.started`` received by the websocket client: **the figure**.
@@ -124,8 +125,9 @@ async def measure_agentflow(http: Any, base: str, token: str) -> tuple[str, dict
     if response.status_code != 202:
         raise RuntimeError(f"POST answered {response.status_code}: {response.text[:500]}")
     run = response.json()
-    url = f"{run['urls']['websocket']}?token={run['stream_token']}"
-    async with websockets.connect(url, max_size=None) as ws:
+    # The token as a subprotocol, as agentflow.js offers it (out of URLs and access logs).
+    offered = ["agentflow.v1", f"agentflow.token.{run['stream_token']}"]
+    async with websockets.connect(run["urls"]["websocket"], subprotocols=offered, max_size=None) as ws:
         marks["open"] = time.time() - t0
         terminal = False
         while not terminal:
