@@ -35,7 +35,7 @@ from .core.errors import (
     StepFailed,
     WorkflowNotFound,
 )
-from .core.usage import Budget
+from .core.usage import Budget, event_summary
 from .core.waits import OPEN_ENDED_REASONS
 from .core.workflow import registry
 from .llm import pricing
@@ -201,6 +201,9 @@ def _announce_recovery(
             data: dict[str, Any] = {"recovered": True}
             if checkpoint.error:
                 data["error"] = checkpoint.error
+            summary = event_summary(checkpoint.usage)
+            if summary:
+                data["usage"] = summary
             sink.emit(ev.envelope(kind, run_id, step=step, attempt=attempt, epoch=epoch, data=data))
     _announce_waits(run, sink, announced)
 

@@ -26,6 +26,7 @@ from .errors import RunInterrupted, SerializationError, StepFailed, StepTimeout,
 from .retry import NO_RETRY, RetryPolicy, requested_delay_seconds
 from .serialization import from_jsonable, stable_hash, to_jsonable
 from .usage import COUNTS as _COUNTS
+from .usage import event_summary
 from .usage import merge as merge_usage
 
 P = ParamSpec("P")
@@ -286,6 +287,11 @@ class StepCall:
     def _step_data(self, **extra: Any) -> dict[str, Any]:
         return {"component": self.component.name, "parent": self.parent_id, **extra}
 
+    def _end_data(self, usage: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+        """The data of the step's end event: what ``_step_data`` has, plus its usage when it made calls."""
+        summary = event_summary(usage)
+        return self._step_data(**extra, **({"usage": summary} if summary else {}))
+
     def _collect_usage(self) -> None:
         """Keep what the attempt ending now spent (a failed attempt's tokens were billed too)."""
         frame = _frame.get()
@@ -391,7 +397,9 @@ class StepCall:
         """Record the step as failed for good and raise the ``StepFailed`` the workflow sees."""
         error = {"type": type(exc).__name__, "message": str(exc)}
         self._checkpoint(FAILED, error=error, attempts=attempt)
-        self.ctx.emit(ev.STEP_FAILED, self._step_data(error=error), step=self.step_id, attempt=attempt)
+        self.ctx.emit(
+            ev.STEP_FAILED, self._end_data(self.usage, error=error), step=self.step_id, attempt=attempt
+        )
         raise StepFailed(
             self.step_id,
             attempts=attempt,
@@ -421,7 +429,9 @@ class StepCall:
                     self.ctx.cache.set(key, record.output, policy.ttl_seconds)
             except Exception:
                 logger.warning("step %s: cache write failed", self.step_id, exc_info=True)
-        self.ctx.emit(ev.STEP_COMPLETED, self._step_data(), step=self.step_id, attempt=record.attempts)
+        self.ctx.emit(
+            ev.STEP_COMPLETED, self._end_data(record.usage), step=self.step_id, attempt=record.attempts
+        )
 
     def _record(
         self,

@@ -79,6 +79,23 @@ def merge(into: dict[str, Any], usage: Mapping[str, Any] | None) -> dict[str, An
     return into
 
 
+def event_summary(usage: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What a step's ``step.completed`` / ``step.failed`` event says about its usage: the sums (every key),
+    and the provider and model that answered. ``None`` for a step that made no provider call.
+
+    Clients add these up into the run's usage as the steps end, so that a page needs nothing but the stream.
+    """
+    if not usage or not usage.get("calls"):
+        return None
+    summary: dict[str, Any] = {key: int(usage.get(key) or 0) for key in COUNTS}
+    summary["cost_usd"] = float(usage.get("cost_usd") or 0.0)
+    summary["unpriced_calls"] = int(usage.get("unpriced_calls") or 0)
+    for note in ("provider", "model"):
+        if isinstance(usage.get(note), str):
+            summary[note] = usage[note]
+    return summary
+
+
 @dataclass(frozen=True, slots=True)
 class Budget:
     """A run's spending limit: it stops (failed, ``budget_exceeded``) once either total reaches its limit."""

@@ -1,0 +1,189 @@
+// Types of agentflow.js (docs/topics/browser.md).
+
+export type RunStatus = "queued" | "running" | "waiting" | "completed" | "failed" | "cancelled";
+export type StepStatus = "running" | "retrying" | "interrupted" | "completed" | "failed";
+export type AttemptStatus = "running" | "failed" | "completed" | "lost";
+
+/** One event of a run's stream (docs/topics/events.md). */
+export interface RunEvent {
+  id: string;
+  type: string;
+  run: string;
+  step: string | null;
+  attempt: number | null;
+  epoch: number;
+  ts: string;
+  data: Record<string, any>;
+}
+
+export interface ErrorInfo {
+  type?: string;
+  message?: string;
+  code?: string;
+  step?: string;
+  [key: string]: unknown;
+}
+
+export interface Usage {
+  calls: number;
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  cost_usd: number;
+  unpriced_calls: number;
+}
+
+export interface StepUsage extends Usage {
+  provider?: string;
+  model?: string;
+}
+
+export interface Attempt {
+  attempt: number;
+  epoch: number;
+  status: AttemptStatus;
+  error: ErrorInfo | null;
+  /** Seconds until the next attempt, from step.retrying. */
+  delay_seconds: number | null;
+}
+
+export interface Step {
+  id: string;
+  component: string | null;
+  parent: string | null;
+  status: StepStatus;
+  /** The number of its latest attempt (0: served from the cache). */
+  attempt: number;
+  cached: boolean;
+  error: ErrorInfo | null;
+  attempts: Attempt[];
+  usage: StepUsage | null;
+  /** ts of its latest step.started, and of its step.completed or step.failed. */
+  started_at: string | null;
+  finished_at: string | null;
+  children: string[];
+}
+
+export interface ContentPiece {
+  type: "status" | "data" | "output.delta";
+  step: string | null;
+  attempt: number | null;
+  epoch: number | null;
+  data: Record<string, any>;
+}
+
+/** What a page shows of a run: a pure function of its events (the same keys as agentflow.client_state). */
+export interface RunState {
+  run: string | null;
+  status: RunStatus | null;
+  /** A terminal event arrived. */
+  done: boolean;
+  error: ErrorInfo | null;
+  epoch: number;
+  recoveries: number;
+  waiting: { reason: string | null; wake_at: string | null } | null;
+  duration_seconds: number | null;
+  progress: number | null;
+  status_text: string | null;
+  steps: Record<string, Step>;
+  roots: string[];
+  /** The streamed output (output.delta), void parts dropped. */
+  output_text: string;
+  /** Per data label, its string values joined (a stream forwarded to "data"). */
+  texts: Record<string, string>;
+  /** Per data label, its latest value. */
+  data: Record<string, unknown>;
+  has_output: boolean;
+  output: unknown;
+  usage: Usage;
+  last_id: string | null;
+  events: number;
+  voided: number;
+  content: ContentPiece[];
+}
+
+export const CONTENT_TYPES: readonly string[];
+export const TERMINAL_TYPES: readonly string[];
+export const EVENT_TYPES: readonly string[];
+export const USAGE_KEYS: readonly (keyof Usage)[];
+export const FINAL_CLOSE_CODES: readonly number[];
+export const RECONNECT_CLOSE_CODES: readonly number[];
+
+export function newState(): RunState;
+/** Applies one event to `state` in place and returns it. */
+export function apply(state: RunState, event: RunEvent): RunState;
+export function reduce(events: Iterable<RunEvent>, state?: RunState): RunState;
+export function snapshot(state: RunState): Omit<RunState, "content">;
+export function stepTree(state: RunState): [number, Step][];
+export function compareIds(a: string, b: string): number;
+
+/** A run as the REST API returns it, or enough of it. */
+export interface RunRef {
+  id: string;
+  urls?: { self?: string; events?: string; websocket?: string };
+  stream_token?: string;
+}
+
+export interface ConnectionInfo {
+  connection: "connecting" | "open" | "reconnecting" | "closed";
+  transport: "websocket" | "sse";
+  connections: number;
+  reconnects: number;
+  tokenRefreshes: number;
+  events: number;
+  duplicates: number;
+  fallbacks: number;
+  code?: number;
+  reason?: string;
+  delayMs?: number;
+}
+
+export interface CloseInfo {
+  /** 1000 after the terminal event (or close()); else the code that ended it (4403, 4404, 4400...). */
+  code: number;
+  reason: string;
+  state: RunState;
+  byClient: boolean;
+}
+
+export interface SubscribeOptions {
+  /** Resume after this event id (default: the state's last_id, so from the start with a new state). */
+  after?: string | null;
+  /** A state to continue (default: a new one). */
+  state?: RunState;
+  /** The run's stream token (default: run.stream_token; none: the session authenticates). */
+  token?: string | null;
+  /** "auto" (default: websocket, event stream if websockets never open), "websocket" or "sse". */
+  transport?: "auto" | "websocket" | "sse";
+  /** Where the REST API is mounted, for URLs the run does not carry (default "/api"). */
+  apiBase?: string;
+  websocketUrl?: string;
+  eventsUrl?: string;
+  detailUrl?: string;
+  /** A fresh stream token after a 4401 (default: GET the run's detail URL, same-origin credentials). */
+  fetchToken?: (runId: string) => Promise<string>;
+  backoff?: { initialMs?: number; maxMs?: number };
+  onEvent?: (event: RunEvent, state: RunState) => void;
+  onState?: (state: RunState, event: RunEvent) => void;
+  onConnection?: (info: ConnectionInfo) => void;
+  onClose?: (info: CloseInfo) => void;
+  onError?: (error: unknown) => void;
+  /** Implementations to use instead of the globals (tests, Node). */
+  WebSocket?: any;
+  EventSource?: any;
+  fetch?: typeof fetch;
+}
+
+export interface Subscription {
+  readonly runId: string;
+  readonly state: RunState;
+  readonly lastId: string | null;
+  readonly transport: "websocket" | "sse";
+  readonly stats: Omit<ConnectionInfo, "connection" | "transport" | "code" | "reason" | "delayMs">;
+  /** Resolves once the subscription ended: the run's terminal event, a final close code, or close(). */
+  readonly done: Promise<CloseInfo>;
+  /** Stop following (the run goes on). */
+  close(): void;
+}
+
+export function subscribe(run: RunRef | string, options?: SubscribeOptions): Subscription;

@@ -1,0 +1,216 @@
+"""Recordings of real runs for the two reducers (agentflow.client_state and agentflow.js), and the proof that
+the Python one rebuilds each run as the database has it.
+
+Each test runs a workflow on a real worker (retries, a SIGKILL and recovery, a fan-out of LLM calls whose
+streams the fake server cuts, a failure), reads its events back the way a client that lost its connection
+twice would (``after`` the last id it had), checks the reducer's state against the run and its checkpoints,
+and writes ``{"events", "cuts", "expected"}`` to ``$AGENTFLOW_CLIENT_FIXTURES`` (default
+``artifacts/client-state/``), where ``node --test tests/js/`` reads them next to the committed copies in
+``tests/js/fixtures/`` (record those with ``AGENTFLOW_CLIENT_FIXTURES=tests/js/fixtures``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.db import connection
+from django.test import override_settings
+
+import agentflow
+from agentflow import archive, client_state
+from agentflow.conf import agentflow_settings
+from agentflow.models import StepRun, WorkflowRun
+from agentflow.monitor import check_runs
+from agentflow.testing.fake_openai import FakeOpenAI, FakeOpenAIProcess
+from tests.conftest import ROOT, Worker, wait_for
+from tests.testapp.workflows_chaos import piece_text
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+QUEUE = "agentflow-fixtures"
+OUT = Path(os.environ.get("AGENTFLOW_CLIENT_FIXTURES") or ROOT / "artifacts" / "client-state")
+
+
+@pytest.fixture(scope="module")
+def fake_llm() -> Iterator[FakeOpenAIProcess]:
+    with FakeOpenAI.spawn(completion_tokens=12, tokens_per_second=200) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def recording_settings(fake_llm: FakeOpenAIProcess) -> dict[str, Any]:
+    return {
+        "TASK_QUEUE": QUEUE,
+        "LLM_PROVIDERS": [{"name": "fake", "base_url": fake_llm.base_url, "api_key": "k"}],
+        "LLM_PRICES": {"fake-*": {"input": 0.15, "output": 0.60}},
+        "QUEUED_TIMEOUT_SECONDS": 6.0,
+        "LLM_PROVIDER_FAILURE_THRESHOLD": 1000,
+    }
+
+
+@pytest.fixture(scope="module")
+def recording_worker(
+    django_db_setup: None, redis_client: redis.Redis, recording_settings: dict[str, Any]
+) -> Iterator[Worker]:
+    env = {"AGENTFLOW_TEST_OVERRIDES": json.dumps(recording_settings)}
+    worker = Worker(QUEUE, connection.settings_dict["NAME"], pool="solo", name="rec", env=env)
+    try:
+        yield worker.wait_ready()
+    finally:
+        worker.stop()
+
+
+@pytest.fixture(autouse=True)
+def _recording(recording_settings: dict[str, Any], fake_llm: FakeOpenAIProcess) -> Iterator[None]:
+    with override_settings(AGENTFLOW={**agentflow_settings.user_settings, **recording_settings}):
+        fake_llm.reset()
+        yield
+
+
+def read_with_cuts(run_id: str, seed: int) -> tuple[list[dict[str, Any]], list[int]]:
+    """The run's events as a client that lost its connection twice gets them: pages read ``after`` the last
+    id it had. Returns the events and where the connection was cut (indexes into them)."""
+    every = archive.history(run_id)
+    rng = random.Random(seed)
+    cuts = sorted(rng.sample(range(1, len(every)), 2))
+    events: list[dict[str, Any]] = []
+    for end in [*cuts, None]:
+        after = events[-1]["id"] if events else None
+        page = archive.history(run_id, after=after, limit=None if end is None else end - len(events))
+        events.extend(page)
+    assert events == every  # the resumed reads lost nothing and repeated nothing
+    return events, cuts
+
+
+def record(name: str, description: str, run_id: str, seed: int = 0) -> dict[str, Any]:
+    """Check the reducer's state of the run against the run and its checkpoints; write the fixture."""
+    events, cuts = read_with_cuts(run_id, seed)
+    state = client_state.new_state()
+    fixture_cuts = []
+    done = 0
+    for cut in cuts:
+        client_state.reduce(events[done:cut], state)
+        done = cut
+        fixture_cuts.append({"at": cut, "state": client_state.snapshot(state)})
+    client_state.reduce(events[done:], state)
+    whole = client_state.reduce(events)
+    assert client_state.snapshot(whole) == client_state.snapshot(state)
+
+    run = WorkflowRun.objects.get(pk=run_id)
+    assert state["status"] == run.status and state["done"]
+    assert state["output"] == run.output
+    if run.error:
+        assert {k: v for k, v in state["error"].items() if k != "traceback"} == {
+            k: v for k, v in run.error.items() if k != "traceback"
+        }
+    # The step tree matches the checkpoints: every finished step, its parent, status and last attempt.
+    finished = {
+        step_id: step for step_id, step in state["steps"].items() if step["status"] in ("completed", "failed")
+    }
+    checkpoints = {s.step_id: s for s in StepRun.objects.filter(run_id=run_id)}
+    assert set(finished) == set(checkpoints)
+    for step_id, checkpoint in checkpoints.items():
+        step = finished[step_id]
+        assert (step["status"], step["attempt"], step["parent"], step["component"]) == (
+            checkpoint.status,
+            checkpoint.attempts,
+            checkpoint.parent_id,
+            checkpoint.component,
+        ), step_id
+    usage = run.usage or {}
+    for key in client_state.USAGE_KEYS:
+        assert state["usage"][key] == (usage.get(key) or 0), key
+
+    fixture = {
+        "name": name,
+        "description": description,
+        "events": events,
+        "cuts": fixture_cuts,
+        "expected": client_state.snapshot(state),
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}.json").write_text(json.dumps(fixture, indent=1, sort_keys=True) + "\n")
+    return state
+
+
+def texts_by_step(state: dict[str, Any]) -> dict[str, str]:
+    texts: dict[str, str] = {}
+    for piece in state["content"]:
+        if piece["type"] == "output.delta":
+            texts[piece["step"]] = texts.get(piece["step"], "") + piece["data"]["text"]
+    return texts
+
+
+def test_fanout_with_retried_steps(recording_worker: Worker) -> None:
+    shape = {"rounds": 2, "width": 3, "chunks": 4, "delay_seconds": 0.02, "flaky_every": 2}
+    run = agentflow.start("chaos-stream", {"tag": uuid.uuid4().hex, **shape})
+    agentflow.wait(run, timeout_seconds=60)
+    state = record(
+        "fanout-retries", "two rounds of three concurrent steps; every second one retried", str(run.pk)
+    )
+    assert state["voided"] > 0  # the retried attempts' partial output was dropped
+    assert texts_by_step(state) == {f"chaos_piece#{i}": piece_text(i, 4) for i in range(6)}
+    assert state["status_text"] == "round 1"
+
+
+def test_llm_fanout_with_cut_streams(recording_worker: Worker, fake_llm: FakeOpenAIProcess) -> None:
+    # The outline's first stream and one section's first stream are cut part-way.
+    fake_llm.fail({"drop_after_chunks": 4}, model="fake-model")
+    fake_llm.fail({"drop_after_chunks": 7}, model="fake-section")
+    story = {"topic": "otters", "sections": 3, "section_model": "fake-section", "retry_delay_seconds": 0.05}
+    run = agentflow.start("story", story)
+    output = agentflow.wait(run, timeout_seconds=60)
+    state = record(
+        "llm-cut-streams", "an outline and three sections in parallel; two streams cut", str(run.pk), 1
+    )
+    assert state["voided"] > 0
+    retried = [s for s in state["steps"].values() if any(a["status"] == "failed" for a in s["attempts"])]
+    assert len(retried) == 2
+    # The text the client shows is what the run returned, exactly once.
+    assert state["output_text"] == output["outline"]
+    assert state["texts"] == output["sections"]
+    assert state["usage"]["calls"] == 4 and state["usage"]["cost_usd"] > 0
+
+
+def test_failed_run(recording_worker: Worker) -> None:
+    run = agentflow.start("fails", {"tag": uuid.uuid4().hex})
+    with pytest.raises(agentflow.RunFailed):
+        agentflow.wait(run, timeout_seconds=60)
+    state = record("failed", "a step that fails for good fails the run", str(run.pk), 2)
+    assert state["status"] == "failed" and state["error"]["step"] == "doomed#0"
+
+
+def test_run_recovered_after_its_worker_was_killed(
+    recording_worker: Worker, worker_factory: Any, recording_settings: dict[str, Any]
+) -> None:
+    kill_queue = f"{QUEUE}-kill"
+    settings = {**recording_settings, "TASK_QUEUE": kill_queue}
+    with override_settings(AGENTFLOW={**agentflow_settings.user_settings, **settings}):
+        doomed = worker_factory(queue=kill_queue, name="doomed")
+        shape = {"rounds": 4, "width": 2, "chunks": 6, "delay_seconds": 0.05, "flaky_every": 3}
+        run = agentflow.start("chaos-stream", {"tag": uuid.uuid4().hex, **shape})
+        run_id = str(run.pk)
+
+        def streaming_mid_round() -> bool:
+            # Killed while a round's steps are streaming: their content becomes void.
+            events = archive.history(run_id)
+            done = sum(e["type"] == "step.completed" for e in events)
+            return done >= 2 and events[-1]["type"] == "output.delta"
+
+        wait_for(streaming_mid_round, 30, "a round streaming")
+        doomed.kill()
+        worker_factory(queue=kill_queue, name="rescuer")
+        wait_for(lambda: check_runs().recovered, 20, "the monitor to recover the run", poll_seconds=0.2)
+        agentflow.wait(run, timeout_seconds=60)
+    state = record("recovered", "a worker SIGKILLed mid-round; the monitor recovers the run", run_id, 3)
+    assert state["recoveries"] == 1 and state["voided"] > 0
+    assert any(a["status"] == "lost" for s in state["steps"].values() for a in s["attempts"])
+    assert texts_by_step(state) == {f"chaos_piece#{i}": piece_text(i, 6) for i in range(8)}
