@@ -130,7 +130,10 @@ def apply(state: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
 
 def _run_event(state: dict[str, Any], kind: str, data: dict[str, Any]) -> None:
     if state["done"]:
-        return  # nothing follows a terminal event; a stray duplicate must not change the outcome
+        if kind in ev.TERMINAL_TYPES:
+            return  # one terminal event per incarnation: a stray duplicate must not change the outcome
+        # A resumed run goes on after its terminal event: a new incarnation, a new outcome to come.
+        state.update(done=False, error=None, output=None, has_output=False, duration_seconds=None)
     state["status"] = _RUN_STATUS[kind]
     state["waiting"] = None
     if kind == ev.RUN_WAITING:

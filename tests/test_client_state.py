@@ -181,16 +181,25 @@ def test_children_nest_under_their_parent_and_a_parent_retry_reopens_a_failed_ch
     assert state["steps"]["p#0/c#0"]["status"] == "retrying" and state["output_text"] == ""
 
 
-def test_nothing_after_a_terminal_event_changes_the_outcome_and_unknown_types_are_ignored() -> None:
-    state = cs.reduce(
-        [
-            event(1, "run.started"),
-            event(2, "run.cancelled"),
-            event(3, "run.completed"),
-            event(4, "run.paused"),
-        ]
-    )
+def test_a_second_terminal_event_changes_nothing_and_unknown_types_are_ignored() -> None:
+    events = [
+        event(1, "run.started"),
+        event(2, "run.cancelled"),
+        event(3, "run.completed"),
+        event(4, "run.x"),
+    ]
+    state = cs.reduce(events)
     assert state["status"] == "cancelled" and state["events"] == 4 and state["last_id"] == "1000-4"
+
+
+def test_a_resumed_run_goes_on_after_its_terminal_event() -> None:
+    failed = {"type": "StepFailed", "message": "no"}
+    state = cs.reduce([event(1, "run.started"), event(2, "run.failed", error=failed)])
+    assert state["done"] and state["error"] == failed
+    cs.reduce([event(3, "run.started", epoch=2)], state)
+    assert state["status"] == "running" and not state["done"] and state["error"] is None
+    cs.reduce([event(4, "output", epoch=2, value=1), event(5, "run.completed", epoch=2)], state)
+    assert state["status"] == "completed" and state["output"] == 1
 
 
 def test_waiting_is_shown_until_the_run_continues() -> None:

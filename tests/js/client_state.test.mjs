@@ -187,6 +187,7 @@ test("falls back to server-sent events when websockets never open", async () => 
       ScriptedSource.made = url;
       queueMicrotask(() => {
         for (const event of stream) this.listeners[event.type]?.forEach((f) => f({ data: JSON.stringify(event) }));
+        this.listeners.error?.forEach((f) => f({})); // the response ends after the terminal event
       });
     }
     addEventListener(type, listener) { (this.listeners[type] ||= []).push(listener); }
@@ -199,4 +200,22 @@ test("falls back to server-sent events when websockets never open", async () => 
   assert.equal(result.state.output_text, "1 2 ");
   assert.equal(sub.transport, "sse");
   assert.equal(ScriptedSource.made, "http://example.test/api/runs/r/events/?token=t");
+});
+
+test("a resumed run's stream goes on after its first terminal event: the subscription follows it", async () => {
+  const first = events(2);
+  const failed = { ...first[2], id: "1-2", type: "run.failed", data: { error: { message: "no" } } };
+  const resumed = [
+    failed,
+    { id: "1-3", type: "run.started", run: "r", step: null, attempt: null, epoch: 2, ts: "", data: {} },
+    { id: "1-4", type: "run.completed", run: "r", step: null, attempt: null, epoch: 2, ts: "", data: {} },
+  ];
+  serve((socket) => {
+    socket.open();
+    [...first.slice(0, 2), ...resumed].forEach((e) => socket.send(e));
+    socket.drop(1000);
+  });
+  const result = await subscribe("r", { WebSocket: ScriptedSocket }).done;
+  assert.equal(result.state.status, "completed");
+  assert.equal(result.state.error, null);
 });

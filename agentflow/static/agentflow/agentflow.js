@@ -114,7 +114,11 @@ export function apply(state, event) {
 }
 
 function runEvent(state, kind, data) {
-  if (state.done) return; // nothing follows a terminal event
+  if (state.done) {
+    if (TERMINAL.has(kind)) return; // one terminal event per incarnation: a stray duplicate changes nothing
+    // A resumed run goes on after its terminal event: a new incarnation, a new outcome to come.
+    Object.assign(state, { done: false, error: null, output: null, has_output: false, duration_seconds: null });
+  }
   state.status = RUN_STATUS[kind];
   state.waiting = null;
   if (kind === "run.waiting") {
@@ -427,7 +431,9 @@ class Subscription {
       const error = this.sseError;
       this.sseError = null;
       if (this.closed) return;
-      if (error && error.code === "run_not_found") this.finish({ code: 4404, reason: error.message, final: true });
+      // The server ends the stream after the run's last terminal event.
+      if (this.state.done && !error) this.finish({ code: 1000, reason: "run ended", final: true });
+      else if (error && error.code === "run_not_found") this.finish({ code: 4404, reason: error.message, final: true });
       else if (error && error.code === "permission_denied") this.finish({ code: 4403, reason: error.message, final: true });
       else if (error && /auth|token/.test(error.code)) this.refreshToken();
       else this.lost({ code: 1006, reason: "event stream interrupted" }, true);
@@ -448,9 +454,8 @@ class Subscription {
     apply(this.state, event);
     if (this.options.onEvent) this.options.onEvent(event, this.state);
     if (this.options.onState) this.options.onState(this.state, event);
-    if (TERMINAL.has(event.type)) {
-      this.finish({ code: 1000, reason: "run ended", final: true });
-    }
+    // A terminal event is not the end of the subscription yet: a resumed run's stream goes on after it, and
+    // the server sends what follows before it closes with 1000 (or ends the event stream).
   }
 
   closedWith(close, opened) {
