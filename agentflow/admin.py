@@ -1,7 +1,9 @@
 """The Django admin: runs and their step checkpoints, read-only, because only the engine writes them.
 
-A run's change view is a detail page: its fields, its step tree and its events (from the stream while it
-exists, else from the DB archive).
+A run's change view is a detail page: its fields, its step tree and its latest events (from the stream while
+it exists, else from the DB archive), rendered from the database and then kept live by
+``agentflow/admin_run.js`` through the run's websocket (:mod:`agentflow.admin_live`). The run list refreshes
+its running rows the same way.
 """
 
 from __future__ import annotations
@@ -21,20 +23,18 @@ from django.contrib.auth import get_permission_codename
 from django.db.models import BigIntegerField, Count, FloatField, IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
-from django.urls import reverse
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import ngettext
 
+from . import admin_live
 from .admin_waits import RunWaitsAdminMixin, WaitReasonFilter
 from .core.money import format_usd
 from .models import FINISHED_STATUSES, RunStatus, StepRun, StepStatus, WorkflowRun
 from .spending import budget_limits, step_usage, usage_totals, usage_value
 
 logger = logging.getLogger("agentflow.admin")
-
-# The detail page shows this many events at most; the API pages through the rest.
-EVENT_LIMIT = 500
 
 STATUS_COLOURS: dict[str, str] = {
     RunStatus.QUEUED: "#777",
@@ -187,18 +187,6 @@ def step_tree(steps: list[StepRun]) -> list[StepRow]:
     return rows
 
 
-def event_rows(run_id: str) -> tuple[list[dict[str, Any]], str]:
-    """The run's first events and an error message, empty unless they could not be read."""
-    from .archive import history
-
-    try:
-        events = history(run_id, limit=EVENT_LIMIT)
-    except Exception as exc:  # Redis down: the page still shows everything the DB has
-        logger.warning("run %s: cannot read its events", run_id, exc_info=True)
-        return [], f"The events could not be read: {type(exc).__name__}: {exc}"
-    return [{**event, "data_json": compact_json(event.get("data"))} for event in events], ""
-
-
 def worker_notice_context(run: WorkflowRun | None = None) -> dict[str, str]:
     """The banner of the run pages when no live worker consumes the run queue (a queued run: "waiting for a
     worker")."""
@@ -266,6 +254,7 @@ class WorkflowRunAdmin(RunWaitsAdminMixin, LightChangeListMixin, admin.ModelAdmi
         "cost",
         "created_at",
         "recoveries",
+        "last_event",
     )
     list_filter = ("status", WaitReasonFilter, "workflow", BudgetFilter, "created_at")
     # A full run id is matched exactly in get_search_results; "^id" finds a run by the short id listed.
@@ -286,12 +275,30 @@ class WorkflowRunAdmin(RunWaitsAdminMixin, LightChangeListMixin, admin.ModelAdmi
         ("Usage", {"fields": ("usage_totals", "usage_by_model", "budget_display")}),
         (
             "Execution",
-            {"fields": ("epoch", "worker", "recoveries", "cancel_requested", "step_count", "last_event_id")},
+            {"fields": ("epoch", "worker", "recoveries", "cancel_requested", "steps_display", "last_event")},
         ),
     )
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return flatten_fieldsets(self.fieldsets)
+
+    def get_urls(self) -> list[Any]:
+        wrap = self.admin_site.admin_view
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
+        return [
+            path("live/", wrap(lambda r: admin_live.list_rows(self, r)), name=f"{prefix}_live"),
+            path(
+                "<path:object_id>/cancel/",
+                wrap(lambda r, object_id: admin_live.cancel_run(r, self, object_id)),
+                name=f"{prefix}_cancel",
+            ),
+            path(
+                "<path:object_id>/resume/",
+                wrap(lambda r, object_id: admin_live.resume_run(r, self, object_id)),
+                name=f"{prefix}_resume",
+            ),
+            *super().get_urls(),
+        ]
 
     def get_list_queryset(self, queryset: QuerySet[Any]) -> QuerySet[Any]:
         # step_count is only written when a run ends; count the checkpoints so running runs show progress.
@@ -340,6 +347,17 @@ class WorkflowRunAdmin(RunWaitsAdminMixin, LightChangeListMixin, admin.ModelAdmi
     @admin.display(description="steps")
     def steps(self, obj: WorkflowRun) -> int:
         return getattr(obj, "steps_done", obj.step_count)
+
+    @admin.display(description="steps")
+    def steps_display(self, obj: WorkflowRun) -> int:
+        # The run list's count: the checkpoints so far (step_count is only written when the run ends).
+        return obj.steps.count()
+
+    @admin.display(description="last event")
+    def last_event(self, obj: WorkflowRun) -> str:
+        # A running run's comes from its stream (the list's script and the run page's fill it in live).
+        found = getattr(obj, "latest_event_id", None) or obj.last_event_id
+        return found or self.get_empty_value_display()
 
     @admin.display(description="duration")
     def duration(self, obj: WorkflowRun) -> str:
@@ -482,15 +500,25 @@ class WorkflowRunAdmin(RunWaitsAdminMixin, LightChangeListMixin, admin.ModelAdmi
         if obj is not None:
             # The steps' own input and output can be large and are not shown here.
             steps = list(obj.steps.defer("input", "output").order_by("id"))
-            events, events_error = event_rows(str(obj.pk))
+            before = admin_live.before_param(request)
+            events, events_error, older = admin_live.event_page(str(obj.pk), before)
+            if events and not before:
+                obj.latest_event_id = events[-1]["id"]  # type: ignore[attr-defined]
+            rows = step_tree(steps)
+            can_act = self.has_cancel_permission(request)
             context.update(
-                step_rows=step_tree(steps),
+                step_rows=rows,
                 events=events,
                 events_error=events_error,
-                event_limit=EVENT_LIMIT,
-                events_truncated=len(events) >= EVENT_LIMIT,
                 **self.waits_context(request, obj),
                 **worker_notice_context(obj),
+                events_before=before,
+                events_older=older,
+                event_page_size=admin_live.EVENT_PAGE,
+                can_cancel=can_act and obj.status not in FINISHED_STATUSES,
+                can_resume=can_act and obj.status in (RunStatus.FAILED, RunStatus.CANCELLED),
+                can_act=can_act,
+                agentflow_page=admin_live.page_config(obj, rows, events, latest=before is None),
             )
         return super().render_change_form(request, context, add, change, form_url, obj)
 

@@ -121,3 +121,27 @@ def history(run_id: str, after: str | None = None, limit: int | None = None) -> 
     older = archived_events(run_id, after=after, limit=limit, before=first["id"])
     merged = older + events
     return merged if limit is None else merged[:limit]
+
+
+def history_before(run_id: str, before: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    """The run's latest ``limit`` events before id ``before`` (the latest ones without it), oldest first:
+    the pages of a view that shows the newest events and goes back from there.
+
+    Reads the stream's end first; older events the stream no longer has (it expired, was trimmed, or Redis
+    lost it) come from the archive.
+    """
+    client, key = streams.get_client(), streams.stream_key(run_id)
+    pipe = client.pipeline(transaction=False)
+    pipe.xrevrange(key, max=f"({before}" if before else "+", min="-", count=limit)
+    pipe.xrange(key, min="-", max="+", count=1)
+    entries, head = pipe.execute()
+    events = [streams.parse_entry(entry_id, fields) for entry_id, fields in reversed(entries)]
+    if len(events) >= limit or (head and streams.parse_entry(*head[0])["type"] == ev.RUN_QUEUED):
+        return events  # a page, or the stream holds the run from its first event on
+    bound = events[0]["id"] if events else before
+    rows = RunEvent.objects.filter(run__pk=run_id).order_by("-stream_ms", "-stream_seq")
+    if bound:
+        ms, seq = streams.split_id(bound)
+        rows = rows.filter(Q(stream_ms__lt=ms) | Q(stream_ms=ms, stream_seq__lt=seq))
+    older = [row.as_event() for row in rows[: limit - len(events)]]
+    return older[::-1] + events

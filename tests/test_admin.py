@@ -213,7 +213,7 @@ def test_detail_page_survives_a_redis_outage(admin_client: Any, monkeypatch: pyt
     def down(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
         raise redis.ConnectionError("Connection refused")
 
-    monkeypatch.setattr("agentflow.archive.history", down)
+    monkeypatch.setattr("agentflow.archive.history_before", down)
     run = make_run()
     make_step(run, "plan#0")
 
