@@ -5,10 +5,10 @@ redis://127.0.0.1:6379/0) it starts an embedded one, without $DATABASE_URL it us
 without $OPENAI_API_KEY it starts agentflow's fake OpenAI-compatible server (a separate process that streams
 made-up words at a realistic pace) and points the LLM provider at it. Then it migrates, starts a Celery worker
 (with beat, for the monitor) in another process, starts a ``blog-post`` run, prints its events live as a
-client would see them and its token usage and cost, and serves the admin at http://127.0.0.1:8000/admin/
-(user ``admin``, password ``admin``) until Ctrl-C. The run asks for approval of its outline: answered on
-the terminal (``--approve ask``, the default on a terminal) or at once (``--approve yes``, the default
-otherwise).
+client would see them and its token usage and cost, and serves the example's web app at
+http://127.0.0.1:8000/ (a form per workflow, live run pages), the admin and the API docs (user ``admin``,
+password ``admin``) until Ctrl-C. The run asks for approval of its outline: answered on the terminal
+(``--approve ask``, the default on a terminal) or at once (``--approve yes``, the default otherwise).
 
 Ctrl-C stops the worker, then the fake LLM server, then the embedded Redis, and exits with status 0 while
 serving (the normal end), 130 when it interrupts the run before that.
@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.no_serve:
             return 0 if status == "completed" else 1
-        print(f"\nAdmin: http://127.0.0.1:{args.port}/admin/  (admin / admin)  — Ctrl-C to stop")
+        base = f"http://127.0.0.1:{args.port}"
+        print(f"\nOpen {base}/ (user admin, password admin): a form per workflow, live run pages")
+        print(f"Admin: {base}/admin/  ·  API docs: {base}/api/docs/  — Ctrl-C to stop")
         # Returns on Ctrl-C (the server handles SIGINT): the normal way to end, exit status 0.
         call_command("runserver", f"127.0.0.1:{args.port}", use_reloader=False)
         return 0

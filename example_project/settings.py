@@ -33,9 +33,12 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    # Swagger UI and Redoc's files served from here, not from a CDN: /api/docs/ works offline.
+    "drf_spectacular_sidecar",
     "channels",
     "agentflow",
     "example_project.blog",
+    "example_project.web",
 ]
 
 MIDDLEWARE = [
@@ -173,7 +176,15 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "agentflow.openapi.split_start_operations",
     ],
+    # Swagger UI and Redoc from drf-spectacular-sidecar's static files, not a CDN: /api/docs/ works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
+
+LOGIN_URL = "web:login"
+LOGIN_REDIRECT_URL = "web:index"
+LOGOUT_REDIRECT_URL = "web:login"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -92,7 +92,11 @@ class AsgiServer:
         *,
         server: str = "uvicorn",
         env: dict[str, str] | None = None,
+        app: str = "tests.asgi:application",
+        port: int = 0,
     ) -> None:
+        """``app``: the ASGI application's import path; ``port``: 0 for a free one (a server started again
+        after ``stop()`` can take its predecessor's)."""
         if server not in ASGI_SERVERS:
             raise ValueError(f"unknown ASGI server {server!r}: use one of {ASGI_SERVERS}")
         self.server = server
@@ -100,7 +104,7 @@ class AsgiServer:
         self.ready_path = ready_path
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", port))
         sock.listen(512)
         self.port = sock.getsockname()[1]
         self.http = f"http://127.0.0.1:{self.port}"
@@ -115,14 +119,14 @@ class AsgiServer:
         }
         if server == "uvicorn":
             cmd = [
-                sys.executable, "-m", "uvicorn", "tests.asgi:application", "--fd", str(sock.fileno()),
+                sys.executable, "-m", "uvicorn", app, "--fd", str(sock.fileno()),
                 "--lifespan", "off", "--no-access-log", "--log-level", "warning",
                 "--timeout-graceful-shutdown", "2",
             ]  # fmt: skip
         else:  # verbosity 0: warnings and errors, no access log
             cmd = [
                 sys.executable, "-m", "daphne", "--fd", str(sock.fileno()), "-v", "0",
-                "--application-close-timeout", "2", "tests.asgi:application",
+                "--application-close-timeout", "2", app,
             ]  # fmt: skip
         try:
             self.process = subprocess.Popen(

@@ -219,3 +219,33 @@ test("a resumed run's stream goes on after its first terminal event: the subscri
   assert.equal(result.state.status, "completed");
   assert.equal(result.state.error, null);
 });
+
+test("going offline drops the connection; coming back online reconnects at once from the last id", async () => {
+  const stream = events(4);
+  const target = new EventTarget();
+  const saved = { add: globalThis.addEventListener, remove: globalThis.removeEventListener };
+  globalThis.addEventListener = target.addEventListener.bind(target);
+  globalThis.removeEventListener = target.removeEventListener.bind(target);
+  try {
+    serve((socket) => {
+      socket.open();
+      if (ScriptedSocket.sockets.length === 1) {
+        stream.slice(0, 2).forEach((e) => socket.send(e));
+        target.dispatchEvent(new Event("offline"));
+        setTimeout(() => target.dispatchEvent(new Event("online")), 20);
+      } else {
+        const after = new URL(socket.url).searchParams.get("after");
+        stream.slice(stream.findIndex((e) => e.id === after) + 1).forEach((e) => socket.send(e));
+        socket.drop(1000);
+      }
+    });
+    const sub = subscribe("r", { WebSocket: ScriptedSocket, backoff: { initialMs: 60_000 } });
+    const result = await sub.done;
+    assert.equal(result.state.output_text, "1 2 3 ");
+    assert.ok(ScriptedSocket.sockets[0].closedByClient);
+    assert.equal(new URL(ScriptedSocket.sockets[1].url).searchParams.get("after"), "1-1");
+  } finally {
+    globalThis.addEventListener = saved.add;
+    globalThis.removeEventListener = saved.remove;
+  }
+});

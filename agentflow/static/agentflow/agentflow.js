@@ -330,8 +330,24 @@ class Subscription {
     this.socket = null;
     this.timer = null;
     this.done = new Promise((resolve) => { this.resolveDone = resolve; });
-    this.onOnline = () => { if (this.timer !== null) { clearTimeout(this.timer); this.timer = null; this.connect(); } };
-    if (env.addEventListener) env.addEventListener("online", this.onOnline);
+    // A browser that goes offline keeps its sockets open, silent, until the network comes back (or TCP gives
+    // up, minutes later): drop the connection at once and connect again, from the last id, when it is back.
+    this.offline = false;
+    this.onOffline = () => {
+      this.offline = true;
+      if (this.socket) this.drop({ code: 1006, reason: "the browser went offline" });
+    };
+    this.onOnline = () => {
+      this.offline = false;
+      if (this.closed || this.socket) return;
+      clearTimeout(this.timer);
+      this.timer = null;
+      this.connect();
+    };
+    if (env.addEventListener) {
+      env.addEventListener("online", this.onOnline);
+      env.addEventListener("offline", this.onOffline);
+    }
     this.connect();
   }
 
@@ -495,10 +511,23 @@ class Subscription {
     this.schedule(delay);
   }
 
+  drop(close) {
+    const socket = this.socket;
+    this.socket = null;
+    try {
+      socket.close();
+    } catch (error) {
+      this.report(error);
+    }
+    this.lost(close, true);
+  }
+
   schedule(delayMs) {
     clearTimeout(this.timer);
     this.timer = setTimeout(() => {
       this.timer = null;
+      // Offline: wait for the browser's online event rather than fail attempt after attempt.
+      if (this.offline && globalThis.navigator && globalThis.navigator.onLine === false) return;
       this.connect();
     }, delayMs);
   }
@@ -549,7 +578,10 @@ class Subscription {
     this.closed = true;
     clearTimeout(this.timer);
     const env = globalThis;
-    if (env.removeEventListener) env.removeEventListener("online", this.onOnline);
+    if (env.removeEventListener) {
+      env.removeEventListener("online", this.onOnline);
+      env.removeEventListener("offline", this.onOffline);
+    }
     if (this.socket) {
       const socket = this.socket;
       this.socket = null;
