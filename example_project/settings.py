@@ -30,6 +30,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # Before drf_spectacular: its template of the Redoc page (without web fonts) overrides the package's.
+    "example_project.web",
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
@@ -38,7 +40,6 @@ INSTALLED_APPS = [
     "channels",
     "agentflow",
     "example_project.blog",
-    "example_project.web",
 ]
 
 MIDDLEWARE = [

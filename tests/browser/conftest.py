@@ -184,8 +184,12 @@ def logged_in(context: Any, live: Server, demo_user: Any) -> Any:
     return context
 
 
-def screenshot(page: Any, name: str) -> Path:
+def screenshot(page: Any, name: str, selector: str | None = None) -> Path:
+    """The whole page, or the part of it that ``selector`` matches, to ``<SCREENSHOTS>/<name>.png``."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    if selector:
+        page.locator(selector).screenshot(path=str(path))
+    else:
+        page.screenshot(path=str(path), full_page=True)
     return path

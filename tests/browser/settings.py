@@ -6,11 +6,11 @@ from tests.settings import *  # noqa: F403
 from tests.settings import INSTALLED_APPS
 
 INSTALLED_APPS = [
+    "example_project.web",  # first, as in the example project: its templates override drf_spectacular's
     *INSTALLED_APPS,
     "django.contrib.staticfiles",
     "drf_spectacular_sidecar",
     "example_project.blog",
-    "example_project.web",
 ]
 ROOT_URLCONF = "tests.browser.urls"
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
