@@ -34,9 +34,12 @@ SCREENSHOTS = Path(os.environ.get("AGENTFLOW_SCREENSHOTS") or ROOT / "artifacts"
 TIMEOUT_MS = 60_000
 
 
-@pytest.fixture(scope="session")
-def chromium() -> Iterator[Any]:
-    """The system's Chromium through Playwright's sync API: one browser for the session, never a downloaded one.
+@pytest.fixture(scope="module")
+def chromium(_playwright_and_django: None) -> Iterator[Any]:
+    """The system's Chromium through Playwright's sync API: one browser per module, never a downloaded one.
+
+    Not one per session: Playwright's sync API keeps an event loop running in this thread while it is
+    started, and the suite's later tests call ``asyncio.run()``.
 
     (pytest-playwright's own fixtures are not used: they parametrize every test per browser and pull in
     pytest-base-url, whose session fixture pytest deprecates.)"""
@@ -67,7 +70,7 @@ def context(chromium: Any) -> Iterator[Any]:
         context.close()
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(scope="module")
 def _playwright_and_django() -> Iterator[None]:
     # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are still synchronous.
     previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
