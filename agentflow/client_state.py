@@ -33,7 +33,24 @@ from .core import events as ev
 __all__ = ["USAGE_KEYS", "apply", "new_state", "reduce", "snapshot", "step_tree"]
 
 #: The run's usage totals, summed from the ``usage`` of its steps' end events.
-USAGE_KEYS = ("calls", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "unpriced_calls")
+USAGE_KEYS = (
+    "calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost_usd",
+    "unpriced_calls",
+    "estimated_calls",
+)
+#: Events about what a run waits on (docs/topics/events.md, "Wait events"), by the status they give the wait.
+_WAIT_STATUS = {
+    ev.INPUT_REQUESTED: "requested",
+    ev.INPUT_RECEIVED: "received",
+    ev.INPUT_TIMED_OUT: "timed_out",
+    ev.CHILD_STARTED: "started",
+    ev.CHILD_COMPLETED: "completed",
+    ev.CHILD_FAILED: "failed",
+}
 
 _RUN_STATUS = {
     ev.RUN_QUEUED: "queued",
@@ -67,6 +84,9 @@ def new_state() -> dict[str, Any]:
         "data": {},  # data label -> its latest non-void value
         "has_output": False,
         "output": None,  # the run's output (the ``output`` event)
+        # wait step id (input:<key>, workflow:<name>#<n>) -> {"kind", "status", and the data of its requests
+        # and answers merged}: the last wait event of a step gives its status
+        "waits": {},
         "usage": {key: 0.0 if key == "cost_usd" else 0 for key in USAGE_KEYS},
         "last_id": None,
         "events": 0,
@@ -121,6 +141,10 @@ def apply(state: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
         state["output"] = data.get("value")
     elif kind in (ev.STEP_STARTED, ev.STEP_RETRYING, ev.STEP_COMPLETED, ev.STEP_FAILED):
         _step_event(state, event, kind, data)
+    elif kind in _WAIT_STATUS and isinstance(event.get("step"), str):
+        wait = state["waits"].setdefault(event["step"], {"kind": str(kind).split(".")[0]})
+        wait.update(data)
+        wait["status"] = _WAIT_STATUS[kind]
     # Other types (a newer server's) change nothing but the counters: clients ignore what they do not know.
     return state
 

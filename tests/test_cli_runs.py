@@ -193,3 +193,17 @@ def test_on_a_terminal_tail_draws_a_live_progress_bar() -> None:
     status, out = agentflow_cli("tail", str(run.pk), out=Terminal())
     assert status == 0
     assert "\x1b[" in out and "━" in out and "story: Done" in out  # rich's live view: escape codes, a bar
+
+
+def test_tail_says_what_input_a_waiting_run_needs_and_exits_4_on_its_timeout() -> None:
+    run = agentflow.start("asks-approval", {"tag": uuid.uuid4().hex})
+    wait_for(
+        lambda: any(e["type"] == "run.waiting" for e in archive.history(str(run.pk))), 30, "the question"
+    )
+    status, out = agentflow_cli("tail", str(run.pk), "--timeout", "0.5")
+    assert status == 4
+    assert "? waiting for input 'approve': Publish " in out
+    assert f"manage.py agentflow answer {run.pk} approve '<JSON>'" in out
+    agentflow.send_input(run, "approve", {"approved": True})
+    status, out = agentflow_cli("tail", str(run.pk), "--timeout", "60")
+    assert status == 0 and "input.received input:approve" in out

@@ -202,6 +202,23 @@ def test_a_resumed_run_goes_on_after_its_terminal_event() -> None:
     assert state["status"] == "completed" and state["output"] == 1
 
 
+def test_a_wait_takes_the_status_of_its_last_event() -> None:
+    state = cs.reduce(
+        [
+            event(
+                1, "input.requested", "input:ok", None, key="ok", prompt="Ship?", schema={}, timeout_at=None
+            ),
+            event(2, "child.started", "workflow:sub#0", None, run="r2", workflow="sub"),
+        ]
+    )
+    assert state["waits"]["input:ok"] == {
+        "kind": "input", "status": "requested", "key": "ok", "prompt": "Ship?", "schema": {}, "timeout_at": None
+    }  # fmt: skip
+    cs.reduce([event(3, "input.received", "input:ok", None, key="ok", value=True, answered_by="ann")], state)
+    assert state["waits"]["input:ok"]["status"] == "received" and state["waits"]["input:ok"]["value"] is True
+    assert state["waits"]["workflow:sub#0"]["status"] == "started" and state["steps"] == {}
+
+
 def test_waiting_is_shown_until_the_run_continues() -> None:
     state = cs.reduce([event(1, "run.started"), event(2, "run.waiting", reason="retry", wake_at="t")])
     assert state["status"] == "waiting" and state["waiting"] == {"reason": "retry", "wake_at": "t"}
@@ -215,7 +232,7 @@ def recorded() -> list[Path]:
 
 def test_the_committed_recordings_cover_every_case_the_javascript_tests_need() -> None:
     names = {path.stem for path in recorded()}
-    assert {"fanout-retries", "recovered", "llm-cut-streams", "failed"} <= names
+    assert {"fanout-retries", "recovered", "llm-cut-streams", "llm-fallback", "input-wait", "failed"} <= names
 
 
 @pytest.mark.parametrize("path", recorded(), ids=lambda path: path.stem)

@@ -46,10 +46,20 @@ def fake_llm() -> Iterator[FakeOpenAIProcess]:
 
 
 @pytest.fixture(scope="module")
-def recording_settings(fake_llm: FakeOpenAIProcess) -> dict[str, Any]:
+def backup_llm() -> Iterator[FakeOpenAIProcess]:
+    """A second provider, for a fallback."""
+    with FakeOpenAI.spawn(completion_tokens=12, tokens_per_second=200) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def recording_settings(fake_llm: FakeOpenAIProcess, backup_llm: FakeOpenAIProcess) -> dict[str, Any]:
     return {
         "TASK_QUEUE": QUEUE,
-        "LLM_PROVIDERS": [{"name": "fake", "base_url": fake_llm.base_url, "api_key": "k"}],
+        "LLM_PROVIDERS": [
+            {"name": "fake", "base_url": fake_llm.base_url, "api_key": "k"},
+            {"name": "backup", "base_url": backup_llm.base_url, "api_key": "k2"},
+        ],
         "LLM_PRICES": {"fake-*": {"input": 0.15, "output": 0.60}},
         "QUEUED_TIMEOUT_SECONDS": 6.0,
         "LLM_PROVIDER_FAILURE_THRESHOLD": 1000,
@@ -115,7 +125,10 @@ def record(name: str, description: str, run_id: str, seed: int = 0) -> dict[str,
     finished = {
         step_id: step for step_id, step in state["steps"].items() if step["status"] in ("completed", "failed")
     }
-    checkpoints = {s.step_id: s for s in StepRun.objects.filter(run_id=run_id)}
+    # (Waits are checkpointed too; the state has them under "waits", from their own events.)
+    checkpoints = {
+        s.step_id: s for s in StepRun.objects.filter(run_id=run_id) if s.step_id not in state["waits"]
+    }
     assert set(finished) == set(checkpoints)
     for step_id, checkpoint in checkpoints.items():
         step = finished[step_id]
@@ -165,7 +178,13 @@ def test_llm_fanout_with_cut_streams(recording_worker: Worker, fake_llm: FakeOpe
     # The outline's first stream and one section's first stream are cut part-way.
     fake_llm.fail({"drop_after_chunks": 4}, model="fake-model")
     fake_llm.fail({"drop_after_chunks": 7}, model="fake-section")
-    story = {"topic": "otters", "sections": 3, "section_model": "fake-section", "retry_delay_seconds": 0.05}
+    story = {
+        "topic": "otters",
+        "sections": 3,
+        "section_model": "fake-section",
+        "retry_delay_seconds": 0.05,
+        "providers": ["fake"],  # no fallback: a cut stream is a failed attempt, retried
+    }
     run = agentflow.start("story", story)
     output = agentflow.wait(run, timeout_seconds=60)
     state = record(
@@ -180,12 +199,48 @@ def test_llm_fanout_with_cut_streams(recording_worker: Worker, fake_llm: FakeOpe
     assert state["usage"]["calls"] == 4 and state["usage"]["cost_usd"] > 0
 
 
+def test_llm_fallback_mid_stream(
+    recording_worker: Worker, fake_llm: FakeOpenAIProcess, backup_llm: FakeOpenAIProcess
+) -> None:
+    # The first provider cuts a section's stream after some text: the call moves on to the second one.
+    backup_llm.reset()
+    fake_llm.fail({"drop_after_chunks": 6}, model="fake-section")
+    story = {
+        "topic": "voles",
+        "sections": 2,
+        "section_model": "fake-section",
+        "providers": ["fake", "backup"],
+    }
+    run = agentflow.start("story", story)
+    output = agentflow.wait(run, timeout_seconds=60)
+    state = record(
+        "llm-fallback", "a section's provider fails mid-stream; the next provider answers", str(run.pk), 5
+    )
+    retrying = [a for s in state["steps"].values() for a in s["attempts"] if a["status"] == "failed"]
+    assert len(retrying) == 1 and state["voided"] > 0
+    fell_back = [s for s in state["steps"].values() if s["usage"] and s["usage"].get("provider") == "backup"]
+    assert len(fell_back) == 1 and fell_back[0]["attempt"] == 2
+    assert state["texts"] == output["sections"] and state["output_text"] == output["outline"]
+
+
 def test_failed_run(recording_worker: Worker) -> None:
     run = agentflow.start("fails", {"tag": uuid.uuid4().hex})
     with pytest.raises(agentflow.RunFailed):
         agentflow.wait(run, timeout_seconds=60)
     state = record("failed", "a step that fails for good fails the run", str(run.pk), 2)
     assert state["status"] == "failed" and state["error"]["step"] == "doomed#0"
+
+
+def test_run_waiting_for_input(recording_worker: Worker) -> None:
+    run = agentflow.start("asks-approval", {"tag": uuid.uuid4().hex})
+    wait_for_event = lambda kind: any(e["type"] == kind for e in archive.history(str(run.pk)))  # noqa: E731
+    wait_for(lambda: wait_for_event("input.requested") and wait_for_event("run.waiting"), 30, "the question")
+    agentflow.send_input(run, "approve", {"approved": True, "notes": "ship it"})
+    agentflow.wait(run, timeout_seconds=60)
+    state = record("input-wait", "a run that waits for a person's answer, then goes on", str(run.pk), 4)
+    wait = state["waits"]["input:approve"]
+    assert wait["kind"] == "input" and wait["status"] == "received"
+    assert wait["value"] == {"approved": True, "notes": "ship it"} and wait["prompt"].startswith("Publish ")
 
 
 def test_run_recovered_after_its_worker_was_killed(

@@ -182,6 +182,20 @@ class Follower:
             )
         elif kind == "run.waiting":
             self.say(f"run waiting ({event['data'].get('reason')}) until {event['data'].get('wake_at')}")
+        elif kind == "input.requested":
+            data = event["data"]
+            self.say(
+                f"? waiting for input {data.get('key')!r}: {data.get('prompt') or ''} "
+                f"(manage.py agentflow answer {self.run_id} {data.get('key')} '<JSON>')"
+            )
+        elif kind in (
+            "input.received",
+            "input.timed_out",
+            "child.started",
+            "child.completed",
+            "child.failed",
+        ):
+            self.say(f"  {kind} {event['step']}")
         elif kind in (
             "run.queued",
             "run.started",

@@ -90,6 +90,7 @@ def event_summary(usage: Mapping[str, Any] | None) -> dict[str, Any] | None:
     summary: dict[str, Any] = {key: int(usage.get(key) or 0) for key in COUNTS}
     summary["cost_usd"] = float(usage.get("cost_usd") or 0.0)
     summary["unpriced_calls"] = int(usage.get("unpriced_calls") or 0)
+    summary["estimated_calls"] = int(usage.get("estimated_calls") or 0)
     for note in ("provider", "model"):
         if isinstance(usage.get(note), str):
             summary[note] = usage[note]

@@ -71,7 +71,9 @@ def streamed_output(run_id: str) -> str:
 
 
 def checkpoints(run_id: str) -> dict[str, tuple[str, int]]:
-    return {s.step_id: (s.status, s.attempts) for s in StepRun.objects.filter(run_id=run_id)}
+    """The run's step checkpoints (not its waits: a request for input or a child run is shown apart)."""
+    steps = StepRun.objects.filter(run_id=run_id).exclude(step_id__startswith="input:")
+    return {s.step_id: (s.status, s.attempts) for s in steps.exclude(step_id__startswith="workflow:")}
 
 
 def finished_run(run_id: str) -> WorkflowRun:

@@ -28,10 +28,12 @@ SECTION_STREAMING = """() => document.querySelector('#run').dataset.status === '
   && [...document.querySelectorAll('#sections .section .text')].some((p) => p.innerText.length > 0)"""
 
 
-def start_from_form(page: Any, live: Any, topic: str, sections: int = 3) -> str:
+def start_from_form(page: Any, live: Any, topic: str, sections: int = 3, review: bool = False) -> str:
     page.goto(f"{live.http}/workflows/blog-post/")
     page.fill("#id_topic", topic)
     page.fill("#id_sections", str(sections))
+    if not review:
+        page.uncheck("#id_review")  # the outline needs no approval
     page.click("#start")
     page.wait_for_url(re.compile(r".*/runs/[0-9a-f-]{36}/$"))
     return page.url.rstrip("/").rsplit("/", 1)[-1]
@@ -121,3 +123,16 @@ def test_the_server_killed_and_started_again_mid_run(logged_in: Any, live: Any) 
     live.restart()
     shown = assert_shows_the_run(page, run_id)
     assert shown["connections"] >= 2
+
+
+def test_a_run_waiting_for_approval_says_so_and_goes_on_once_answered(logged_in: Any, live: Any) -> None:
+    import agentflow
+
+    page = logged_in.new_page()
+    run_id = start_from_form(page, live, "approved moles", review=True)
+    page.wait_for_selector("#questions:not([hidden])")
+    assert page.inner_text("#status") == "waiting"
+    assert "Approve this outline? " in page.inner_text("#question-list")
+    agentflow.send_input(run_id, "outline", {"approved": True})  # as a person would, in the admin
+    assert_shows_the_run(page, run_id)
+    assert not page.is_visible("#questions")

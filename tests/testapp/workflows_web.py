@@ -13,18 +13,28 @@ from typing import Any
 import agentflow
 from agentflow import component, workflow
 from agentflow.llm import DEFAULT_RETRY, AsyncOpenAI
+from agentflow.llm.providers import configured_providers
 
 llm = AsyncOpenAI()
 
 
-def _client(retry_delay_seconds: float, name: str | None = None, **step: Any) -> Any:
+def _client(
+    retry_delay_seconds: float, providers: list[str] | None, name: str | None = None, **step: Any
+) -> Any:
+    """The LLM client: every configured provider in order, or the ones named (a fallback needs two)."""
     retry = DEFAULT_RETRY.updated(initial_delay_seconds=retry_delay_seconds, max_delay_seconds=5.0)
-    return llm.with_step(retry=retry, **({"name": name} if name else {}), **step)
+    client = llm
+    if providers:
+        by_name = {provider.name: provider for provider in configured_providers()}
+        client = AsyncOpenAI(providers=[by_name[name] for name in providers])
+    return client.with_step(retry=retry, **({"name": name} if name else {}), **step)
 
 
 @component
 async def write_section(job: dict[str, Any]) -> str:
-    writer = _client(job["retry_delay_seconds"], stream_to="data", label=f"section {job['number']}")
+    writer = _client(
+        job["retry_delay_seconds"], job["providers"], stream_to="data", label=f"section {job['number']}"
+    )
     stream = await writer.chat.completions.create(
         model=job["model"],
         messages=[{"role": "user", "content": f"Section {job['number']} of a story about {job['topic']}."}],
@@ -40,11 +50,12 @@ async def story(
     model: str = "fake-model",
     section_model: str = "",
     retry_delay_seconds: float = 0.3,
+    providers: list[str] | None = None,
 ) -> dict[str, Any]:
     """An outline, then ``sections`` sections written at once (by ``section_model``, default ``model``);
-    every LLM call streams as it is written."""
+    every LLM call streams as it is written, by the ``providers`` named (default: all, in order)."""
     agentflow.status("Outlining", progress=0.0)
-    outline = await _client(retry_delay_seconds, name="outline").chat.completions.create(
+    outline = await _client(retry_delay_seconds, providers, name="outline").chat.completions.create(
         model=model,
         messages=[{"role": "user", "content": f"Outline a story about {topic}."}],
         stream=True,
@@ -56,6 +67,7 @@ async def story(
             "topic": topic,
             "model": section_model or model,
             "retry_delay_seconds": retry_delay_seconds,
+            "providers": providers,
         }
         for n in range(1, sections + 1)
     ]

@@ -31,6 +31,17 @@ export interface Usage {
   total_tokens: number;
   cost_usd: number;
   unpriced_calls: number;
+  /** Calls whose provider reported no usage: their tokens are estimated. */
+  estimated_calls: number;
+}
+
+/** What a run waits on: a request for input (input:<key>) or a child run (workflow:<name>#<n>). */
+export interface Wait {
+  kind: "input" | "child";
+  /** input: requested, received, timed_out; child: started, completed, failed. */
+  status: string;
+  /** The data of its events merged: key, prompt, schema, timeout_at, value...; run, workflow, error... */
+  [field: string]: unknown;
 }
 
 export interface StepUsage extends Usage {
@@ -95,6 +106,8 @@ export interface RunState {
   data: Record<string, unknown>;
   has_output: boolean;
   output: unknown;
+  /** Wait step id -> the wait (its last event gives its status). */
+  waits: Record<string, Wait>;
   usage: Usage;
   last_id: string | null;
   events: number;

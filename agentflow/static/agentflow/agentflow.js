@@ -18,11 +18,21 @@ export const EVENT_TYPES = Object.freeze([
   "run.queued", "run.started", "run.recovered", "run.waiting", "run.continued",
   "step.started", "step.retrying", "step.completed", "step.failed",
   "status", "data", "output.delta", "output",
+  "input.requested", "input.received", "input.timed_out", "child.started", "child.completed", "child.failed",
   "run.completed", "run.failed", "run.cancelled",
 ]);
 export const USAGE_KEYS = Object.freeze([
-  "calls", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "unpriced_calls",
+  "calls", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "unpriced_calls", "estimated_calls",
 ]);
+// Events about what a run waits on, by the status they give the wait.
+const WAIT_STATUS = {
+  "input.requested": "requested",
+  "input.received": "received",
+  "input.timed_out": "timed_out",
+  "child.started": "started",
+  "child.completed": "completed",
+  "child.failed": "failed",
+};
 
 const CONTENT = new Set(CONTENT_TYPES);
 const TERMINAL = new Set(TERMINAL_TYPES);
@@ -60,6 +70,7 @@ export function newState() {
     data: {},
     has_output: false,
     output: null,
+    waits: {},
     usage,
     last_id: null,
     events: 0,
@@ -109,6 +120,10 @@ export function apply(state, event) {
     state.has_output = true;
     state.output = data.value === undefined ? null : data.value;
   } else if (STEP_TYPES.has(kind)) stepEvent(state, event, kind, data);
+  else if (kind in WAIT_STATUS && typeof event.step === "string") {
+    const wait = state.waits[event.step] || (state.waits[event.step] = { kind: kind.split(".")[0] });
+    Object.assign(wait, data, { status: WAIT_STATUS[kind] });
+  }
   // Other types (a newer server's) change nothing but the counters.
   return state;
 }

@@ -29,6 +29,10 @@ export function mount(root, config) {
     renderSteps($("step-tree"), state);
     $("error").hidden = !state.error;
     $("error").textContent = state.error ? `${state.error.type || state.error.code}: ${state.error.message}` : "";
+    // Requests for input (a person's approval, say) the run waits on.
+    const questions = Object.values(state.waits).filter((w) => w.kind === "input" && w.status === "requested");
+    $("questions").hidden = !questions.length || state.done;
+    $("question-list").textContent = questions.map((w) => w.prompt || w.key).join("; ");
     $("final").hidden = !state.has_output;
     if (state.has_output) $("final-output").textContent = JSON.stringify(state.output, null, 2);
     for (const form of root.querySelectorAll("form[data-when]")) {
