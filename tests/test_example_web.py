@@ -10,7 +10,6 @@ from django.contrib.auth import get_user_model
 from django.test import Client, modify_settings, override_settings
 
 from agentflow.models import WorkflowRun
-from example_project.web.forms import schema_form
 
 pytestmark = [
     pytest.mark.django_db,
@@ -20,11 +19,25 @@ pytestmark = [
 
 @pytest.fixture
 def _web(settings: Any) -> Any:
-    with (
-        override_settings(ROOT_URLCONF="tests.browser.urls", LOGIN_URL="web:login"),
-        modify_settings(INSTALLED_APPS={"prepend": "example_project.web"}),
-    ):
-        yield
+    from celery import _state
+
+    # Importing example_project creates its Celery app, which would become this process's current app for
+    # the tests that follow (tests/test_setup_checks.py checks which one the project has).
+    current = _state._tls.current_app
+    try:
+        with (
+            override_settings(ROOT_URLCONF="tests.browser.urls", LOGIN_URL="web:login"),
+            modify_settings(INSTALLED_APPS={"prepend": "example_project.web"}),
+        ):
+            yield
+    finally:
+        _state._set_current_app(current)
+
+
+def schema_form(schema: dict[str, Any]) -> Any:
+    from example_project.web.forms import schema_form as make
+
+    return make(schema)
 
 
 @pytest.fixture
