@@ -82,7 +82,7 @@ def page_config(
     labels = {**dict(RunStatus.choices), **dict(StepStatus.choices)}
     labels.update(retrying="Retrying", interrupted="Interrupted", running="Running")
     return {
-        "run": {"id": str(run.pk), "stream_token": make_stream_token(run.pk), "urls": api_urls(run)},
+        "run": {"id": str(run.pk), "stream_token": make_stream_token(run), "urls": api_urls(run)},
         "latestPage": latest,
         "lastEventId": events[-1]["id"] if latest and events else ("0-0" if latest else None),
         "eventRowsMax": EVENT_ROWS_MAX,

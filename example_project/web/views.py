@@ -85,7 +85,7 @@ def run_page(request: HttpRequest, run_id: Any) -> HttpResponse:
     config = {
         "run": {
             "id": str(run.pk),
-            "stream_token": make_stream_token(run.pk),
+            "stream_token": make_stream_token(run),
             "urls": {
                 "self": reverse("agentflow:run-detail", kwargs={"run_id": run.pk}),
                 "events": reverse("agentflow:run-events", kwargs={"run_id": run.pk}),

@@ -76,8 +76,9 @@ test("event ids compare as numbers, not strings", () => {
 
 class ScriptedSocket {
   static sockets = [];
-  constructor(url) {
+  constructor(url, protocols = []) {
     this.url = url;
+    this.protocols = protocols;
     ScriptedSocket.sockets.push(this);
     queueMicrotask(() => ScriptedSocket.script(this));
   }
@@ -124,7 +125,11 @@ test("reconnects after a lost connection from the last id it received, with the 
   assert.equal(result.state.output_text, "1 2 3 4 5 ");
   const urls = ScriptedSocket.sockets.map((s) => new URL(s.url));
   assert.deepStrictEqual(urls.map((u) => u.searchParams.get("after")), [null, "1-2"]);
-  assert.deepStrictEqual(urls.map((u) => u.searchParams.get("token")), ["t1", "t1"]);
+  // The token is a subprotocol, never in the URL.
+  assert.deepStrictEqual(urls.map((u) => u.searchParams.get("token")), [null, null]);
+  for (const socket of ScriptedSocket.sockets) {
+    assert.deepStrictEqual(socket.protocols, ["agentflow.v1", "agentflow.token.t1"]);
+  }
   assert.equal(urls[0].origin + urls[0].pathname, "ws://example.test/ws/runs/r/");
   assert.equal(sub.stats.duplicates, 0);
 });
@@ -132,7 +137,7 @@ test("reconnects after a lost connection from the last id it received, with the 
 test("fetches a fresh stream token after 4401 and stops on 4403", async () => {
   serve((socket) => {
     socket.open();
-    const token = new URL(socket.url).searchParams.get("token");
+    const token = (socket.protocols[1] || "").slice("agentflow.token.".length);
     socket.drop(token === "fresh" ? 4403 : 4401);
   });
   const asked = [];

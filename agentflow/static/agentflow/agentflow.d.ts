@@ -120,6 +120,8 @@ export const TERMINAL_TYPES: readonly string[];
 export const EVENT_TYPES: readonly string[];
 export const USAGE_KEYS: readonly (keyof Usage)[];
 export const FINAL_CLOSE_CODES: readonly number[];
+export const SUBPROTOCOL: string;
+export const TOKEN_SUBPROTOCOL_PREFIX: string;
 export const RECONNECT_CLOSE_CODES: readonly number[];
 
 export function newState(): RunState;
@@ -164,7 +166,8 @@ export interface SubscribeOptions {
   after?: string | null;
   /** A state to continue (default: a new one). */
   state?: RunState;
-  /** The run's stream token (default: run.stream_token; none: the session authenticates). */
+  /** The run's stream token (default: run.stream_token; none: the session authenticates). Sent as the
+   *  websocket subprotocol agentflow.token.<token> (next to agentflow.v1), as ?token= on the event stream. */
   token?: string | null;
   /** "auto" (default: websocket, event stream if websockets never open), "websocket" or "sse". */
   transport?: "auto" | "websocket" | "sse";

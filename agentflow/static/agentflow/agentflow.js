@@ -301,6 +301,9 @@ export const FINAL_CLOSE_CODES = Object.freeze([1000, 4400, 4403, 4404]);
 /** Close codes after which it reconnects with `after`, with jittered backoff. */
 export const RECONNECT_CLOSE_CODES = Object.freeze([1001, 1005, 1006, 1011, 1012, 1013, 4500, 4503]);
 const UNAUTHENTICATED = 4401;
+/** The websocket subprotocols: the token offered as `agentflow.token.<token>`, next to `agentflow.v1`. */
+export const SUBPROTOCOL = "agentflow.v1";
+export const TOKEN_SUBPROTOCOL_PREFIX = "agentflow.token.";
 
 /**
  * Follow a run's events until its terminal event (or `close()`), reducing them into `state`.
@@ -386,18 +389,21 @@ class Subscription {
     else this.connectWebsocket();
   }
 
-  query() {
+  query(withToken) {
     const params = new URLSearchParams();
     if (this.lastId) params.set("after", this.lastId);
-    if (this.token) params.set("token", this.token);
+    if (withToken && this.token) params.set("token", this.token);
     const text = params.toString();
     return text ? `?${text}` : "";
   }
 
   connectWebsocket() {
     let socket;
+    // The token travels as a subprotocol, out of the URL (and so out of access logs); EventSource has no such
+    // way and sends it as ?token=.
+    const protocols = this.token ? [SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX + this.token] : [];
     try {
-      socket = new this.WebSocket(this.urls.websocket.split("?")[0] + this.query());
+      socket = new this.WebSocket(this.urls.websocket.split("?")[0] + this.query(false), protocols);
     } catch (error) {
       this.report(error);
       this.lost({ code: 1006, reason: String(error) }, false);
@@ -432,7 +438,7 @@ class Subscription {
       this.finish({ code: 0, reason: "neither WebSocket nor EventSource works here", final: true });
       return;
     }
-    const source = new this.EventSource(this.urls.events.split("?")[0] + this.query(), { withCredentials: true });
+    const source = new this.EventSource(this.urls.events.split("?")[0] + this.query(true), { withCredentials: true });
     this.socket = source;
     const onEvent = (message) => {
       if (!message.data) return;
