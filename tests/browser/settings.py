@@ -3,7 +3,7 @@ and blog workflow, static files (agentflow.js, the admin's CSS, Swagger UI from 
 served by the ASGI application itself."""
 
 from tests.settings import *  # noqa: F403
-from tests.settings import INSTALLED_APPS
+from tests.settings import INSTALLED_APPS, SPECTACULAR_SETTINGS
 
 INSTALLED_APPS = [
     "example_project.web",  # first, as in the example project: its templates override drf_spectacular's
@@ -17,6 +17,7 @@ ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 STATIC_URL = "/static/"
 EXAMPLE_LLM_MODEL = "fake-model"
 SPECTACULAR_SETTINGS = {
+    **SPECTACULAR_SETTINGS,
     "TITLE": "agentflow browser tests",
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

@@ -46,6 +46,6 @@ def test_swagger_ui_and_redoc_render_the_operations_offline(context: Any, live: 
     assert refused == []
 
     page.goto(f"{live.http}/api/redoc/")
-    page.wait_for_selector("text=/api/workflows/{name}/runs/")
+    page.wait_for_selector("text=/api/runs/{run_id}/events/")
     # Only Redoc's own footer logo is asked of another host (and refused): the page does not need it.
     assert {urlsplit(url).netloc for url in refused} <= {"cdn.redoc.ly"}
