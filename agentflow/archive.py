@@ -14,6 +14,7 @@ from django.db.models import Q
 
 from . import streams
 from .core import events as ev
+from .core.serialization import dumps
 from .models import RunEvent
 
 
@@ -145,3 +146,41 @@ def history_before(run_id: str, before: str | None = None, limit: int = 100) -> 
         rows = rows.filter(Q(stream_ms__lt=ms) | Q(stream_ms=ms, stream_seq__lt=seq))
     older = [row.as_event() for row in rows[: limit - len(events)]]
     return older[::-1] + events
+
+
+def archived_event_texts(
+    run_id: str, after: str | None = None, limit: int | None = None, *, before: str | None = None
+) -> list[tuple[str, str, str]]:
+    """:func:`archived_events` as ``(id, type, JSON text)``, for clients that only forward the JSON.
+
+    On PostgreSQL the database writes the JSON (``json_build_object``), so no event is decoded into Python
+    objects and encoded again: about three times less CPU per event than the model instances (bench/replay.py).
+    The text has the same members as :meth:`RunEvent.as_event` (spaced differently).
+    """
+    if connection.vendor != "postgresql":
+        return [
+            (event["id"], event["type"], dumps(event))
+            for event in archived_events(run_id, after, limit, before=before)
+        ]
+    table = RunEvent._meta.db_table
+    where = ["run_id = %s"]
+    params: list[Any] = [uuid.UUID(run_id)]
+    if after:
+        where.append("(stream_ms, stream_seq) > (%s, %s)")
+        params += list(streams.split_id(after))
+    if before:
+        where.append("(stream_ms, stream_seq) < (%s, %s)")
+        params += list(streams.split_id(before))
+    # The JSON is built in the outer query, for the page's rows only: a planner that sorts the run's rows
+    # (statistics not yet analyzed) would otherwise build it for every one of them.
+    sql = (
+        f"SELECT e.stream_id, e.type, json_build_object('id', e.stream_id, 'type', e.type, 'run', e.run_id, "
+        f"'step', e.step, 'attempt', e.attempt, 'epoch', e.epoch, 'ts', e.ts, 'data', e.data)::text "
+        f"FROM (SELECT * FROM {table} WHERE {' AND '.join(where)} ORDER BY stream_ms, stream_seq"
+        f"{' LIMIT %s' if limit is not None else ''}) e ORDER BY e.stream_ms, e.stream_seq"
+    )
+    if limit is not None:
+        params.append(limit)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()

@@ -36,7 +36,7 @@ from django.conf import settings
 from django.db import Error as DatabaseError
 from django.http.request import validate_host
 
-from . import streams
+from . import frames, streams
 from .access import can_view, check_stream_token
 from .db import in_db
 from .hub import SubscriptionDropped, cancel_and_wait, get_hub
@@ -115,11 +115,17 @@ class RunEventsConsumer(AsyncWebsocketConsumer):
         await self._close(code, _REASONS[code])
 
     async def _forward(self, run_id: str, after: str | None) -> None:
+        """Send the events: whatever is ready in one go (a page of history is one write), and live events
+        straight from the hub's reader when the connection allows (:mod:`agentflow.frames`): the event's JSON
+        and frame are built once per process, whatever the number of sockets."""
         code, reason = CLOSE_ENDED, "run ended"
+        writer = frames.writer_for(self.base_send)
         try:
             async with get_hub().subscribe(run_id, after) as subscription:
+                if writer.direct:
+                    subscription.sink = writer.try_write
                 async for event in subscription:
-                    if not await self._send(event.json):
+                    if not await writer.write([event, *subscription.ready_now()]):
                         return  # the client went away: nobody to close for
         except SubscriptionDropped as exc:
             code, reason = CLOSE_TRY_AGAIN, exc.reason
@@ -127,21 +133,6 @@ class RunEventsConsumer(AsyncWebsocketConsumer):
             logger.exception("websocket of run %s failed", run_id)
             code, reason = CLOSE_SERVER_ERROR, _REASONS[CLOSE_SERVER_ERROR]
         await self._close(code, reason)
-
-    async def _send(self, text: str) -> bool:
-        """Send one message; False if the client is gone.
-
-        Each server says so in its own way (uvicorn: ``ClientDisconnected``, an ``OSError``; daphne: Autobahn's
-        ``Disconnected`` while the closing handshake is under way), and a client that leaves mid-stream is
-        normal: nothing is logged above debug.
-        """
-        try:
-            # base_send: the event's JSON is built once per process, whatever the number of sockets.
-            await self.base_send({"type": "websocket.send", "text": text})
-        except Exception as exc:
-            logger.debug("websocket: the client went away mid-send (%r)", exc)
-            return False
-        return True
 
     async def _close(self, code: int, reason: str) -> None:
         try:

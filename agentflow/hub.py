@@ -55,6 +55,7 @@ from .core import events as ev
 from .core.errors import AgentflowError
 from .core.serialization import dumps
 from .db import in_db
+from .frames import text_frame
 
 logger = logging.getLogger("agentflow.hub")
 
@@ -91,17 +92,26 @@ class SubscriptionDropped(AgentflowError):
 class Event:
     """One event of a run's stream, parsed once per process however many subscribers receive it.
 
-    ``json`` is the event as sent to clients (``{"id": ..., "type": ..., ...}``); ``key`` is the id as a
-    comparable ``(ms, seq)``.
+    ``json`` is the event as sent to clients (``{"id": ..., "type": ..., ...}``); ``frame`` the same as a
+    websocket text frame, built on first use (:mod:`agentflow.frames`); ``key`` is the id as a comparable
+    ``(ms, seq)``.
     """
 
-    __slots__ = ("id", "json", "key", "type")
+    __slots__ = ("_frame", "id", "json", "key", "type")
 
     def __init__(self, id: str, type: str, json_text: str) -> None:
         self.id = id
         self.key = streams.split_id(id)
         self.type = type
         self.json = json_text
+        self._frame: bytes | None = None
+
+    @property
+    def frame(self) -> bytes:
+        frame = self._frame
+        if frame is None:
+            frame = self._frame = text_frame(self.json)
+        return frame
 
     @classmethod
     def from_entry(cls, entry_id: str, fields: dict[str, str]) -> Event:
@@ -166,9 +176,17 @@ _REPLAY, _ARCHIVE, _ATTACH, _CATCH_UP, _LIVE, _DONE = (
 class Subscription:
     """Events of one run strictly after ``after``: history, then live, ending after the terminal event.
 
-    Use it as an async context manager and iterate it, or call :meth:`get` with a timeout (SSE keep-alives).
-    ``last_id`` is the last event id delivered; ``end_reason`` says why iteration stopped.
+    Use it as an async context manager and iterate it, or call :meth:`get` with a timeout (SSE keep-alives);
+    :meth:`ready_now` takes what else is ready without waiting, to send it in one go. ``last_id`` is the last event
+    id delivered; ``end_reason`` says why iteration stopped.
+
+    ``sink``, when set, delivers live events without waking the subscriber's task: while the task waits in
+    :meth:`get` with nothing queued (so nothing it took is still unsent), the hub's reader offers each new event
+    to ``sink(event)``, which either sends it at once and returns True, or returns False and the event is queued
+    as usual. The websocket consumer's sink writes the event's shared frame to the connection.
     """
+
+    sink: Callable[[Event], bool] | None = None
 
     def __init__(self, hub: Hub, run_id: str, after: str | None) -> None:
         self.run_id = str(run_id)
@@ -191,6 +209,7 @@ class Subscription:
         self._stream: _Stream | None = None
         self._after_terminal = False
         self._dropped: str | None = None
+        self._parked = False  # waiting in get() with nothing queued: the sink may deliver
 
     async def __aenter__(self) -> Subscription:
         return self
@@ -254,14 +273,39 @@ class Subscription:
                     self._ready.append(item)
             else:
                 self._signal.clear()
-                if timeout is None:
-                    await self._signal.wait()
-                else:
-                    try:
-                        async with asyncio.timeout(timeout):
-                            await self._signal.wait()
-                    except TimeoutError:
-                        return None
+                self._parked = True
+                try:
+                    if timeout is None:
+                        await self._signal.wait()
+                    else:
+                        try:
+                            async with asyncio.timeout(timeout):
+                                await self._signal.wait()
+                        except TimeoutError:
+                            return None
+                finally:
+                    self._parked = False
+
+    def ready_now(self) -> list[Event]:
+        """The events :meth:`get` would return next without waiting or reading anything, in order (maybe none).
+
+        Taking them counts as delivering them, as with :meth:`get`: send them before the next call.
+        """
+        taken: list[Event] = []
+        while True:
+            while self._ready:
+                event = self._ready.popleft()
+                if event.key > self._last:
+                    self._last, self.last_id = event.key, event.id
+                    self._after_terminal = event.terminal
+                    taken.append(event)
+            # Live events queued while the subscriber was busy, up to anything get() must look at first.
+            if self._phase != _LIVE or self._dropped or self._after_terminal or not self._live:
+                return taken
+            item = self._live[0]
+            if isinstance(item, _Finished):
+                return taken
+            self._ready.append(self._live.popleft())  # type: ignore[arg-type]
 
     # -- history ---------------------------------------------------------------------------------------------
 
@@ -326,9 +370,9 @@ class Subscription:
 
     async def _archive_page(self) -> None:
         events, finished = await _in_db(_archived, self.run_id, self._cursor, PAGE, self._before)
-        self._ready.extend(Event.from_dict(event) for event in events)
+        self._ready.extend(Event(*event) for event in events)
         if events:
-            self._cursor = events[-1]["id"]
+            self._cursor = events[-1][0]
         if len(events) < PAGE:
             if self._before is not None:
                 # The archive's part is done: the stream from its first event on.
@@ -392,7 +436,7 @@ class Subscription:
             return
         elif not last:
             events, _ = await _in_db(_archived, self.run_id, self.last_id, None)
-            self._ready.extend(Event.from_dict(event) for event in events)
+            self._ready.extend(Event(*event) for event in events)
             self._phase, self.end_reason = _DONE, "archive"
         elif marker.seconds_ago is None or marker.seconds_ago > _repair_grace_seconds():
             # The monitor appends a missing terminal event within about a lease; it did not. Stop waiting.
@@ -417,7 +461,21 @@ class Subscription:
         raise AssertionError("unreachable")
 
     def _push(self, event: Event) -> bool:
-        """From the hub's reader: queue a live event; False (and dropped) when the queue is full."""
+        """From the hub's reader: deliver a live event through the sink, or queue it; False (and dropped) when
+        the queue is full."""
+        # Parked with nothing queued since (the task has not run yet if something was): no event can overtake.
+        if (
+            self._parked
+            and not self._live
+            and self.sink is not None
+            and event.key > self._last
+            and self.sink(event)
+        ):
+            # What get() would have done with it. A terminal event wakes the task: the subscription may end.
+            self._last, self.last_id, self._after_terminal = event.key, event.id, event.terminal
+            if event.terminal:
+                self._signal.set()
+            return True
         if len(self._live) >= self._max_queued:
             self._drop(OVERFLOW)
             return False
@@ -709,14 +767,14 @@ def _raise_if_cancelled() -> None:
 
 def _archived(
     run_id: str, after: str | None, limit: int | None, before: str | None = None
-) -> tuple[list[dict[str, Any]], bool]:
-    """Archived events after ``after`` (and before ``before``), and whether the run is over (finished, or
-    deleted)."""
-    from .archive import archived_events
+) -> tuple[list[tuple[str, str, str]], bool]:
+    """Archived events after ``after`` (and before ``before``) as ``(id, type, JSON text)``, and whether the run
+    is over (finished, or deleted)."""
+    from .archive import archived_event_texts
     from .models import FINISHED_STATUSES, WorkflowRun
 
     status = WorkflowRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
-    events = archived_events(run_id, after=after, limit=limit, before=before)
+    events = archived_event_texts(run_id, after=after, limit=limit, before=before)
     return events, status is None or status in FINISHED_STATUSES
 
 

@@ -174,6 +174,96 @@ def test_a_slow_subscriber_is_dropped_without_delaying_the_others(run_id):
         run(main)
 
 
+def test_a_sink_takes_live_events_without_waking_the_subscriber(run_id):
+    """The websocket's path: every live event is written from the hub's reader; the subscriber's task only
+    wakes for the terminal event, which ends the iteration as if it had been taken with get()."""
+
+    async def main(hub: Hub) -> None:
+        first = append(run_id)
+        sunk: list[str] = []
+        async with hub.subscribe(run_id) as sub:
+            sub.sink = lambda event: sunk.append(event.id) is None
+
+            async def consume() -> list[str]:
+                return [event.id async for event in sub]
+
+            consumer = asyncio.create_task(consume())
+            await parked(sub)
+            appended = [append(run_id) for _ in range(19)] + [append(run_id, ev.RUN_COMPLETED)]
+            taken = await asyncio.wait_for(consumer, WAIT)
+            assert taken == [first]  # the history through get(); nothing live
+            assert sunk == appended and sub.last_id == appended[-1] and sub.end_reason == "terminal"
+
+    run(main)
+
+
+async def parked(sub: Any) -> None:
+    """Once ``sub`` delivered its history and waits for live events (bounded)."""
+    deadline = time.monotonic() + WAIT
+    while not sub._parked:
+        assert time.monotonic() < deadline, "the subscription never went live"
+        await asyncio.sleep(0.005)
+
+
+def test_events_a_sink_refuses_keep_their_order(run_id):
+    """A sink that cannot write (a client's socket buffer is full) leaves the event queued; nothing it accepts
+    later overtakes what is queued, and ready_now() hands the queue over in one batch."""
+
+    async def main(hub: Hub) -> None:
+        append(run_id)
+        accept = [True]
+        delivered: list[str] = []
+        sunk = []
+
+        def sink(event: Event) -> bool:
+            if accept[0]:
+                delivered.append(event.id)
+                sunk.append(event.id)
+            return accept[0]
+
+        async with hub.subscribe(run_id) as sub:
+            await ids(sub, 1)
+            sub.sink = sink
+            batches: list[int] = []
+
+            async def consume() -> None:
+                async for event in sub:
+                    batch = [event, *sub.ready_now()]
+                    batches.append(len(batch))
+                    delivered.extend(e.id for e in batch)
+                    await asyncio.sleep(0.02)  # waiting for the socket to drain: new events queue up
+                    accept[0] = True
+
+            consumer = asyncio.create_task(consume())
+            appended = []
+            for n in range(60):
+                accept[0] = accept[0] and n % 7 != 3  # the socket fills now and then
+                appended.append(append(run_id, n=n))
+                if n % 5 == 0:
+                    await asyncio.sleep(0.01)
+            appended.append(append(run_id, ev.RUN_COMPLETED))
+            await asyncio.wait_for(consumer, WAIT)
+            assert delivered == appended
+            assert 0 < len(sunk) < len(appended) and max(batches) > 1  # what queued up went in one go
+
+    run(main)
+
+
+def test_ready_now_takes_history_pages_and_stops_where_get_must_look(run_id):
+    async def main(hub: Hub) -> None:
+        appended = [append(run_id, t) for t in (ev.RUN_STARTED, ev.STATUS, ev.RUN_FAILED, ev.RUN_STARTED)]
+        async with hub.subscribe(run_id) as sub:
+            first = await sub.get(WAIT)
+            assert first is not None and first.id == appended[0]
+            # The rest of the page, a terminal event included: get() would return them without waiting.
+            assert [e.id for e in sub.ready_now()] == appended[1:]
+            assert sub.ready_now() == [] and sub.last_id == appended[-1]
+            later = append(run_id, ev.RUN_COMPLETED)
+            assert await ids(sub, 1) == [later]
+
+    run(main)
+
+
 def test_the_reader_survives_a_lost_redis_connection(run_id, redis_client):
     async def main(hub: Hub) -> None:
         e1 = append(run_id)

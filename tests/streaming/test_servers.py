@@ -198,3 +198,52 @@ def test_the_stream_token_as_a_subprotocol(server: Server) -> None:
             assert receive(ws, limit=1).events[0]["type"] == ev.RUN_QUEUED
     refused = make_stream_token(running_run())  # another run's
     assert close_code(server, run.pk, subprotocols=["agentflow.v1", f"agentflow.token.{refused}"]) == 4401
+
+
+# -- flow control ------------------------------------------------------------------------------------------
+
+
+def test_a_client_that_stops_reading_is_dropped_and_the_others_get_everything(kind: str) -> None:
+    """A client whose socket stays full is closed with 4503 once the server queued SUBSCRIBER_QUEUE_SIZE events
+    for it; it has then received an exact prefix of the stream, and a reading client of the same run, served by
+    the same process, the whole stream. (Under uvicorn the events are written to the connection from the hub's
+    reader while the socket takes them, agentflow.frames; this checks the way back to the queue.)"""
+    if kind == "daphne":
+        pytest.skip("daphne buffers what the application sends without limit: its send never waits")
+    overrides = {"SUBSCRIBER_QUEUE_SIZE": 5}
+    server = Server(
+        connection.settings_dict["NAME"], server=kind, env={"AGENTFLOW_TEST_OVERRIDES": json.dumps(overrides)}
+    )
+    try:
+        server.wait_ready()
+        run = running_run()
+        run_id, key, token = str(run.pk), streams.stream_key(str(run.pk)), make_stream_token(run)
+        # max_queue=1: this client stops reading its socket as soon as one message waits unread.
+        with server.websocket(run.pk, token=token, max_queue=1, close_timeout=10) as slow:
+            assert receive(slow, limit=1).events[0]["type"] == ev.RUN_QUEUED
+            with server.websocket(run.pk, token=token) as fast:
+                assert receive(fast, limit=1).events[0]["type"] == ev.RUN_QUEUED
+
+                def produce() -> None:
+                    client = streams.get_client()
+                    for n in range(400):
+                        data = {"n": n, "text": "z" * 20_000}
+                        event = ev.envelope(ev.STATUS, run_id, step=None, attempt=None, epoch=0, data=data)
+                        client.xadd(key, {"d": json.dumps(event)})
+                        time.sleep(0.001)
+                    event = ev.envelope(ev.RUN_COMPLETED, run_id, step=None, attempt=None, epoch=0, data={})
+                    client.xadd(key, {"d": json.dumps(event)})
+
+                producer = threading.Thread(target=produce)
+                producer.start()
+                try:
+                    got_fast = receive(fast, timeout_seconds=20)
+                finally:
+                    producer.join()
+                everything = streams.read_events(run_id)
+            got_slow = receive(slow, timeout_seconds=20)
+    finally:
+        server.stop()
+    assert got_fast.close_code == 1000 and got_fast.events == everything[1:]
+    assert got_slow.close_code == 4503, (got_slow.close_code, len(got_slow.events))
+    assert got_slow.events == everything[1 : 1 + len(got_slow.events)] and len(got_slow.events) < 400
