@@ -328,6 +328,33 @@ def test_archive_when_the_stream_is_gone(run_id):
     run(main)
 
 
+def test_archive_pages_of_every_size_replay_the_exact_history(run_id, monkeypatch):
+    """A first page of PAGE events (a quick first byte), then pages of ARCHIVE_PAGE, from any ``after``."""
+    from asgiref.sync import sync_to_async
+
+    from agentflow.archive import archive_events, archived_events
+
+    monkeypatch.setattr(hub_module, "PAGE", 3)
+    monkeypatch.setattr(hub_module, "ARCHIVE_PAGE", 5)
+    appended = [append(run_id, ev.RUN_STARTED)] + [append(run_id, n=n) for n in range(14)]
+    appended.append(append(run_id, ev.RUN_COMPLETED))
+    archive_events(run_id)
+    streams.get_client().delete(streams.stream_key(run_id))
+    WorkflowRun.objects.filter(pk=run_id).update(status=RunStatus.COMPLETED)
+
+    async def main(hub: Hub) -> None:
+        for start in (None, 0, 2, 7, 13, 15):
+            after = appended[start] if start is not None else None
+            async with hub.subscribe(run_id, after=after) as sub:
+                got = [event async for event in sub]
+            assert [e.id for e in got] == appended[(start + 1) if start is not None else 0 :]
+            # The JSON PostgreSQL builds is the events the ORM reads (a differently written counterpart).
+            expected = await sync_to_async(archived_events)(run_id, after=after)
+            assert [e.as_dict() for e in got] == expected
+
+    run(main)
+
+
 def test_archive_then_stream_when_the_stream_lost_its_older_events(run_id):
     """A Redis restarted without persistence: the archive has the older events, the stream the newer ones."""
     from agentflow.archive import archive_events, history
