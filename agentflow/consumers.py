@@ -120,6 +120,9 @@ class RunEventsConsumer(AsyncWebsocketConsumer):
         and frame are built once per process, whatever the number of sockets."""
         code, reason = CLOSE_ENDED, "run ended"
         writer = frames.writer_for(self.base_send)
+        logger.debug(
+            "websocket of run %s: %s", run_id, "frames to the transport" if writer.direct else "ASGI"
+        )
         try:
             async with get_hub().subscribe(run_id, after) as subscription:
                 if writer.direct:

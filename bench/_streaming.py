@@ -44,9 +44,10 @@ def setup_django() -> None:
 
 class AsgiServer:
     """``uvicorn tests.asgi:application`` (Django + agentflow's websocket routes) on bench.settings, in its own
-    process group, on a socket bound here (no race for a free port); its log goes to a temporary file."""
+    process group, on a socket bound here (no race for a free port); its log goes to a temporary file. ``app``
+    serves another application (``bench._bare_asgi:app``, the floors)."""
 
-    def __init__(self, *extra_args: str) -> None:
+    def __init__(self, *extra_args: str, app: str = "tests.asgi:application") -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # uvicorn takes an --fd socket for a Unix one and leaves Nagle's algorithm on for the connections it
@@ -63,8 +64,11 @@ class AsgiServer:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["DJANGO_SETTINGS_MODULE"] = "bench.settings"
+        from django.conf import settings
+
+        env["BENCH_REDIS_URL"] = settings.BENCH_REDIS_URL  # for the bare application
         cmd = [
-            sys.executable, "-m", "uvicorn", "tests.asgi:application", "--fd", str(sock.fileno()),
+            sys.executable, "-m", "uvicorn", app, "--fd", str(sock.fileno()),
             "--lifespan", "off", "--no-access-log", "--log-level", "warning",
             "--timeout-graceful-shutdown", "2", *extra_args,
         ]  # fmt: skip

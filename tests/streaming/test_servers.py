@@ -211,9 +211,8 @@ def test_a_client_that_stops_reading_is_dropped_and_the_others_get_everything(ki
     if kind == "daphne":
         pytest.skip("daphne buffers what the application sends without limit: its send never waits")
     overrides = {"SUBSCRIBER_QUEUE_SIZE": 5}
-    server = Server(
-        connection.settings_dict["NAME"], server=kind, env={"AGENTFLOW_TEST_OVERRIDES": json.dumps(overrides)}
-    )
+    env = {"AGENTFLOW_TEST_OVERRIDES": json.dumps(overrides), "AGENTFLOW_LOG_LEVEL": "DEBUG"}
+    server = Server(connection.settings_dict["NAME"], server=kind, env=env)
     try:
         server.wait_ready()
         run = running_run()
@@ -247,3 +246,5 @@ def test_a_client_that_stops_reading_is_dropped_and_the_others_get_everything(ki
     assert got_fast.close_code == 1000 and got_fast.events == everything[1:]
     assert got_slow.close_code == 4503, (got_slow.close_code, len(got_slow.events))
     assert got_slow.events == everything[1 : 1 + len(got_slow.events)] and len(got_slow.events) < 400
+    # The connections took uvicorn's fast path (else this tested only the ASGI messages' flow control).
+    assert sum("frames to the transport" in line for line in server.log) == 2, "".join(server.log)
