@@ -336,7 +336,17 @@ def test_archive_pages_of_every_size_replay_the_exact_history(run_id, monkeypatc
 
     monkeypatch.setattr(hub_module, "PAGE", 3)
     monkeypatch.setattr(hub_module, "ARCHIVE_PAGE", 5)
-    appended = [append(run_id, ev.RUN_STARTED)] + [append(run_id, n=n) for n in range(14)]
+    appended = [append(run_id, ev.RUN_STARTED)] + [append(run_id, n=n) for n in range(13)]
+    # Whatever a step id, a label or a value can hold must come out as the same JSON.
+    odd = ev.envelope(
+        ev.DATA,
+        run_id,
+        step='a"b\\c/d#0\n',
+        attempt=2,
+        epoch=3,
+        data={"ünï": ['"', "\\", "\u0001\t", 1.5, None, "🦦"]},
+    )
+    appended.append(str(streams.get_client().xadd(streams.stream_key(run_id), {"d": dumps(odd)})))
     appended.append(append(run_id, ev.RUN_COMPLETED))
     archive_events(run_id)
     streams.get_client().delete(streams.stream_key(run_id))
