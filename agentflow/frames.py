@@ -49,14 +49,21 @@ class Framed(Protocol):
     def frame(self) -> bytes: ...
 
 
+class Batched(Protocol):
+    """Events to write together: their frames joined (:class:`agentflow.hub.Batch`)."""
+
+    @property
+    def frames(self) -> bytes: ...
+
+
 class Writer(Protocol):
     direct: bool
 
     async def write(self, events: Sequence[Framed]) -> bool:
         """Send ``events`` as one message each, in order; False if the client is gone."""
 
-    def try_write(self, event: Framed) -> bool:
-        """Write ``event`` now if that needs no waiting; False (nothing written) otherwise."""
+    def try_write(self, batch: Batched) -> bool:
+        """Write ``batch`` now if that needs no waiting; False (nothing written) otherwise."""
 
 
 class AsgiWriter:
@@ -79,7 +86,7 @@ class AsgiWriter:
             return False
         return True
 
-    def try_write(self, event: Framed) -> bool:
+    def try_write(self, batch: Batched) -> bool:
         return False
 
 
@@ -112,12 +119,12 @@ class TransportWriter:
             return False
         return True
 
-    def try_write(self, event: Framed) -> bool:
+    def try_write(self, batch: Batched) -> bool:
         # Called by the hub's reader for every live subscriber of every event: it must never raise, nor wait.
         if not self._writable.is_set() or self.gone:
             return False
         try:
-            self._transport.write(event.frame)
+            self._transport.write(batch.frames)
         except Exception as exc:
             logger.debug("websocket: cannot write to the client (%r)", exc)
             return False

@@ -100,7 +100,7 @@ class Event:
     ``(ms, seq)``.
     """
 
-    __slots__ = ("_frame", "id", "json", "key", "type")
+    __slots__ = ("_frame", "id", "json", "key", "terminal", "type")
 
     def __init__(self, id: str, type: str, json_text: str) -> None:
         self.id = id
@@ -109,6 +109,8 @@ class Event:
         ms, _, seq = id.partition("-")
         self.key = int(ms), int(seq)
         self.type = type
+        # Looked at for every subscriber of every event: computed once.
+        self.terminal = type in ev.TERMINAL_TYPES
         self.json = json_text
         self._frame: bytes | None = None
 
@@ -142,15 +144,33 @@ class Event:
     def from_dict(cls, event: dict[str, Any]) -> Event:
         return cls(event["id"], event["type"], dumps(event))
 
-    @property
-    def terminal(self) -> bool:
-        return self.type in ev.TERMINAL_TYPES
-
     def as_dict(self) -> dict[str, Any]:
         return json.loads(self.json)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         return f"<Event {self.id} {self.type}>"
+
+
+class Batch:
+    """Live events of one stream that the hub read together, offered to each subscriber's sink at once: a
+    subscriber gets them in one write. ``frames`` is their frames joined, built once for every subscriber."""
+
+    __slots__ = ("_frames", "events", "terminal")
+
+    def __init__(self, events: list[Event]) -> None:
+        self.events = events
+        self.terminal = any(event.terminal for event in events)  # whether it holds a terminal event
+        self._frames: bytes | None = None
+
+    @property
+    def frames(self) -> bytes:
+        frames = self._frames
+        if frames is None:
+            events = self.events
+            frames = self._frames = (
+                events[0].frame if len(events) == 1 else b"".join([e.frame for e in events])
+            )
+        return frames
 
 
 class _Finished:
@@ -195,12 +215,14 @@ class Subscription:
     id delivered; ``end_reason`` says why iteration stopped.
 
     ``sink``, when set, delivers live events without waking the subscriber's task: while the task waits in
-    :meth:`get` with nothing queued (so nothing it took is still unsent), the hub's reader offers each new event
-    to ``sink(event)``, which either sends it at once and returns True, or returns False and the event is queued
-    as usual. The websocket consumer's sink writes the event's shared frame to the connection.
+    :meth:`get` with nothing queued (so nothing it took is still unsent), the hub's reader offers what it read
+    of the stream to ``sink(batch)`` (a :class:`Batch`), which either sends it at once and returns True, or
+    returns False and the events are queued as usual. The websocket consumer's sink writes the batch's shared
+    frames to the connection: one write however many events the reader found at once, so a server that falls
+    behind catches up with fewer, larger writes.
     """
 
-    sink: Callable[[Event], bool] | None = None
+    sink: Callable[[Batch], bool] | None = None
 
     def __init__(self, hub: Hub, run_id: str, after: str | None) -> None:
         self.run_id = str(run_id)
@@ -477,22 +499,28 @@ class Subscription:
                 await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
         raise AssertionError("unreachable")
 
-    def _push(self, event: Event) -> bool:
-        """From the hub's reader: deliver a live event through the sink, or queue it; False (and dropped) when
+    def _push_batch(self, batch: Batch) -> bool:
+        """From the hub's reader: deliver live events through the sink, or queue them; False (and dropped) when
         the queue is full."""
+        events = batch.events
         # Parked with nothing queued since (the task has not run yet if something was): no event can overtake.
         if (
             self._parked
             and not self._live
             and self.sink is not None
-            and event.key > self._last
-            and self.sink(event)
+            and events[0].key > self._last
+            and self.sink(batch)
         ):
-            # What get() would have done with it. A terminal event wakes the task: the subscription may end.
-            self._last, self.last_id, self._after_terminal = event.key, event.id, event.terminal
-            if event.terminal:
+            # What get() would have done with them. A terminal event wakes the task: the subscription may end.
+            last = events[-1]
+            self._last, self.last_id, self._after_terminal = last.key, last.id, last.terminal
+            if batch.terminal:
                 self._signal.set()
             return True
+        return all(self._push(event) for event in events)
+
+    def _push(self, event: Event) -> bool:
+        """Queue a live event; False (and dropped) when the queue is full."""
         if len(self._live) >= self._max_queued:
             self._drop(OVERFLOW)
             return False
@@ -722,6 +750,7 @@ class Hub:
 
     def _dispatch(self, stream: _Stream, entries: list[Any]) -> None:
         stream.active_at = time.monotonic()
+        events: list[Event] = []
         for entry_id, fields in entries:
             try:
                 event = Event.from_entry(entry_id, fields)
@@ -732,12 +761,16 @@ class Hub:
             if event.key <= stream.position_key:
                 continue
             stream.position, stream.position_key = entry_id, event.key
-            self._counters["events"] += 1
-            dropped = [sub for sub in stream.subscribers if not sub._push(event)]
-            for sub in dropped:
-                self._counters["dropped"] += 1
-                logger.info("hub: dropped a subscriber of run %s: it fell behind", stream.run_id)
-                self._detach(sub)
+            events.append(event)
+        if not events:
+            return
+        self._counters["events"] += len(events)
+        batch = Batch(events)
+        dropped = [sub for sub in stream.subscribers if not sub._push_batch(batch)]
+        for sub in dropped:
+            self._counters["dropped"] += 1
+            logger.info("hub: dropped a subscriber of run %s: it fell behind", stream.run_id)
+            self._detach(sub)
 
     # -- runs whose streams went quiet -----------------------------------------------------------------------
 

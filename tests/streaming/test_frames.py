@@ -22,11 +22,11 @@ from agentflow import frames
 
 
 class Text:
-    """What the writers send: JSON text, and its frame."""
+    """What the writers send: JSON text, and its frame (and as a batch of one, its frames)."""
 
     def __init__(self, text: str) -> None:
         self.json = text
-        self.frame = frames.text_frame(text)
+        self.frame = self.frames = frames.text_frame(text)
 
 
 def parse(data: bytes) -> list[Frame]:

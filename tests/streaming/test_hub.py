@@ -17,7 +17,7 @@ from agentflow import hub as hub_module
 from agentflow import streams
 from agentflow.core import events as ev
 from agentflow.core.serialization import dumps
-from agentflow.hub import Event, Hub, SubscriptionDropped, get_hub
+from agentflow.hub import Batch, Event, Hub, SubscriptionDropped, get_hub
 from agentflow.models import RunStatus, WorkflowRun
 from agentflow.sse import event_stream_response, stream_is_over
 
@@ -182,7 +182,7 @@ def test_a_sink_takes_live_events_without_waking_the_subscriber(run_id):
         first = append(run_id)
         sunk: list[str] = []
         async with hub.subscribe(run_id) as sub:
-            sub.sink = lambda event: sunk.append(event.id) is None
+            sub.sink = lambda batch: sunk.extend(e.id for e in batch.events) is None
 
             async def consume() -> list[str]:
                 return [event.id async for event in sub]
@@ -193,6 +193,42 @@ def test_a_sink_takes_live_events_without_waking_the_subscriber(run_id):
             taken = await asyncio.wait_for(consumer, WAIT)
             assert taken == [first]  # the history through get(); nothing live
             assert sunk == appended and sub.last_id == appended[-1] and sub.end_reason == "terminal"
+
+    run(main)
+
+
+def test_events_read_together_reach_a_sink_in_one_batch(run_id):
+    """What the reader finds at once (a burst of tokens, or a server that fell behind) is one write per
+    subscriber: the batch's frames are its events' frames, joined once for every subscriber."""
+
+    async def main(hub: Hub) -> None:
+        append(run_id)
+        batches: list[list[str]] = [[], []]
+        frames: list[bytes] = []
+        async with hub.subscribe(run_id) as a, hub.subscribe(run_id) as b:
+            for n, sub in enumerate((a, b)):
+                await ids(sub, 1)
+                sub.sink = lambda batch, n=n: (
+                    batches[n].append([e.id for e in batch.events]) or frames.append(batch.frames) or True
+                )
+            consumers = [asyncio.create_task(a.get(WAIT)), asyncio.create_task(b.get(WAIT))]
+            await parked(a)
+            await parked(b)
+            pipe = streams.get_client().pipeline(transaction=True)  # one command for Redis: one XREAD reply
+            for n in range(5):
+                event = ev.envelope(ev.STATUS, run_id, step=None, attempt=None, epoch=1, data={"n": n})
+                pipe.xadd(streams.stream_key(run_id), {"d": dumps(event)})
+            appended = [str(i) for i in pipe.execute()]
+            deadline = time.monotonic() + WAIT
+            while not all(batches):
+                assert time.monotonic() < deadline, "the sinks got nothing"
+                await asyncio.sleep(0.005)
+            assert batches == [[appended], [appended]]
+            assert frames[0] is frames[1]  # joined once
+            entries = streams.get_client().xrange(streams.stream_key(run_id), appended[0], appended[-1])
+            assert frames[0] == b"".join(Event.from_entry(i, fields).frame for i, fields in entries)
+            for task in consumers:
+                task.cancel()
 
     run(main)
 
@@ -215,10 +251,10 @@ def test_events_a_sink_refuses_keep_their_order(run_id):
         delivered: list[str] = []
         sunk = []
 
-        def sink(event: Event) -> bool:
+        def sink(batch: Batch) -> bool:
             if accept[0]:
-                delivered.append(event.id)
-                sunk.append(event.id)
+                delivered.extend(e.id for e in batch.events)
+                sunk.extend(e.id for e in batch.events)
             return accept[0]
 
         async with hub.subscribe(run_id) as sub:
