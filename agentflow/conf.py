@@ -43,8 +43,15 @@ DEFAULTS: dict[str, Any] = {
     "LEASE_SECONDS": 30.0,
     # A run recovered more often than this is failed instead (a crash loop is not retried forever).
     "MAX_RECOVERIES": 5,
-    # A run still queued this long after it was accepted is enqueued again by the monitor.
+    # The monitor sends a run's message again when it was lost. With Celery it tells a lost message from one
+    # waiting behind others by the queue itself; with an executor that keeps no queue it can read, a run still
+    # waiting for a worker QUEUED_TIMEOUT_SECONDS after its message was sent is sent again.
     "QUEUED_TIMEOUT_SECONDS": 300.0,
+    # How long start(), resume() and the runner wait for the broker to accept a run's message; a message it
+    # did not accept stays owed (agentflow.dispatch) and is sent again every DISPATCH_RETRY_INTERVAL_SECONDS
+    # (by the process that failed for a while, by every worker and by the monitor) until it is.
+    "DISPATCH_TIMEOUT_SECONDS": 2.0,
+    "DISPATCH_RETRY_INTERVAL_SECONDS": 1.0,
     # A worker hands a run back (re-enqueues it) at the first step boundary after SLICE_SECONDS, so no task
     # outlives the broker's visibility timeout and a deploy drains within one slice.
     "SLICE_SECONDS": 300.0,

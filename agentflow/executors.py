@@ -2,21 +2,35 @@
 
 ``AGENTFLOW["EXECUTOR"]`` picks one: :class:`CeleryExecutor` (the default: workers in other processes),
 :class:`InProcessExecutor` (threads of the current process: the embedded default and development) or
-:class:`InlineExecutor` (synchronously, in the caller: unit tests).
+:class:`InlineExecutor` (synchronously, in the caller: unit tests). They are called by
+:mod:`agentflow.dispatch`, which records the message as owed first and sends it again when
+:meth:`Executor.enqueue` raises :class:`NotAccepted`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cache
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from django.db import close_old_connections, connection
 from django.utils.module_loading import import_string
 
+from . import streams
 from .conf import agentflow_settings
+from .core import keys
+
+T = TypeVar("T")
+
+
+class NotAccepted(Exception):
+    """The executor could not take the message now (the broker is down or does not answer in time)."""
 
 
 class Executor(Protocol):
@@ -25,18 +39,137 @@ class Executor(Protocol):
 
     def enqueue(self, run_id: str, epoch: int, *, countdown_seconds: float | None = None) -> None:
         """Arrange for ``runner.execute_run(run_id, epoch)`` to be called, at least once (not before
-        ``countdown_seconds``, when given: a suspended run's wake-up)."""
+        ``countdown_seconds``, when given: a suspended run's wake-up). Raise :class:`NotAccepted` when that
+        cannot be arranged now; any other exception is a bug and propagates."""
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """What an executor knows of its queue: the monitor's evidence to tell a message that waits behind
+    others from one that was lost."""
+
+    #: Messages in the queue, not yet taken by a worker.
+    waiting: int
+    #: Every message sent to the queue before this time has been taken by a worker (the queue is first in,
+    #: first out), or None if no worker said so yet.
+    delivered_through: datetime | None
 
 
 class CeleryExecutor:
+    """Sends the task ``agentflow.execute_run`` to ``TASK_QUEUE``, waiting at most
+    ``DISPATCH_TIMEOUT_SECONDS`` for the broker: a dead broker never holds a web request for long."""
+
     uses_workers = True
 
     def enqueue(self, run_id: str, epoch: int, *, countdown_seconds: float | None = None) -> None:
         from .tasks import execute_run_task
 
-        execute_run_task.apply_async(
-            args=(str(run_id), int(epoch)), queue=agentflow_settings.task_queue, countdown=countdown_seconds
+        queue = agentflow_settings.task_queue
+        # A message sent for now goes to the back of the queue: its send time says where it stands, which
+        # the worker taking it records (record_delivery). A delayed one is held by a worker until due.
+        kwargs = {} if countdown_seconds else {"sent_to": queue, "sent_at_ms": int(time.time() * 1000)}
+        _bounded(
+            lambda: execute_run_task.apply_async(
+                args=(str(run_id), int(epoch)),
+                kwargs=kwargs,
+                queue=queue,
+                countdown=countdown_seconds,
+                # Celery's default retries a refused connection for about a second; once is enough here,
+                # the dispatcher tries again within seconds.
+                retry_policy={
+                    "max_retries": 1,
+                    "interval_start": 0,
+                    "interval_step": 0.2,
+                    "interval_max": 0.2,
+                },
+            )
         )
+
+    def queue_state(self) -> QueueState:
+        """Raises :class:`NotAccepted` when the broker cannot be asked."""
+        queue = agentflow_settings.task_queue
+
+        def read() -> QueueState:
+            mark = streams.get_client().get(keys.delivered(agentflow_settings.key_prefix, queue))
+            delivered = datetime.fromtimestamp(int(str(mark)) / 1000, tz=UTC) if mark else None
+            return QueueState(waiting=_queue_length(queue), delivered_through=delivered)
+
+        return _bounded(read)
+
+
+def _queue_length(queue: str) -> int:
+    from celery import current_app
+
+    with current_app.connection_for_read() as conn:
+        channel = conn.channel()
+        try:
+            return int(channel.queue_declare(queue=queue, passive=True).message_count)
+        except Exception as exc:
+            # Redis keeps no empty list, and AMQP has no queue nobody declared: either way, nothing waits.
+            if getattr(exc, "code", None) in (404, "404") or "NOT_FOUND" in str(exc):
+                return 0
+            raise
+        finally:
+            channel.close()
+
+
+# Lua: raise the key to ARGV[1] (milliseconds), never lower it.
+_RAISE = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > current then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 1
+"""
+
+
+def record_delivery(queue: str, sent_at_ms: int) -> None:
+    """A worker took a message sent to ``queue`` at ``sent_at_ms``: every message sent before it was taken
+    too (see :class:`QueueState`). One small script per task."""
+    key = keys.delivered(agentflow_settings.key_prefix, queue)
+    streams.get_client().eval(_RAISE, 1, key, int(sent_at_ms))
+
+
+_MAX_IN_FLIGHT = 16  # sends waiting on a broker that does not answer; beyond that, fail at once
+_in_flight = 0
+_in_flight_lock = threading.Lock()
+
+
+def _bounded(call: Callable[[], T]) -> T:
+    """``call()`` on a sender thread, waiting at most ``DISPATCH_TIMEOUT_SECONDS``.
+
+    Without socket time-outs in the broker's transport options, a publish to a broker that stopped answering
+    blocks for ever; the caller gives up after the time-out (the thread stays blocked until the socket
+    fails). Every failure is :class:`NotAccepted`.
+    """
+    global _in_flight
+    with _in_flight_lock:
+        if _in_flight >= _MAX_IN_FLIGHT:
+            raise NotAccepted(f"{_in_flight} messages already wait for the broker to answer")
+        _in_flight += 1
+
+    def run() -> T:
+        global _in_flight
+        try:
+            return call()
+        finally:
+            with _in_flight_lock:
+                _in_flight -= 1
+
+    timeout = agentflow_settings.dispatch_timeout_seconds
+    future = _senders(os.getpid()).submit(run)
+    try:
+        return future.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        raise NotAccepted(f"the broker did not answer within {timeout}s") from None
+    except Exception as exc:
+        raise NotAccepted(f"{type(exc).__name__}: {exc}") from exc
+
+
+@cache
+def _senders(pid: int) -> concurrent.futures.ThreadPoolExecutor:
+    # One pool per process: a prefork child does not inherit its parent's threads.
+    return concurrent.futures.ThreadPoolExecutor(_MAX_IN_FLIGHT, thread_name_prefix="agentflow-send")
 
 
 class InProcessExecutor:
@@ -89,3 +222,11 @@ def _run_in_thread(run_id: str, epoch: int) -> None:
 def get_executor() -> Executor:
     cls = import_string(agentflow_settings.executor)
     return cls()
+
+
+def queue_state(executor: Any) -> QueueState | None:
+    """The executor's :class:`QueueState`, or None if it keeps no queue it can describe (it then has no
+    evidence: the monitor falls back on ``QUEUED_TIMEOUT_SECONDS``). Raises :class:`NotAccepted` when it
+    has a queue but cannot read it now."""
+    describe = getattr(executor, "queue_state", None)
+    return describe() if describe is not None else None

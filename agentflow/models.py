@@ -52,6 +52,12 @@ class WorkflowRun(models.Model):
     # When a waiting run continues: a long retry delay or agentflow.sleep() suspended it until then, or its
     # worker handed it back at the end of a time slice (wake_at = then). The monitor wakes overdue runs.
     wake_at = models.DateTimeField(null=True, blank=True)
+    # The run's message to a worker (agentflow.dispatch). enqueued_at: when the message the run waits for was
+    # sent (while dispatch_pending: when sending it was last tried); None while a worker holds the run and once
+    # it ended. dispatch_pending: the message is owed and the broker has not accepted it yet (an outbox: set in
+    # the transaction that makes the run need a worker, cleared once the broker took the message).
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    dispatch_pending = models.BooleanField(default=False)
     last_event_id = models.CharField(max_length=64, blank=True, default="")
     step_count = models.PositiveIntegerField(default=0)
     usage = models.JSONField(
@@ -79,6 +85,11 @@ class WorkflowRun(models.Model):
             models.Index(fields=["owner", "-created_at"], name="agentflow_run_owner_created"),
             models.Index(fields=["workflow", "-created_at"], name="agentflow_run_wf_created"),
             models.Index(fields=["status", "heartbeat_at"], name="agentflow_run_status_hb"),
+            # Runs waiting for a worker (the monitor and the dispatcher look for these): few rows, whatever the
+            # table's size.
+            models.Index(
+                fields=["enqueued_at"], condition=Q(enqueued_at__isnull=False), name="agentflow_run_enqueued"
+            ),
         ]
         constraints = [
             models.UniqueConstraint(

@@ -1,34 +1,51 @@
 """The monitor: keeps every run moving. Run it from Celery beat (``agentflow.monitor``) or
 ``manage.py agentflow_monitor``; running several at once is safe (every change is a conditional UPDATE).
 
-- a running run whose lease expired (its worker died) is enqueued again with its current epoch; the new
-  incarnation takes it over as epoch + 1 and emits ``run.recovered``;
-- after ``MAX_RECOVERIES`` such recoveries the run is failed instead, and ``run_abandoned`` is sent;
-- a run accepted but not started after ``QUEUED_TIMEOUT_SECONDS`` is enqueued again;
-- a waiting run (suspended, or handed back at the end of a time slice) still waiting ``LEASE_SECONDS`` after
-  its ``wake_at`` is enqueued again, in case its delayed message was lost;
-- a finished run whose stream lacks its terminal event (the worker died between the commit and the append)
-  gets it, so no subscriber waits forever;
-- an active child run whose parent has finished is cancelled (a child never outlives its parent).
+A run is either **held** by a worker (running, with a lease the worker renews) or **waits for a worker**
+(queued, waiting, or running but recovered: its ``enqueued_at`` says when the message it waits for was
+sent). The monitor:
 
-A waiting run whose wait ended (an answer, a child's end) was made due (``wake_at`` now) in the transaction
-that ended the wait, so the overdue rule above also covers a wake-up message that was lost.
+- recovers a held run whose lease expired (its worker died): one more ``recoveries``, and its message is
+  sent again with its current epoch; the incarnation that claims it takes the run over as epoch + 1 and
+  emits ``run.recovered``. From then until that claim the run waits for a worker: however long a backlog
+  holds its message, it is not lost again, so ``recoveries`` counts incarnations that started and died;
+- fails a run whose lease expires after ``MAX_RECOVERIES`` recoveries, and sends ``run_abandoned``;
+- sends again the message of a run that waits for a worker when that message was lost: taken by a worker
+  that died before claiming it, or dropped by a broker that lost its data. With Celery it knows a lost
+  message from one that waits behind others by the queue (``executors.QueueState``): the message was lost
+  when a worker took a message sent after it, or when the queue is empty and the run still waits
+  ``LEASE_SECONDS`` after its message was sent. A delayed message (a suspended run's wake-up) was lost
+  when the run still waits ``LEASE_SECONDS`` after its ``wake_at``. An executor without a queue to read
+  gets the message sent again every ``QUEUED_TIMEOUT_SECONDS`` while the run waits. A message sent again
+  is not a death: ``recoveries`` stays;
+- sends the messages the broker did not take when they were due (``agentflow.dispatch.flush``);
+- gives a finished run whose stream lacks its terminal event (the worker died between the commit and the
+  append) that event, so no subscriber waits forever;
+- cancels an active child run whose parent has finished (a child never outlives its parent).
+
+A waiting run whose wait ended (an answer, a child's end) was made due, its message owed, in the
+transaction that ended the wait; a run waiting for something to happen (no ``wake_at``) waits for no
+message.
+
+It logs only what it changes: a pass with nothing to do is silent.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db.models import F, Q
+from django.db.models.functions import Coalesce
 from django.dispatch import Signal
 from django.utils import timezone
 
-from . import streams
+from . import dispatch, streams
 from .conf import agentflow_settings
 from .core import events as ev
+from .executors import NotAccepted, QueueState, get_executor, queue_state
 from .models import ACTIVE_STATUSES, FINISHED_STATUSES, RunStatus, WorkflowRun
 
 logger = logging.getLogger("agentflow.monitor")
@@ -36,13 +53,21 @@ logger = logging.getLogger("agentflow.monitor")
 #: Sent when the monitor gives up on a run (too many recoveries). ``sender`` is WorkflowRun, ``run`` the run.
 run_abandoned = Signal()
 
+#: Clocks of the processes that send messages differ a little: a message counts as overtaken only by one
+#: sent this much later.
+ORDER_MARGIN_SECONDS = 1.0
+
 
 @dataclass
 class MonitorReport:
     recovered: int = 0
     abandoned: int = 0
+    #: Lost messages of queued or recovered runs, sent again.
     requeued: int = 0
+    #: Lost messages of waiting runs, sent again.
     woken: int = 0
+    #: Messages the broker had not taken, sent now.
+    dispatched: int = 0
     terminals_repaired: int = 0
     orphans_cancelled: int = 0
 
@@ -51,56 +76,15 @@ class MonitorReport:
 
 
 def check_runs(now: Any = None) -> MonitorReport:
-    from .runs import enqueue
-
     now = now or timezone.now()
     report = MonitorReport()
-    lease_cutoff = now - timedelta(seconds=agentflow_settings.lease_seconds)
-    stale = WorkflowRun.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=lease_cutoff)
-    for run_id, epoch, recoveries in stale.values_list("id", "epoch", "recoveries")[:500]:
-        if recoveries >= agentflow_settings.max_recoveries:
-            if _abandon(run_id, epoch, recoveries):
-                report.abandoned += 1
-            continue
-        # Conditional on the epoch and the old heartbeat, so two monitors never recover the same lease twice.
-        if WorkflowRun.objects.filter(id=run_id, epoch=epoch, heartbeat_at__lt=lease_cutoff).update(
-            recoveries=F("recoveries") + 1, heartbeat_at=now
-        ):
-            logger.warning("run %s: lease of epoch %s expired; enqueueing it again", run_id, epoch)
-            enqueue(str(run_id), epoch)
-            report.recovered += 1
-
-    queued_cutoff = now - timedelta(seconds=agentflow_settings.queued_timeout_seconds)
-    # heartbeat_at of a queued run is when the monitor last enqueued it again.
-    never_started = WorkflowRun.objects.filter(status=RunStatus.QUEUED, created_at__lt=queued_cutoff).filter(
-        Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=queued_cutoff)
-    )
-    for run_id, epoch in never_started.values_list("id", "epoch")[:500]:
-        if WorkflowRun.objects.filter(id=run_id, epoch=epoch, status=RunStatus.QUEUED).update(
-            heartbeat_at=now
-        ):
-            logger.warning("run %s: queued but never started; enqueueing it again", run_id)
-            enqueue(str(run_id), epoch)
-            report.requeued += 1
-
-    # Grace of one lease after wake_at: the run's own delayed message normally claims it at wake_at.
-    # heartbeat_at of a waiting run is when it was handed back or last enqueued again.
-    overdue = WorkflowRun.objects.filter(status=RunStatus.WAITING, wake_at__lt=lease_cutoff).filter(
-        Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=lease_cutoff)
-    )
-    for run_id, epoch in overdue.values_list("id", "epoch")[:500]:
-        if (
-            WorkflowRun.objects.filter(
-                id=run_id, epoch=epoch, status=RunStatus.WAITING, wake_at__lt=lease_cutoff
-            )
-            .filter(Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=lease_cutoff))
-            .update(heartbeat_at=now)
-        ):
-            logger.warning("run %s: overdue after waiting; enqueueing it again", run_id)
-            enqueue(str(run_id), epoch)
-            report.woken += 1
+    # First: the queue is read before this pass sends anything, so its own messages do not hide a lost one.
+    _resend_lost_messages(now, report)
+    _recover_expired_leases(now, report)
+    report.dispatched = dispatch.flush(now=now)
 
     # Grace of one lease: a live worker appends the terminal event right after committing the status.
+    lease_cutoff = now - timedelta(seconds=agentflow_settings.lease_seconds)
     unfinished_streams = WorkflowRun.objects.filter(
         status__in=FINISHED_STATUSES, last_event_id="", finished_at__lt=lease_cutoff
     )
@@ -118,6 +102,68 @@ def check_runs(now: Any = None) -> MonitorReport:
     return report
 
 
+def _recover_expired_leases(now: datetime, report: MonitorReport) -> None:
+    lease_cutoff = now - timedelta(seconds=agentflow_settings.lease_seconds)
+    # Held runs only: a run already recovered waits for a worker (enqueued_at), however long that takes.
+    held = {"status": RunStatus.RUNNING, "enqueued_at__isnull": True, "dispatch_pending": False}
+    stale = WorkflowRun.objects.filter(**held, heartbeat_at__lt=lease_cutoff)
+    for run_id, epoch, recoveries in stale.values_list("id", "epoch", "recoveries")[:500]:
+        if recoveries >= agentflow_settings.max_recoveries:
+            if _abandon(run_id, epoch, recoveries):
+                report.abandoned += 1
+            continue
+        # Conditional on the epoch and the old heartbeat, so two monitors never recover the same lease twice.
+        if WorkflowRun.objects.filter(id=run_id, epoch=epoch, heartbeat_at__lt=lease_cutoff, **held).update(
+            recoveries=F("recoveries") + 1, **dispatch.owed(now)
+        ):
+            logger.warning("run %s: lease of epoch %s expired; sending it to another worker", run_id, epoch)
+            dispatch.send(str(run_id), epoch)
+            report.recovered += 1
+
+
+def _resend_lost_messages(now: datetime, report: MonitorReport) -> None:
+    try:
+        state = queue_state(get_executor())
+    except NotAccepted as exc:
+        # The broker is down: no message can be told lost, nor sent again.
+        logger.debug("monitor: cannot read the run queue (%s)", exc)
+        return
+    # A run recorded without agentflow.dispatch (no enqueued_at) counts from its last heartbeat or creation. A
+    # run that waits for something to happen (an answer, a child run: no wake_at) waits for no message.
+    waiting = (
+        WorkflowRun.objects.filter(status__in=ACTIVE_STATUSES, dispatch_pending=False)
+        .filter(Q(enqueued_at__isnull=False) | Q(status__in=(RunStatus.QUEUED, RunStatus.WAITING)))
+        .exclude(status=RunStatus.WAITING, wake_at__isnull=True)
+        .annotate(sent=Coalesce("enqueued_at", "heartbeat_at", "created_at"))
+    )
+    rows = waiting.values_list("id", "epoch", "status", "wake_at", "enqueued_at", "sent")[:500]
+    for run_id, epoch, status, wake_at, enqueued_at, sent in rows:
+        if not _lost(status, wake_at, sent, now, state):
+            continue
+        if WorkflowRun.objects.filter(
+            id=run_id, epoch=epoch, status=status, dispatch_pending=False, enqueued_at=enqueued_at
+        ).update(**dispatch.owed(now)):
+            logger.warning("run %s: its message (epoch %s) was lost; sending it again", run_id, epoch)
+            dispatch.send(str(run_id), epoch)
+            if status == RunStatus.WAITING:
+                report.woken += 1
+            else:
+                report.requeued += 1
+
+
+def _lost(status: str, wake_at: Any, sent: datetime, now: datetime, state: QueueState | None) -> bool:
+    """Whether the message a waiting run was sent at ``sent`` is lost (see the module's docstring)."""
+    grace = timedelta(seconds=agentflow_settings.lease_seconds)
+    if status == RunStatus.WAITING and wake_at is not None and wake_at > sent:
+        return now - wake_at > grace  # a delayed message: a worker holds it until wake_at
+    if state is None:
+        return now - sent > timedelta(seconds=agentflow_settings.queued_timeout_seconds)
+    overtaken = state.delivered_through is not None and state.delivered_through - sent > timedelta(
+        seconds=ORDER_MARGIN_SECONDS
+    )
+    return overtaken or (state.waiting == 0 and now - sent > grace)
+
+
 def _abandon(run_id: Any, epoch: int, recoveries: int) -> bool:
     error = {
         "type": "RunAbandoned",
@@ -129,8 +175,10 @@ def _abandon(run_id: Any, epoch: int, recoveries: int) -> bool:
     from .waits import cancel_children, wake_parent
 
     with transaction.atomic():
-        updated = WorkflowRun.objects.filter(id=run_id, epoch=epoch, status=RunStatus.RUNNING).update(
-            status=RunStatus.FAILED, error=error, finished_at=timezone.now(), epoch=epoch + 1
+        updated = WorkflowRun.objects.filter(
+            id=run_id, epoch=epoch, status=RunStatus.RUNNING, enqueued_at__isnull=True
+        ).update(
+            status=RunStatus.FAILED, error=error, finished_at=timezone.now(), epoch=epoch + 1, **dispatch.HELD
         )
         parent_id = WorkflowRun.objects.filter(id=run_id).values_list("parent_id", flat=True).first()
         if updated and parent_id is not None:

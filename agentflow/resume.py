@@ -60,9 +60,8 @@ def resume(run: Any, *, budget: Any = _KEEP) -> WorkflowRun:
         locked.epoch += 1
         # A fresh budget for the monitor: the recoveries of the earlier incarnations are not this one's.
         locked.recoveries = 0
-        # For the monitor, a queued run's heartbeat is when it was last enqueued; without this an old run
-        # would count as "queued but never started" at once and be enqueued twice.
-        locked.heartbeat_at = timezone.now()
+        # Its message is owed from now (agentflow.dispatch): for the monitor, the run waits for a worker.
+        locked.dispatch_pending, locked.enqueued_at = True, timezone.now()
         locked.worker = ""
         # Unset until this incarnation's events are archived again, which is what the monitor looks for
         # when it repairs a missing terminal event.
@@ -72,7 +71,7 @@ def resume(run: Any, *, budget: Any = _KEEP) -> WorkflowRun:
         locked.save(
             update_fields=[
                 "status", "output", "error", "finished_at", "cancel_requested", "epoch", "recoveries",
-                "heartbeat_at", "worker", "last_event_id", "budget",
+                "dispatch_pending", "enqueued_at", "worker", "last_event_id", "budget",
             ]
         )  # fmt: skip
         run_id, epoch = str(locked.pk), locked.epoch
@@ -85,13 +84,13 @@ def resume(run: Any, *, budget: Any = _KEEP) -> WorkflowRun:
 
 
 def _reopen_and_enqueue(run_id: str, epoch: int) -> None:
-    from .runs import enqueue
+    from . import dispatch
 
     try:
         reopen_stream(run_id)
     except Exception:  # Redis down: the worker cannot claim the run either; the monitor enqueues it again
         logger.exception("run %s: could not reopen its stream for the resume", run_id)
-    enqueue(run_id, epoch)
+    dispatch.send(run_id, epoch)
 
 
 def reopen_stream(run_id: str) -> None:

@@ -21,7 +21,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import streams
+from . import dispatch, streams
 from .conf import agentflow_settings
 from .core import events as ev
 from .core import keys
@@ -149,17 +149,14 @@ def _claim(run_id: str, epoch: int, worker: str) -> tuple[WorkflowRun, str] | No
         run.worker = worker
         run.wake_at = None
         run.wait_reason = ""
+        # The run waits for no message now: a monitor seeing its lease expire later counts a death.
+        run.dispatch_pending, run.enqueued_at = False, None
         run.save(
             update_fields=[
-                "epoch",
-                "status",
-                "started_at",
-                "heartbeat_at",
-                "worker",
-                "wake_at",
-                "wait_reason",
+                "epoch", "status", "started_at", "heartbeat_at", "worker", "wake_at", "wait_reason",
+                "dispatch_pending", "enqueued_at",
             ]
-        )
+        )  # fmt: skip
     return run, previous
 
 
@@ -335,8 +332,6 @@ def _suspend(run: WorkflowRun, sink: streams.RedisSink, exc: RunSuspended) -> st
     that ended while this incarnation was still running is found here and the run continues at once. A run
     with several waits wakes at the earliest of their timers (a retry, a sleep, an input's time-out).
     """
-    from .runs import enqueue
-
     run_id = str(run.id)
     sink.flush()
     now = timezone.now()
@@ -364,6 +359,8 @@ def _suspend(run: WorkflowRun, sink: streams.RedisSink, exc: RunSuspended) -> st
                 heartbeat_at=now,
                 usage=run.usage,
                 wait_reason=exc.reason,
+                # Its message is owed with the hand-back (none while it waits for something to happen).
+                **(dispatch.owed(now) if wake_at is not None else dispatch.HELD),
             )
     if cancelled:
         # Cancelled meanwhile: end it now rather than after a wait that may be long.
@@ -376,8 +373,8 @@ def _suspend(run: WorkflowRun, sink: streams.RedisSink, exc: RunSuspended) -> st
         return RunStatus.WAITING
     delay = (wake_at - now).total_seconds()
     logger.info("run %s: handed back (%s), continues in %.1fs", run_id, exc.reason, delay)
-    # If this message is lost, the monitor enqueues the run once wake_at has passed.
-    enqueue(run_id, run.epoch, countdown_seconds=delay if delay > 0 else None)
+    # Owed since the UPDATE above: if this send fails, or the message is lost later, it is sent again.
+    dispatch.send(run_id, run.epoch, countdown_seconds=delay if delay > 0 else None)
     return RunStatus.WAITING
 
 
@@ -406,6 +403,7 @@ def _finish(
             step_count=StepRun.objects.filter(run__pk=run_id).count(),
             usage=run.usage,
             wait_reason="",
+            **dispatch.HELD,
         )
         # In the same transaction: a parent waiting for this run is due as surely as this run is finished.
         if updated and run.parent_id is not None:

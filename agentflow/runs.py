@@ -1,7 +1,7 @@
 """The Python API of the API plane: start runs, look them up, wait for them, cancel them.
 
-None of these execute workflow code: they record runs and hand them to the executor, and read state from the
-DB and the run's stream.
+None of these execute workflow code: they record runs (handing them to workers is :mod:`agentflow.dispatch`'s
+job), and read state from the DB and the run's stream.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from . import streams
+from . import dispatch, streams
 from .conf import agentflow_settings
 from .core import events as ev
 from .core.errors import IdempotencyKeyReused, RunFailed, RunNotFound, RunTimeout
@@ -22,7 +22,6 @@ from .core.serialization import same_json, unstorable
 from .core.usage import Budget
 from .core.workflow import Workflow, registry
 from .db import release_connections
-from .executors import get_executor
 from .models import FINISHED_STATUSES, RunStatus, WorkflowRun
 
 logger = logging.getLogger("agentflow.runs")
@@ -38,9 +37,11 @@ def start(
     parent: WorkflowRun | None = None,
     parent_step: str = "",
 ) -> WorkflowRun:
-    """Validate ``input``, record a run and enqueue it once the current transaction commits.
+    """Validate ``input``, record a run and dispatch it once the current transaction commits.
 
-    Raises ``WorkflowNotFound`` or ``InvalidInput`` before anything is recorded. With ``idempotency_key``,
+    Raises ``WorkflowNotFound`` or ``InvalidInput`` before anything is recorded. Once recorded, the run is
+    returned whether or not the broker is up: its message is sent as soon as the broker takes it
+    (:mod:`agentflow.dispatch`). With ``idempotency_key``,
     a second call with the same key, owner and workflow returns the first run instead of starting another,
     if it has the same input (after validation); else it raises ``IdempotencyKeyReused``, also when the two
     calls race (the database's unique constraint decides which one recorded the run).
@@ -76,6 +77,7 @@ def start(
                 budget=limit.as_dict() if limit is not None else None,
                 parent=parent,
                 parent_step=parent_step,
+                **dispatch.owed(),
             )
     except IntegrityError:
         # A concurrent call with the same key committed first: its run is the answer, if its input is ours.
@@ -83,8 +85,7 @@ def start(
         if existing is None:
             raise
         return existing
-    run_id, epoch = str(run.id), run.epoch
-    transaction.on_commit(lambda: enqueue(run_id, epoch, announce=True))
+    dispatch.send_on_commit(str(run.id), run.epoch, new_run=True)
     return run
 
 
@@ -97,24 +98,6 @@ def _existing(workflow: str, owner_id: Any, key: str, data: dict[str, Any]) -> W
             details={"run": str(run.pk)},
         )
     return run
-
-
-def enqueue(
-    run_id: str, epoch: int, *, announce: bool = False, countdown_seconds: float | None = None
-) -> None:
-    if announce:
-        try:
-            streams.announce(
-                run_id, ev.envelope(ev.RUN_QUEUED, run_id, step=None, attempt=None, epoch=epoch, data={})
-            )
-        except Exception:  # Redis down: the run still starts; its stream begins at run.started
-            logger.exception("run %s: could not append run.queued", run_id)
-    executor = get_executor()
-    if countdown_seconds:
-        # Executors without delayed delivery may leave this out: the monitor wakes the run when it is due.
-        executor.enqueue(run_id, epoch, countdown_seconds=countdown_seconds)
-    else:
-        executor.enqueue(run_id, epoch)
 
 
 def get_run(run_id: Any) -> WorkflowRun:
@@ -207,7 +190,8 @@ def cancel(run: Any) -> WorkflowRun:
             locked.status, locked.finished_at = RunStatus.CANCELLED, timezone.now()
             locked.epoch += 1  # fences the queued (or delayed) task
             locked.wait_reason = ""
-            fields += ["status", "finished_at", "epoch", "wait_reason"]
+            locked.dispatch_pending, locked.enqueued_at = False, None  # no message is owed any more
+            fields += ["status", "finished_at", "epoch", "wait_reason", "dispatch_pending", "enqueued_at"]
         locked.save(update_fields=fields)
         if cancelled_now and locked.parent_id is not None:
             wake_parent(locked.parent_id)

@@ -154,16 +154,36 @@ def split_id(entry_id: str) -> tuple[int, int]:
 # -- the API plane's side --------------------------------------------------------------------------------------
 
 
-def announce(run_id: str, event: dict[str, Any]) -> str:
-    """Open a run's stream with its first event (``run.queued``, epoch 0). Returns the event id."""
-    client = get_client()
-    pipe = client.pipeline(transaction=True)
-    pipe.hsetnx(meta_key(run_id), "epoch", 0)
-    pipe.hsetnx(meta_key(run_id), "seq", 1)
-    pipe.xadd(
-        stream_key(run_id), {"d": dumps(event)}, maxlen=agentflow_settings.stream_maxlen, approximate=True
-    )
-    return str(pipe.execute()[-1])
+# Open a run's stream with run.queued, once. KEYS: stream, meta; ARGV: maxlen, the event's JSON. Returns the
+# event's id and JSON, also when an earlier call appended it; nothing when the run was claimed already.
+_ANNOUNCE = """
+local queued = redis.call('HGET', KEYS[2], 'queued')
+if queued then
+  local entry = redis.call('XRANGE', KEYS[1], queued, queued)
+  if entry[1] then
+    return {queued, entry[1][2][2]}
+  end
+  return {queued, false}
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {false, false}
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'd', ARGV[2])
+redis.call('HSET', KEYS[2], 'epoch', 0, 'seq', 1, 'queued', id)
+return {id, ARGV[2]}
+"""
+
+
+def announce(run_id: str, event: dict[str, Any]) -> tuple[str, str] | None:
+    """Open a run's stream with its first event (``run.queued``, epoch 0): idempotent, so a dispatch tried
+    again appends it once. Returns the entry ``(id, JSON)`` (the one appended before, if any), or None when
+    the run's stream already belongs to an incarnation (the event was not appended)."""
+    entry_id, data = get_client().eval(
+        _ANNOUNCE, 2, stream_key(run_id), meta_key(run_id), agentflow_settings.stream_maxlen, dumps(event)
+    )  # type: ignore[misc]
+    if not entry_id:
+        return None
+    return str(entry_id), str(data) if data else ""
 
 
 def read_events(

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import gc
+import logging
+import re
 from typing import Any
 
 from celery import shared_task
-from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import (
+    beat_init,
+    celeryd_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from .conf import agentflow_settings
+
+logger = logging.getLogger("agentflow.tasks")
 
 
 @shared_task(
@@ -18,9 +29,21 @@ from .conf import agentflow_settings
     ignore_result=True,
     serializer="json",
 )
-def execute_run_task(run_id: str, epoch: int) -> str | None:
+def execute_run_task(
+    run_id: str, epoch: int, sent_to: str | None = None, sent_at_ms: int | None = None
+) -> str | None:
+    """Execute an incarnation of the run. ``sent_to`` and ``sent_at_ms`` (a message sent for now, not
+    delayed) say where the message stood in its queue, which tells the monitor about the messages behind it
+    (``executors.QueueState``)."""
     from .runner import execute_run
 
+    if sent_to and sent_at_ms:
+        from .executors import record_delivery
+
+        try:
+            record_delivery(sent_to, sent_at_ms)
+        except Exception:  # Redis down: the monitor then has less evidence, nothing more
+            logger.debug("run %s: cannot record its message's delivery", run_id, exc_info=True)
     return execute_run(run_id, epoch)
 
 
@@ -85,6 +108,34 @@ def _unregister_worker(**kwargs: Any) -> None:
     from .workers import stop_heartbeat
 
     stop_heartbeat()
+
+
+@worker_ready.connect
+def _flush_owed_messages(**kwargs: Any) -> None:
+    """In the worker's main process: send the runs' messages the broker did not take when they were due."""
+    from .dispatch import start_flusher
+
+    start_flusher()
+
+
+@celeryd_init.connect
+@beat_init.connect
+def _quiet_idle_monitor(**kwargs: Any) -> None:
+    """Celery logs every task it receives and finishes, and beat every task it sends, at INFO: three lines
+    per monitor pass. Keep them for passes that changed something (a non-zero count in the result)."""
+    for name in ("celery.worker.strategy", "celery.app.trace", "celery.beat"):
+        logging.getLogger(name).addFilter(_idle_monitor_filter)
+
+
+def _idle_monitor_filter(record: logging.LogRecord) -> bool:
+    args = record.args
+    if isinstance(args, dict) and args.get("name") == "agentflow.monitor":
+        if "return_value" not in args:
+            return False  # received: what the pass did is not known yet
+        # The result's repr, such as "{'recovered': 0, 'abandoned': 0, ...}": keep it if a count is not 0.
+        return any(count != "0" for count in re.findall(r"\d+", str(args["return_value"])))
+    # Beat's "Scheduler: Sending due task <entry> (agentflow.monitor)".
+    return not (record.name == "celery.beat" and isinstance(args, tuple) and "agentflow.monitor" in args)
 
 
 @worker_process_init.connect

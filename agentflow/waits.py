@@ -2,9 +2,10 @@
 
 The engine (:mod:`agentflow.core.waits`) checkpoints a wait and hands the run back. From then on, whatever ends
 the wait does two things in the transaction that records it (an answer in :mod:`agentflow.inputs`, a child
-run's final status in the runner, a cancellation): it sets the waiting run's ``wake_at`` to now, and once
-that commits it enqueues the run. If the enqueue is lost (the process died right after the commit), the
-monitor's rule for overdue waiting runs enqueues it: a wait that is over is never forgotten.
+run's final status in the runner, a cancellation): it sets the waiting run's ``wake_at`` to now with its
+message owed (:mod:`agentflow.dispatch`), and once that commits the message is sent. If the send fails or
+the process dies right after the commit, the owed message is sent by a worker or the monitor; if the message
+is lost later, the monitor sends it again: a wait that is over is never forgotten.
 
 A run that is still handing itself back when its wait ends (status ``running`` for a few milliseconds more)
 is not woken by the answer; :func:`due_now`, called by the runner under the run's row lock as it records
@@ -20,6 +21,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from . import dispatch
 from .core.context import WAITING, Checkpoint, StepRecord
 from .core.usage import Budget
 from .core.waits import CHILD_PREFIX, INPUT, ChildResult
@@ -119,32 +121,27 @@ def _child_result(run_id: str) -> ChildResult | None:
 
 
 def make_due(run_id: Any) -> int | None:
-    """Within the caller's transaction: if the run waits, make it due now. Returns the epoch to enqueue it
-    with once the transaction commits, or None if it is not waiting."""
+    """Within the caller's transaction: if the run waits, make it due now, its message owed
+    (:mod:`agentflow.dispatch`). Returns the epoch to send it with once the transaction commits, or None if
+    it is not waiting."""
     now = timezone.now()
     run = WorkflowRun.objects.select_for_update().filter(pk=run_id).only("id", "status", "epoch").first()
     if run is None or run.status != RunStatus.WAITING:
         return None
-    WorkflowRun.objects.filter(pk=run_id).update(wake_at=now, heartbeat_at=now)
+    WorkflowRun.objects.filter(pk=run_id).update(wake_at=now, heartbeat_at=now, **dispatch.owed(now))
     return run.epoch
 
 
 def wake(run_id: Any) -> None:
-    """Within the caller's transaction: make a waiting run due now, and enqueue it once that commits."""
+    """Within the caller's transaction: make a waiting run due now, and send it once that commits."""
     epoch = make_due(run_id)
     if epoch is not None:
-        transaction.on_commit(lambda: _enqueue(str(run_id), epoch), robust=True)
+        dispatch.send_on_commit(str(run_id), epoch, robust=True)
 
 
 def wake_parent(parent_id: Any) -> None:
     """A child run's final status is being committed: its parent (if it waits) continues."""
     wake(parent_id)
-
-
-def _enqueue(run_id: str, epoch: int) -> None:
-    from .runs import enqueue
-
-    enqueue(run_id, epoch)
 
 
 def due_now(run_id: str) -> bool:

@@ -60,15 +60,22 @@ def _clean_redis() -> Iterator[None]:
 
 
 @pytest.fixture
-def private_redis() -> Iterator[redisdb.PrivateRedis]:
+def private_redis(stopped_private_redis: redisdb.PrivateRedis) -> redisdb.PrivateRedis:
     """A redis-server of this test's own (any of its 16 databases), never the shared test server."""
+    stopped_private_redis.start()
+    return stopped_private_redis
+
+
+@pytest.fixture
+def stopped_private_redis() -> Iterator[redisdb.PrivateRedis]:
+    """A redis-server of this test's own on a port of its own, not started yet: a Redis (or a broker) that
+    is down until the test starts it."""
     binary = redisdb.redis_server_path()
     if binary is None:
         if IN_CI:
             raise RuntimeError("redis-server is required in CI")
         pytest.skip("no redis-server binary")
     server = redisdb.PrivateRedis(binary)
-    server.start()
     try:
         yield server
     finally:
@@ -115,7 +122,7 @@ class AsgiServer:
             "DJANGO_SETTINGS_MODULE": settings_module,
             "PGDATABASE": db_name,
             "PYTHONUNBUFFERED": "1",
-            **(env or {}),
+            **(env or {}),  # e.g. AGENTFLOW_TEST_BROKER_URL, AGENTFLOW_TEST_OVERRIDES (tests/settings.py)
         }
         if server == "uvicorn":
             cmd = [

@@ -101,7 +101,10 @@ LOGGING = {
     },
 }
 
-CELERY_BROKER_URL = REDIS_URL
+# The test Redis, unless a test points a server or a worker at a broker of its own (for an outage).
+CELERY_BROKER_URL = os.environ.get("AGENTFLOW_TEST_BROKER_URL") or REDIS_URL
+# As production should: a broker that stops answering fails a publish in seconds instead of blocking it.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 10, "socket_connect_timeout": 5}
 # As production should run: JSON only, acknowledge after the task ran, one message at a time per process.
 # bench/settings.py imports these too.
 CELERY_TASK_SERIALIZER = "json"

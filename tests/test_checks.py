@@ -55,6 +55,12 @@ def test_e004_streaming_durations(key, value):
     assert ids(**{key: value}) == ["agentflow.E004"]
 
 
+@pytest.mark.parametrize("key", ["DISPATCH_TIMEOUT_SECONDS", "DISPATCH_RETRY_INTERVAL_SECONDS"])
+@pytest.mark.parametrize("value", [0, -1, "2", None])
+def test_e004_dispatch_durations(key, value):
+    assert ids(**{key: value}) == ["agentflow.E004"]
+
+
 @pytest.mark.parametrize("value", [0, 1.5, "10", True])
 def test_e005_subscriber_queue_size(value):
     assert ids(SUBSCRIBER_QUEUE_SIZE=value) == ["agentflow.E005"]

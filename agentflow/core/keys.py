@@ -17,6 +17,11 @@ def drain(prefix: str, host: str, pid: int) -> str:
     return f"{prefix}drain:{host}:{pid}"
 
 
+def delivered(prefix: str, queue: str) -> str:
+    """Milliseconds: every message sent to the Celery ``queue`` before then has been taken by a worker."""
+    return f"{prefix}queue:{queue}:delivered"
+
+
 def rate_limit(prefix: str, limit_key: str, part: str) -> str:
     """A rate limit's ``log`` (sorted set of acquisitions), ``totals`` (hash) or ``block`` (a 429's
     Retry-After, with a PX expiry). ``{limit_key}`` is a hash tag, so one Lua script may touch all three."""

@@ -89,8 +89,9 @@ def test_resume_queues_the_run_again_without_its_failed_steps(
     assert response.headers["Location"] == body["urls"]["self"]
     run.refresh_from_db()
     assert (run.status, run.epoch, run.last_event_id, run.worker) == ("queued", 4, "", "")
-    assert run.started_at == now and run.heartbeat_at >= now
-    assert len(callbacks) == 1  # enqueue (epoch 4) once committed
+    # Its message is owed (agentflow.dispatch) and sent once the transaction commits.
+    assert run.started_at == now and run.dispatch_pending and run.enqueued_at >= now
+    assert len(callbacks) == 1
 
 
 def test_resume_over_http_can_replace_the_budget(api, alice, make_run):

@@ -122,3 +122,27 @@ def test_lost_meta_fences_the_sink_when_the_run_moved_on(redis_client: redis.Red
             sink.close(timeout_seconds=10)
     assert streams.read_events(run_id) == []
     assert not redis_client.exists(streams.meta_key(run_id))
+
+
+def test_a_run_queued_before_redis_lost_its_data_keeps_its_first_event(
+    private_redis: PrivateRedis, worker_factory: Callable[..., Worker]
+) -> None:
+    overrides = {"REDIS_URL": private_redis.url, "TASK_QUEUE": QUEUE}
+    with override_settings(AGENTFLOW={**agentflow_settings.user_settings, **overrides}):
+        tag = uuid.uuid4().hex
+        run = agentflow.start("slow", {"tag": tag, "steps": 2, "delay_seconds": 0.01})
+        run_id = str(run.id)
+        seen = streams.read_events(run_id)  # what a client following the run received
+        assert [e["type"] for e in seen] == [ev.RUN_QUEUED]
+        private_redis.restart()  # the stream is gone; the run's message waits in the (other) broker
+        assert streams.read_events(run_id) == []
+        worker_factory(
+            queue=QUEUE, name="after-loss", env={"AGENTFLOW_TEST_OVERRIDES": json.dumps(overrides)}
+        )
+        assert agentflow.wait(run_id, timeout_seconds=30) == 1
+        wait_for(lambda: WorkflowRun.objects.get(pk=run_id).last_event_id, 10, "the run's stream archived")
+        history = archive.history(run_id)
+    # The event the client saw is still the run's first, under the id it saw, and the only run.queued.
+    assert history[0] == seen[0]
+    assert [e["type"] for e in history].count(ev.RUN_QUEUED) == 1
+    assert [e["type"] for e in history][-1] == ev.RUN_COMPLETED

@@ -13,6 +13,7 @@ import agentflow
 from agentflow import streams
 from agentflow.access import make_stream_token
 from agentflow.core import events as ev
+from agentflow.core.serialization import dumps
 from agentflow.models import RunStatus, WorkflowRun
 from tests.conftest import wait_for
 from tests.streaming.conftest import sse_frames
@@ -90,8 +91,11 @@ def test_after_query_parameter_and_the_archive(asgi_server):
     """``?after=`` works like Last-Event-ID, and a finished run without a stream is served from the archive."""
     run = WorkflowRun.objects.create(workflow="slow", status=RunStatus.RUNNING)
     run_id = str(run.pk)
+    client, key = streams.get_client(), streams.stream_key(run_id)
     ids = [
-        streams.announce(run_id, ev.envelope(t, run_id, step=None, attempt=None, epoch=1, data={"n": n}))
+        client.xadd(
+            key, {"d": dumps(ev.envelope(t, run_id, step=None, attempt=None, epoch=1, data={"n": n}))}
+        )
         for n, t in enumerate([ev.RUN_QUEUED, ev.RUN_STARTED, ev.STATUS, ev.OUTPUT, ev.RUN_COMPLETED])
     ]
     from agentflow.archive import archive_events

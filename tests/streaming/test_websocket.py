@@ -40,9 +40,11 @@ def make_user(name: str, **extra):
 
 def announce_queued(run_id) -> str:
     run_id = str(run_id)
-    return streams.announce(
+    entry = streams.announce(
         run_id, ev.envelope(ev.RUN_QUEUED, run_id, step=None, attempt=None, epoch=0, data={})
     )
+    assert entry is not None
+    return entry[0]
 
 
 def follow(server: Server, run_id, *, timeout_seconds: float = 20, **kwargs) -> Received:
