@@ -423,8 +423,9 @@ def _finish(
     else:
         terminal, data = ev.RUN_FAILED, {"error": public_error(error), "duration_seconds": duration}
     sink.emit(ev.envelope(terminal, run_id, step=None, attempt=None, epoch=run.epoch, data=data))
-    sink.flush()
-    finalize_stream(run_id, sink.last_id, run.epoch)
+    # Closing the sink archives every event it appended, from memory: Redis may have lost some since.
+    sink.close()
+    finalize_stream(run_id, sink.last_id, run.epoch, archived=sink.archived)
     # A child never outlives its parent (one that failed while a child it did not wait for ran, say).
     cancel_children(run_id)
     return status
@@ -440,15 +441,18 @@ def _finish_early(run: WorkflowRun, exc: AgentflowError) -> str | None:
         sink.close(timeout_seconds=30)
 
 
-def finalize_stream(run_id: str, last_id: str | None, epoch: int | None = None) -> None:
+def finalize_stream(
+    run_id: str, last_id: str | None, epoch: int | None = None, *, archived: bool = False
+) -> None:
     """Archive a finished run's events to the DB, then let its stream expire.
 
-    With ``epoch``, nothing is recorded or expired if the run moved on meanwhile (resumed at once, say):
-    the new incarnation owns the stream now.
+    ``archived``: the last incarnation's sink archived everything already (``RedisSink.archived``), so the
+    stream is not read again. With ``epoch``, nothing is recorded or expired if the run moved on meanwhile
+    (resumed at once, say): the new incarnation owns the stream now.
     """
     from .archive import archive_events
 
-    if agentflow_settings.archive_events:
+    if agentflow_settings.archive_events and not archived:
         archive_events(run_id)
     runs = WorkflowRun.objects.filter(id=run_id)
     if epoch is not None:

@@ -263,8 +263,9 @@ class RedisSink:
         self._appended_seq = claim.seq
         self._appended_wfc = claim.workflow_content
         self._wfc = claim.workflow_content
-        self._terminal_seq = -1  # the sequence number of a terminal event emitted
         self._fenced = False
+        # Events appended by a try whose reply was lost have no id here: the archiver never gets them.
+        self._archive_gap = False
         self._closed = False
         self.last_id: str | None = None
         self.first_id: str | None = None
@@ -286,8 +287,6 @@ class RedisSink:
             self._seq += 1
             if event["step"] is None and event["type"] in ev.CONTENT_TYPES:
                 self._wfc += 1
-            elif event["type"] in ev.TERMINAL_TYPES:
-                self._terminal_seq = self._seq
             self._queue.append((self._seq, self._wfc, data))
             self._cond.notify()
 
@@ -304,6 +303,7 @@ class RedisSink:
             raise LeaseLost(f"run {self.run_id}: epoch {self.epoch} is stale, events refused")
 
     def close(self, timeout_seconds: float | None = None) -> None:
+        """Append what is queued, then stop; the archiver writes everything it was given. Idempotent."""
         try:
             self.flush(timeout_seconds)
         finally:
@@ -313,6 +313,12 @@ class RedisSink:
             self._thread.join(timeout=5)
             if self._archiver is not None:
                 self._archiver.close(timeout_seconds=10)
+
+    @property
+    def archived(self) -> bool:
+        """After :meth:`close`: every event this sink appended, and every event before its first one, is in
+        the archive; reading the stream again to archive it would add nothing."""
+        return self._archiver is not None and not self._archive_gap and self._archiver.complete
 
     def _fence(self, dropped: int) -> None:
         logger.warning("run %s: epoch %s is stale; dropping %d events", self.run_id, self.epoch, dropped)
@@ -381,8 +387,10 @@ class RedisSink:
             failures = 0
             # An empty id: that event was appended by an earlier try whose reply was lost.
             appended = [(entry_id, batch[i][2]) for i, entry_id in enumerate(ids) if entry_id]
+            if len(appended) < len(batch):
+                self._archive_gap = True
             if self._archiver is not None and appended:
-                self._archiver.add(appended, finished=batch[-1][0] == self._terminal_seq)
+                self._archiver.add(appended)
             with self._cond:
                 del self._queue[: len(batch)]
                 self._appended_seq = batch[-1][0]
@@ -413,8 +421,11 @@ class _Archiver:
 
     Its own thread, off the append path: it writes at most every ``INTERVAL_SECONDS`` (one statement per
     batch), from the events the writer already has in memory (no read from Redis), and ignores events already
-    archived. ``finalize_stream`` still archives the whole stream when the run ends, which also covers what
-    this thread could not write. Its DB connection is closed when it goes idle and when the sink closes.
+    archived. When the sink closes it writes what is left, also when the run just ended: those events may be
+    gone from the stream already (Redis lost its data since they were appended), so it never leaves them to
+    a later read of the stream. ``finalize_stream`` reads the whole stream only when this thread could not
+    write everything (:attr:`complete`). Its DB connection is closed when it goes idle and when the sink
+    closes.
     """
 
     INTERVAL_SECONDS = 0.5
@@ -428,14 +439,13 @@ class _Archiver:
         self._cond = threading.Condition()
         self._closed = False
         self._caught_up = False
-        self._finished = False
+        self._lost = False  # some events will not be archived by this thread
         self._thread = threading.Thread(target=self._loop, name=f"agentflow-archive-{run_id}", daemon=True)
         self._thread.start()
 
-    def add(self, entries: list[tuple[str, str]], *, finished: bool = False) -> None:
+    def add(self, entries: list[tuple[str, str]]) -> None:
         with self._cond:
             self._pending.extend((entry_id, {"d": data}) for entry_id, data in entries)
-            self._finished = finished
             self._cond.notify()
 
     def close(self, timeout_seconds: float) -> None:
@@ -444,10 +454,15 @@ class _Archiver:
             self._cond.notify_all()
         self._thread.join(timeout=timeout_seconds)
 
+    @property
+    def complete(self) -> bool:
+        """Closed, and everything it was given is in the DB, with what preceded it in the stream."""
+        return self._closed and not self._thread.is_alive() and not self._lost and not self._pending
+
     def _loop(self) -> None:
         from django.db import connection
 
-        # The first write waits an interval too: a short run leaves everything to finalize_stream.
+        # The first write waits an interval too: a short run is archived in one write, when the sink closes.
         last_write = time.monotonic()
         try:
             while True:
@@ -463,11 +478,13 @@ class _Archiver:
                         self._cond.wait(remaining)
                     batch, self._pending = self._pending, []
                     closing = self._closed
-                if closing and self._finished:
-                    return  # the run ended: finalize_stream archives its whole stream, these included
                 last_write = time.monotonic()
-                if not self._write(batch) and not closing:
+                if not self._write(batch):
+                    if closing:
+                        self._lost = True  # finalize_stream reads the stream instead
+                        continue
                     with self._cond:
+                        self._lost = self._lost or len(batch) > self.MAX_PENDING
                         self._pending[:0] = batch[-self.MAX_PENDING :]
         finally:
             connection.close()

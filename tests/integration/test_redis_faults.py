@@ -146,3 +146,34 @@ def test_a_run_queued_before_redis_lost_its_data_keeps_its_first_event(
     assert history[0] == seen[0]
     assert [e["type"] for e in history].count(ev.RUN_QUEUED) == 1
     assert [e["type"] for e in history][-1] == ev.RUN_COMPLETED
+
+
+def test_events_appended_just_before_redis_lost_its_data_are_archived_when_the_run_ends(
+    private_redis: PrivateRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.utils import timezone
+
+    from agentflow.runner import _finish
+
+    # A run shorter than one archiving interval: nothing is archived before it ends.
+    monkeypatch.setattr(streams._Archiver, "INTERVAL_SECONDS", 60.0)
+    with override_settings(AGENTFLOW={**agentflow_settings.user_settings, "REDIS_URL": private_redis.url}):
+        run = WorkflowRun.objects.create(
+            workflow="w", status=RunStatus.RUNNING, epoch=1, started_at=timezone.now()
+        )
+        run_id = str(run.id)
+        sink = _sink(run_id, 1)
+        try:
+            _emit(sink, "a")
+            _emit(sink, "b")
+            sink.flush(timeout_seconds=10)
+            seen = streams.read_events(run_id)  # a subscriber received these
+            private_redis.restart()
+            # The run ends at once: its last events go to a stream that lost the first ones.
+            assert _finish(run, sink, RunStatus.COMPLETED, 42, None) == RunStatus.COMPLETED
+        finally:
+            sink.close(timeout_seconds=10)
+    history = archive.archived_events(run_id)
+    assert history[:2] == seen
+    assert [e["type"] for e in history] == [ev.STATUS, ev.STATUS, ev.OUTPUT, ev.RUN_COMPLETED]
+    assert WorkflowRun.objects.get(pk=run_id).last_event_id == history[-1]["id"]
