@@ -30,6 +30,7 @@ once, so a client that saw it sees it again after Redis lost its data.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from datetime import datetime, timedelta
@@ -208,6 +209,16 @@ def _retry_loop() -> None:
             logger.warning("dispatch: sending owed messages again failed", exc_info=True)
         finally:
             connection.close()  # never hold a connection while sleeping
+
+
+def _forget_parent_retries() -> None:
+    # A forked child (a prefork pool process) inherits the parent's state, not its retry thread.
+    global _retry_lock, _retry_thread
+    _retry_lock, _retry_thread = threading.Lock(), None
+    _retry_runs.clear()
+
+
+os.register_at_fork(after_in_child=_forget_parent_retries)
 
 
 def stop_retrying(timeout_seconds: float = 10) -> None:

@@ -67,11 +67,12 @@ class CeleryExecutor:
         queue = agentflow_settings.task_queue
         # A message sent for now goes to the back of the queue: its send time says where it stands, which
         # the worker taking it records (record_delivery). A delayed one is held by a worker until due.
-        kwargs = {} if countdown_seconds else {"sent_to": queue, "sent_at_ms": int(time.time() * 1000)}
+        # Headers, not arguments: a worker of an older version ignores them.
+        headers = {} if countdown_seconds else {SENT_TO: queue, SENT_AT_MS: int(time.time() * 1000)}
         _bounded(
             lambda: execute_run_task.apply_async(
                 args=(str(run_id), int(epoch)),
-                kwargs=kwargs,
+                headers=headers,
                 queue=queue,
                 countdown=countdown_seconds,
                 # Celery's default retries a refused connection for about a second; once is enough here,
@@ -112,6 +113,9 @@ def _queue_length(queue: str) -> int:
         finally:
             channel.close()
 
+
+#: Message headers of a run task sent for now: the queue, and when (milliseconds since the epoch).
+SENT_TO, SENT_AT_MS = "agentflow_sent_to", "agentflow_sent_at_ms"
 
 # Lua: raise the key to ARGV[1] (milliseconds), never lower it.
 _RAISE = """
@@ -170,6 +174,16 @@ def _bounded(call: Callable[[], T]) -> T:
 def _senders(pid: int) -> concurrent.futures.ThreadPoolExecutor:
     # One pool per process: a prefork child does not inherit its parent's threads.
     return concurrent.futures.ThreadPoolExecutor(_MAX_IN_FLIGHT, thread_name_prefix="agentflow-send")
+
+
+def _forget_parent_sends() -> None:
+    # A child forked while its parent's sends were in flight (a prefork pool replacing a child) inherits the
+    # count, and maybe the lock held, but not the threads that would release them.
+    global _in_flight, _in_flight_lock
+    _in_flight, _in_flight_lock = 0, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_parent_sends)
 
 
 class InProcessExecutor:

@@ -136,7 +136,10 @@ def _resend_lost_messages(now: datetime, report: MonitorReport) -> None:
         .exclude(status=RunStatus.WAITING, wake_at__isnull=True)
         .annotate(sent=Coalesce("enqueued_at", "heartbeat_at", "created_at"))
     )
-    rows = waiting.values_list("id", "epoch", "status", "wake_at", "enqueued_at", "sent")[:500]
+    # Oldest first: a message taken out of order behind others (overtaken) is among the oldest still waiting.
+    rows = waiting.order_by("sent").values_list("id", "epoch", "status", "wake_at", "enqueued_at", "sent")[
+        :500
+    ]
     for run_id, epoch, status, wake_at, enqueued_at, sent in rows:
         if not _lost(status, wake_at, sent, now, state):
             continue

@@ -29,19 +29,17 @@ logger = logging.getLogger("agentflow.tasks")
     ignore_result=True,
     serializer="json",
 )
-def execute_run_task(
-    run_id: str, epoch: int, sent_to: str | None = None, sent_at_ms: int | None = None
-) -> str | None:
-    """Execute an incarnation of the run. ``sent_to`` and ``sent_at_ms`` (a message sent for now, not
-    delayed) say where the message stood in its queue, which tells the monitor about the messages behind it
-    (``executors.QueueState``)."""
+def execute_run_task(run_id: str, epoch: int) -> str | None:
+    from .executors import SENT_AT_MS, SENT_TO, record_delivery
     from .runner import execute_run
 
+    # Where the message stood in its queue (a message sent for now has these headers), which tells the
+    # monitor about the messages behind it (executors.QueueState).
+    request = execute_run_task.request
+    sent_to, sent_at_ms = request.get(SENT_TO), request.get(SENT_AT_MS)
     if sent_to and sent_at_ms:
-        from .executors import record_delivery
-
         try:
-            record_delivery(sent_to, sent_at_ms)
+            record_delivery(str(sent_to), int(sent_at_ms))
         except Exception:  # Redis down: the monitor then has less evidence, nothing more
             logger.debug("run %s: cannot record its message's delivery", run_id, exc_info=True)
     return execute_run(run_id, epoch)

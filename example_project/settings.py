@@ -152,6 +152,8 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A broker that stops answering fails a send in seconds instead of blocking it (agentflow sends it again).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 10, "socket_connect_timeout": 5}
 CELERY_BEAT_SCHEDULE = {
     "agentflow-monitor": {
         "task": "agentflow.monitor",
