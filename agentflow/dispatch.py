@@ -102,7 +102,9 @@ def send(
         get_executor().enqueue(run_id, epoch, countdown_seconds=countdown_seconds)
     except (NotAccepted, RedisError, DatabaseError) as exc:
         # Redis or the database failing in _announce: the run's first event must precede its message.
-        logger.warning(
+        # Loud once per run and process; the rounds that try again during an outage are not.
+        logger.log(
+            logging.WARNING if retry_in_process else logging.DEBUG,
             "run %s: its message was not sent (%s); sending it again as soon as the broker answers",
             run_id,
             exc,

@@ -158,19 +158,25 @@ def test_start_never_waits_long_on_a_broker_that_does_not_answer(silent_broker: 
 def test_an_owed_message_goes_out_once_when_the_broker_is_back_and_a_cancelled_run_never(
     stopped_private_redis: PrivateRedis,
 ) -> None:
+    failed = WorkflowRun.objects.create(workflow="slow", input={"tag": "resumed"}, status="failed", epoch=1)
     with override_settings(AGENTFLOW=SETTINGS), broker(stopped_private_redis.url):
         owed = agentflow.start("slow", {"tag": "owed"})
         cancelled = agentflow.start("slow", {"tag": "cancelled"})
         agentflow.cancel(cancelled)
-        assert WorkflowRun.objects.filter(dispatch_pending=True).get().pk == owed.pk
+        resumed = agentflow.resume(failed)  # the same path: resumed while the broker is down
+        assert resumed.status == "queued"
+        owing = set(WorkflowRun.objects.filter(dispatch_pending=True).values_list("pk", flat=True))
+        assert owing == {owed.pk, failed.pk}
 
         stopped_private_redis.start()
         # This process tries again every DISPATCH_RETRY_INTERVAL_SECONDS (workers and the monitor too).
-        wait_for(lambda: not WorkflowRun.objects.get(pk=owed.pk).dispatch_pending, 10, "the message sent")
+        wait_for(
+            lambda: not WorkflowRun.objects.filter(dispatch_pending=True).exists(), 10, "the messages sent"
+        )
         assert dispatch.flush() == 0  # owed no more
-        assert queue_length(stopped_private_redis.url) == 1
+        assert queue_length(stopped_private_redis.url) == 2
         # What the monitor reads to tell a message that waits from a lost one: it waits.
-        assert CeleryExecutor().queue_state().waiting == 1
+        assert CeleryExecutor().queue_state().waiting == 2
 
 
 def test_the_first_event_of_a_run_is_archived_when_it_is_appended(redis_client: redis.Redis) -> None:
