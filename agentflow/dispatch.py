@@ -95,10 +95,11 @@ def send(
     a while, unless ``retry_in_process`` is false, and by workers and the monitor).
     """
     run_id = str(run_id)
-    sent_at = timezone.now()
     try:
         if epoch == 0:
             _announce(run_id, new_run=new_run)
+        # As close as can be to the send time the executor gives the message (CeleryExecutor's headers).
+        sent_at = timezone.now()
         get_executor().enqueue(run_id, epoch, countdown_seconds=countdown_seconds)
     except (NotAccepted, RedisError, DatabaseError) as exc:
         # Redis or the database failing in _announce: the run's first event must precede its message.

@@ -135,11 +135,10 @@ def _resend_lost_messages(now: datetime, report: MonitorReport) -> None:
         .filter(Q(enqueued_at__isnull=False) | Q(status__in=(RunStatus.QUEUED, RunStatus.WAITING)))
         .exclude(status=RunStatus.WAITING, wake_at__isnull=True)
         .annotate(sent=Coalesce("enqueued_at", "heartbeat_at", "created_at"))
+        # Oldest first: a message overtaken by later ones is among the oldest still waiting.
+        .order_by("sent")
     )
-    # Oldest first: a message taken out of order behind others (overtaken) is among the oldest still waiting.
-    rows = waiting.order_by("sent").values_list("id", "epoch", "status", "wake_at", "enqueued_at", "sent")[
-        :500
-    ]
+    rows = waiting.values_list("id", "epoch", "status", "wake_at", "enqueued_at", "sent")[:500]
     for run_id, epoch, status, wake_at, enqueued_at, sent in rows:
         if not _lost(status, wake_at, sent, now, state):
             continue

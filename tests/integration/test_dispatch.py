@@ -28,6 +28,7 @@ from agentflow.core import events as ev
 from agentflow.core import keys
 from agentflow.executors import CeleryExecutor
 from agentflow.models import RunEvent, WorkflowRun
+from agentflow.resume import resume
 from tests.conftest import AsgiServer, Worker, wait_for
 from tests.redisdb import PrivateRedis
 from tests.testapp.workflows import counts
@@ -163,7 +164,7 @@ def test_an_owed_message_goes_out_once_when_the_broker_is_back_and_a_cancelled_r
         owed = agentflow.start("slow", {"tag": "owed"})
         cancelled = agentflow.start("slow", {"tag": "cancelled"})
         agentflow.cancel(cancelled)
-        resumed = agentflow.resume(failed)  # the same path: resumed while the broker is down
+        resumed = resume(failed)  # the same path: resumed while the broker is down
         assert resumed.status == "queued"
         owing = set(WorkflowRun.objects.filter(dispatch_pending=True).values_list("pk", flat=True))
         assert owing == {owed.pk, failed.pk}
