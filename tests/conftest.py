@@ -301,6 +301,22 @@ def wait_for(
         time.sleep(poll_seconds)
 
 
+@pytest.fixture(autouse=True)
+def _shared_worker_settles(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A module's shared worker outlives each test: before the test's tables are flushed, let it finish the
+    runs that ended (a run's status commits before its events are archived), or its inserts and the flush's
+    TRUNCATE deadlock. Bounded; only for tests that use the shared worker."""
+    yield
+    if "shared_worker" not in request.fixturenames:
+        return
+    from agentflow.models import FINISHED_STATUSES, WorkflowRun
+
+    deadline = time.monotonic() + 10
+    unsettled = WorkflowRun.objects.filter(status__in=FINISHED_STATUSES, last_event_id="")
+    while unsettled.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def shared_worker(django_db_setup: None, redis_client: redis.Redis) -> Iterator[Worker]:
     """One worker on the default queue for a whole module (tests using it need ``transactional_db``)."""
