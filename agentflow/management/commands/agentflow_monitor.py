@@ -8,7 +8,7 @@ from agentflow.monitor import check_runs
 
 
 class Command(BaseCommand):
-    help = "Recover runs whose worker died, re-enqueue runs never started, repair missing terminal events."
+    help = "Recover runs whose worker died, send lost or unsent run messages again, repair missing terminal events."
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--loop", action="store_true", help="Keep checking, every --interval seconds.")
