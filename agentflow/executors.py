@@ -50,9 +50,18 @@ class QueueState:
 
     #: Messages in the queue, not yet taken by a worker.
     waiting: int
-    #: Every message sent to the queue before this time has been taken by a worker (the queue is first in,
-    #: first out), or None if no worker said so yet.
-    delivered_through: datetime | None
+    #: The recent takes: for each second in which workers took messages sent for now from the queue, how many
+    #: seconds ago that second ended and the latest send time among those messages.
+    taken: tuple[tuple[float, datetime], ...] = ()
+
+    def delivered_through(self, settled_seconds: float) -> datetime | None:
+        """Every message sent before this time was taken at least ``settled_seconds`` ago (the queue is first
+        in, first out), or None if no worker said so."""
+        sent = [sent_at for ago, sent_at in self.taken if ago >= settled_seconds]
+        return max(sent) if sent else None
+
+    def seconds_since_last_take(self) -> float | None:
+        return min((ago for ago, _sent_at in self.taken), default=None)
 
 
 class CeleryExecutor:
@@ -87,13 +96,20 @@ class CeleryExecutor:
         )
 
     def queue_state(self) -> QueueState:
-        """Raises :class:`NotAccepted` when the broker cannot be asked."""
+        """Raises :class:`NotAccepted` when the broker (or Redis) cannot be asked."""
         queue = agentflow_settings.task_queue
 
         def read() -> QueueState:
-            mark = streams.get_client().get(keys.delivered(agentflow_settings.key_prefix, queue))
-            delivered = datetime.fromtimestamp(int(str(mark)) / 1000, tz=UTC) if mark else None
-            return QueueState(waiting=_queue_length(queue), delivered_through=delivered)
+            pipe = streams.get_client().pipeline(transaction=False)
+            pipe.time()
+            pipe.hgetall(keys.delivered(agentflow_settings.key_prefix, queue))
+            (now, _micros), takes = pipe.execute()
+            taken = tuple(
+                # A second's takes may have happened until its end: count from there.
+                (max(0.0, now - (int(second) + 1)), datetime.fromtimestamp(int(sent_ms) / 1000, tz=UTC))
+                for second, sent_ms in takes.items()
+            )
+            return QueueState(waiting=_queue_length(queue), taken=taken)
 
         return _bounded(read)
 
@@ -117,11 +133,20 @@ def _queue_length(queue: str) -> int:
 #: Message headers of a run task sent for now: the queue, and when (milliseconds since the epoch).
 SENT_TO, SENT_AT_MS = "agentflow_sent_to", "agentflow_sent_at_ms"
 
-# Lua: raise the key to ARGV[1] (milliseconds), never lower it.
-_RAISE = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+# Lua: in the hash of takes, the field of this second (Redis's clock) keeps the latest send time (ARGV[1],
+# milliseconds) of the messages taken in it. Past 900 fields, those older than ten minutes go.
+_RECORD_TAKE = """
+local second = tonumber(redis.call('TIME')[1])
+local current = tonumber(redis.call('HGET', KEYS[1], second) or '0')
 if tonumber(ARGV[1]) > current then
-  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('HSET', KEYS[1], second, ARGV[1])
+end
+if redis.call('HLEN', KEYS[1]) > 900 then
+  for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if tonumber(field) < second - 600 then
+      redis.call('HDEL', KEYS[1], field)
+    end
+  end
 end
 return 1
 """
@@ -131,7 +156,7 @@ def record_delivery(queue: str, sent_at_ms: int) -> None:
     """A worker took a message sent to ``queue`` at ``sent_at_ms``: every message sent before it was taken
     too (see :class:`QueueState`). One small script per task."""
     key = keys.delivered(agentflow_settings.key_prefix, queue)
-    streams.get_client().eval(_RAISE, 1, key, int(sent_at_ms))
+    streams.get_client().eval(_RECORD_TAKE, 1, key, int(sent_at_ms))
 
 
 _MAX_IN_FLIGHT = 16  # sends waiting on a broker that does not answer; beyond that, fail at once

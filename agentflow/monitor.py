@@ -13,8 +13,8 @@ sent). The monitor:
 - sends again the message of a run that waits for a worker when that message was lost: taken by a worker
   that died before claiming it, or dropped by a broker that lost its data. With Celery it knows a lost
   message from one that waits behind others by the queue (``executors.QueueState``): the message was lost
-  when a worker took a message sent after it, or when the queue is empty and the run still waits
-  ``LEASE_SECONDS`` after its message was sent. A delayed message (a suspended run's wake-up) was lost
+  when a worker took a message sent after it a lease ago or more, or when the queue is empty, no worker took
+  a message for a lease, and the run still waits ``LEASE_SECONDS`` after its message was sent. A delayed message (a suspended run's wake-up) was lost
   when the run still waits ``LEASE_SECONDS`` after its ``wake_at``. An executor without a queue to read
   gets the message sent again every ``QUEUED_TIMEOUT_SECONDS`` while the run waits. A message sent again
   is not a death: ``recoveries`` stays;
@@ -155,15 +155,19 @@ def _resend_lost_messages(now: datetime, report: MonitorReport) -> None:
 
 def _lost(status: str, wake_at: Any, sent: datetime, now: datetime, state: QueueState | None) -> bool:
     """Whether the message a waiting run was sent at ``sent`` is lost (see the module's docstring)."""
-    grace = timedelta(seconds=agentflow_settings.lease_seconds)
+    lease = agentflow_settings.lease_seconds
+    grace = timedelta(seconds=lease)
     if status == RunStatus.WAITING and wake_at is not None and wake_at > sent:
         return now - wake_at > grace  # a delayed message: a worker holds it until wake_at
     if state is None:
         return now - sent > timedelta(seconds=agentflow_settings.queued_timeout_seconds)
-    overtaken = state.delivered_through is not None and state.delivered_through - sent > timedelta(
-        seconds=ORDER_MARGIN_SECONDS
-    )
-    return overtaken or (state.waiting == 0 and now - sent > grace)
+    # A message taken from the queue is claimed within moments, but those moments are not observed: only
+    # takes a lease old count, so a message being taken and claimed right now is never thought lost.
+    through = state.delivered_through(lease)
+    overtaken = through is not None and through - sent > timedelta(seconds=ORDER_MARGIN_SECONDS)
+    last_take = state.seconds_since_last_take()
+    settled = state.waiting == 0 and (last_take is None or last_take >= lease)
+    return overtaken or (settled and now - sent > grace)
 
 
 def _abandon(run_id: Any, epoch: int, recoveries: int) -> bool:

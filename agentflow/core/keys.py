@@ -18,7 +18,8 @@ def drain(prefix: str, host: str, pid: int) -> str:
 
 
 def delivered(prefix: str, queue: str) -> str:
-    """Milliseconds: every message sent to the Celery ``queue`` before then has been taken by a worker."""
+    """Hash of the recent takes from the Celery ``queue``: for each second (Redis's clock) in which workers
+    took messages from it, the latest send time (milliseconds) among them."""
     return f"{prefix}queue:{queue}:delivered"
 
 

@@ -119,8 +119,13 @@ def test_rest_start_while_the_broker_is_down_answers_202_once_and_runs_when_it_i
         assert recorded.output == sum(range(3)) and recorded.epoch == 1 and not recorded.dispatch_pending
         assert counts(tag) == {f"slow-{i}": 1 for i in range(3)}
         # The worker recorded where the message stood in its queue (executors.QueueState), for the monitor.
-        mark = streams.get_client().get(keys.delivered(agentflow_settings.key_prefix, QUEUE))
-        assert mark is not None and int(mark) / 1000 > recorded.created_at.timestamp()
+        takes = streams.get_client().hgetall(keys.delivered(agentflow_settings.key_prefix, QUEUE))
+        assert max(int(sent_ms) for sent_ms in takes.values()) / 1000 > recorded.created_at.timestamp()
+        with override_settings(AGENTFLOW=SETTINGS):
+            state = CeleryExecutor().queue_state()  # the same, as the monitor reads it
+        through = state.delivered_through(0)
+        assert through is not None and through > recorded.created_at
+        assert state.seconds_since_last_take() is not None
         types = [e["type"] for e in archive.history(run["id"])]
         assert types[:2] == [ev.RUN_QUEUED, ev.RUN_STARTED] and types.count(ev.RUN_QUEUED) == 1
         log = "".join(server.log)

@@ -88,13 +88,11 @@ def test_a_recovered_run_is_not_lost_again_and_its_lost_message_is_no_death(
     assert run.recoveries == 1 and run.epoch == 1
 
 
-def _state(waiting: int, delivered_through_seconds_ago: float | None = None) -> QueueState:
+def _state(waiting: int, *taken: tuple[float, float]) -> QueueState:
+    """``taken``: (seconds ago, sent that many seconds ago) per second in which workers took messages."""
     now = timezone.now()
     return QueueState(
-        waiting=waiting,
-        delivered_through=None
-        if delivered_through_seconds_ago is None
-        else now - timedelta(seconds=delivered_through_seconds_ago),
+        waiting=waiting, taken=tuple((ago, now - timedelta(seconds=sent_ago)) for ago, sent_ago in taken)
     )
 
 
@@ -103,22 +101,27 @@ def test_when_a_message_counts_as_lost() -> None:
     now = timezone.now()
     sent_long_ago, sent_just_now = now - timedelta(seconds=100), now - timedelta(seconds=5)
     queued = RunStatus.QUEUED
-    # Waiting behind others, not overtaken: never lost, however long ago it was sent.
-    assert not _lost(queued, None, now - timedelta(days=1), now, _state(waiting=7))
-    # A worker took a message sent after it (the queue is first in, first out): lost.
-    assert _lost(queued, None, sent_long_ago, now, _state(waiting=7, delivered_through_seconds_ago=50))
-    # ... but not one sent within the margin of clocks.
-    assert not _lost(queued, None, sent_just_now, now, _state(waiting=7, delivered_through_seconds_ago=4.5))
-    # The queue is empty: lost after a lease of grace (a worker may be claiming it).
-    assert _lost(queued, None, sent_long_ago, now, _state(waiting=0))
-    assert not _lost(queued, None, sent_just_now, now, _state(waiting=0))
+    # Waiting behind others, nothing sent after it taken: never lost, however long ago it was sent.
+    assert not _lost(queued, None, now - timedelta(days=1), now, _state(7, (40, 86400 * 2)))
+    # Workers took a message sent after it, a lease ago (the queue is first in, first out): lost.
+    assert _lost(queued, None, sent_long_ago, now, _state(7, (40, 50)))
+    # ... but not if they took it just now: this one may be being taken and claimed at this moment.
+    assert not _lost(queued, None, sent_long_ago, now, _state(7, (5, 50)))
+    # ... nor if the later one was sent within the margin of clocks.
+    assert not _lost(queued, None, sent_just_now, now, _state(7, (40, 4.5)))
+    # The queue is empty and nothing was taken for a lease: lost, once a lease after it was sent.
+    assert _lost(queued, None, sent_long_ago, now, _state(0))
+    assert _lost(queued, None, sent_long_ago, now, _state(0, (31, 200)))
+    assert not _lost(queued, None, sent_just_now, now, _state(0))
+    # ... but a take within the lease may be this very message, about to be claimed.
+    assert not _lost(queued, None, sent_long_ago, now, _state(0, (3, 200)))
     # An executor without a queue to read: QUEUED_TIMEOUT_SECONDS.
     assert not _lost(queued, None, sent_long_ago, now, None)
     assert _lost(queued, None, now - timedelta(seconds=301), now, None)
     # A delayed message (a wake-up) is held by a worker until due: lost a lease after its wake_at.
     waiting = RunStatus.WAITING
-    assert not _lost(waiting, now - timedelta(seconds=20), sent_long_ago, now, _state(waiting=0))
-    assert _lost(waiting, now - timedelta(seconds=31), sent_long_ago, now, _state(waiting=5))
+    assert not _lost(waiting, now - timedelta(seconds=20), sent_long_ago, now, _state(0))
+    assert _lost(waiting, now - timedelta(seconds=31), sent_long_ago, now, _state(5))
 
 
 def test_an_idle_monitor_pass_logs_nothing_in_the_worker() -> None:
