@@ -68,6 +68,7 @@ def send_on_commit(
     run_id: str,
     epoch: int,
     *,
+    queue: str | None = None,
     countdown_seconds: float | None = None,
     new_run: bool = False,
     robust: bool = False,
@@ -76,7 +77,8 @@ def send_on_commit(
     (from an inline executor running the run) is logged instead of raised into the committing code."""
     run_id = str(run_id)
     transaction.on_commit(
-        lambda: send(run_id, epoch, countdown_seconds=countdown_seconds, new_run=new_run), robust=robust
+        lambda: send(run_id, epoch, queue=queue, countdown_seconds=countdown_seconds, new_run=new_run),
+        robust=robust,
     )
 
 
@@ -84,11 +86,13 @@ def send(
     run_id: str,
     epoch: int,
     *,
+    queue: str | None = None,
     countdown_seconds: float | None = None,
     new_run: bool = False,
     retry_in_process: bool = True,
 ) -> bool:
-    """Give the owed message of ``run_id`` at ``epoch`` to the executor; True once it took it.
+    """Give the owed message of ``run_id`` at ``epoch`` to the executor, for ``queue`` (the run's
+    ``WorkflowRun.queue``; None or empty: this process's ``TASK_QUEUE``); True once it took it.
 
     ``new_run``: the first try for a run just recorded (its ``run.queued`` is surely not archived yet). Never
     raises for a broker or Redis that is down: the message stays owed and is sent again (by this process for
@@ -100,7 +104,9 @@ def send(
             _announce(run_id, new_run=new_run)
         # As close as can be to the send time the executor gives the message (CeleryExecutor's headers).
         sent_at = timezone.now()
-        get_executor().enqueue(run_id, epoch, countdown_seconds=countdown_seconds)
+        get_executor().enqueue(
+            run_id, epoch, countdown_seconds=countdown_seconds, queue=queue or agentflow_settings.task_queue
+        )
     except (NotAccepted, RedisError, DatabaseError) as exc:
         # Redis or the database failing in _announce: the run's first event must precede its message.
         # Loud once per run and process; the rounds that try again during an outage are not.
@@ -138,10 +144,12 @@ def _announce(run_id: str, *, new_run: bool) -> None:
         store_entries(run_id, [(entry[0], {"d": entry[1]})])
 
 
-def flush(*, run_ids: set[str] | None = None, now: datetime | None = None) -> int:
+def flush(
+    *, run_ids: set[str] | None = None, queues: list[str] | None = None, now: datetime | None = None
+) -> int:
     """Send the owed messages whose last try is older than ``DISPATCH_RETRY_INTERVAL_SECONDS`` (of
-    ``run_ids`` only, if given), up to :data:`BATCH`; stop at the first the broker does not take. Returns how
-    many were sent."""
+    ``run_ids`` only, or of runs whose queue is one of ``queues``, if given), up to :data:`BATCH`; stop at
+    the first the broker does not take. Returns how many were sent."""
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=agentflow_settings.dispatch_retry_interval_seconds)
     owing = WorkflowRun.objects.filter(dispatch_pending=True, status__in=ACTIVE_STATUSES).filter(
@@ -149,9 +157,11 @@ def flush(*, run_ids: set[str] | None = None, now: datetime | None = None) -> in
     )
     if run_ids is not None:
         owing = owing.filter(id__in=run_ids)
+    if queues is not None:
+        owing = owing.filter(queue__in=queues)
     sent = 0
-    for run_id, epoch, status, wake_at, last_try in owing.values_list(
-        "id", "epoch", "status", "wake_at", "enqueued_at"
+    for run_id, epoch, status, wake_at, last_try, queue in owing.values_list(
+        "id", "epoch", "status", "wake_at", "enqueued_at", "queue"
     )[:BATCH]:
         # One try per run per interval across every process: take this one.
         if not WorkflowRun.objects.filter(
@@ -161,7 +171,7 @@ def flush(*, run_ids: set[str] | None = None, now: datetime | None = None) -> in
         countdown = None
         if status == RunStatus.WAITING and wake_at is not None and wake_at > now:
             countdown = (wake_at - now).total_seconds()
-        if not send(str(run_id), epoch, countdown_seconds=countdown, retry_in_process=False):
+        if not send(str(run_id), epoch, queue=queue, countdown_seconds=countdown, retry_in_process=False):
             break  # the broker is down: the rest waits for the next round
         sent += 1
     return sent
@@ -238,8 +248,9 @@ def stop_retrying(timeout_seconds: float = 10) -> None:
 _flusher_started = threading.Event()
 
 
-def start_flusher(interval_seconds: float | None = None) -> None:
-    """In a worker's main process: send owed messages every ``interval_seconds`` (default
+def start_flusher(queues: list[str], interval_seconds: float | None = None) -> None:
+    """In a worker's main process: send the owed messages of the runs of ``queues`` (those the worker
+    consumes: it sends nothing it would not take itself) every ``interval_seconds`` (default
     ``HEARTBEAT_INTERVAL_SECONDS``), so a run whose web process died before sending it, or failed to, goes
     out within seconds of the broker answering. One indexed query per interval. Idempotent."""
     if _flusher_started.is_set():
@@ -251,7 +262,7 @@ def start_flusher(interval_seconds: float | None = None) -> None:
         while True:
             time.sleep(interval)
             try:
-                flush()
+                flush(queues=queues)
             except Exception:
                 logger.debug("dispatch: the worker's flush failed", exc_info=True)
             finally:

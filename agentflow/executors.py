@@ -37,10 +37,13 @@ class Executor(Protocol):
     #: Whether runs execute on workers in other processes (which the worker registry tracks), not here.
     uses_workers: bool
 
-    def enqueue(self, run_id: str, epoch: int, *, countdown_seconds: float | None = None) -> None:
+    def enqueue(
+        self, run_id: str, epoch: int, *, countdown_seconds: float | None = None, queue: str | None = None
+    ) -> None:
         """Arrange for ``runner.execute_run(run_id, epoch)`` to be called, at least once (not before
-        ``countdown_seconds``, when given: a suspended run's wake-up). Raise :class:`NotAccepted` when that
-        cannot be arranged now; any other exception is a bug and propagates."""
+        ``countdown_seconds``, when given: a suspended run's wake-up), by the workers of ``queue`` (the run's
+        queue; None: ``TASK_QUEUE``) if the executor has queues. Raise :class:`NotAccepted` when that cannot
+        be arranged now; any other exception is a bug and propagates."""
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,12 @@ class CeleryExecutor:
 
     uses_workers = True
 
-    def enqueue(self, run_id: str, epoch: int, *, countdown_seconds: float | None = None) -> None:
+    def enqueue(
+        self, run_id: str, epoch: int, *, countdown_seconds: float | None = None, queue: str | None = None
+    ) -> None:
         from .tasks import execute_run_task
 
-        queue = agentflow_settings.task_queue
+        queue = queue or agentflow_settings.task_queue
         # A message sent for now goes to the back of the queue: its send time says where it stands, which
         # the worker taking it records (record_delivery). A delayed one is held by a worker until due.
         # Headers, not arguments: a worker of an older version ignores them.
@@ -95,9 +100,10 @@ class CeleryExecutor:
             )
         )
 
-    def queue_state(self) -> QueueState:
-        """Raises :class:`NotAccepted` when the broker (or Redis) cannot be asked."""
-        queue = agentflow_settings.task_queue
+    def queue_state(self, queue: str | None = None) -> QueueState:
+        """The state of ``queue`` (None: ``TASK_QUEUE``). Raises :class:`NotAccepted` when the broker (or
+        Redis) cannot be asked."""
+        queue = queue or agentflow_settings.task_queue
 
         def read() -> QueueState:
             pipe = streams.get_client().pipeline(transaction=False)
@@ -221,7 +227,9 @@ class InProcessExecutor:
     def __init__(self) -> None:
         self._pool = _pool(self.max_workers)
 
-    def enqueue(self, run_id: str, epoch: int, *, countdown_seconds: float | None = None) -> None:
+    def enqueue(
+        self, run_id: str, epoch: int, *, countdown_seconds: float | None = None, queue: str | None = None
+    ) -> None:
         if countdown_seconds:
             timer = threading.Timer(countdown_seconds, self.enqueue, (str(run_id), int(epoch)))
             timer.daemon = True  # lost with the process; the monitor wakes the run then
@@ -235,7 +243,9 @@ class InlineExecutor:
 
     uses_workers = False
 
-    def enqueue(self, run_id: str, epoch: int, *, countdown_seconds: float | None = None) -> None:
+    def enqueue(
+        self, run_id: str, epoch: int, *, countdown_seconds: float | None = None, queue: str | None = None
+    ) -> None:
         from .runner import execute_run
 
         if countdown_seconds:
@@ -263,9 +273,9 @@ def get_executor() -> Executor:
     return cls()
 
 
-def queue_state(executor: Any) -> QueueState | None:
+def queue_state(executor: Any, queue: str | None = None) -> QueueState | None:
     """The executor's :class:`QueueState`, or None if it keeps no queue it can describe (it then has no
     evidence: the monitor falls back on ``QUEUED_TIMEOUT_SECONDS``). Raises :class:`NotAccepted` when it
     has a queue but cannot read it now."""
     describe = getattr(executor, "queue_state", None)
-    return describe() if describe is not None else None
+    return describe(queue) if describe is not None else None

@@ -58,6 +58,8 @@ class WorkflowRun(models.Model):
     # the transaction that makes the run need a worker, cleared once the broker took the message).
     enqueued_at = models.DateTimeField(null=True, blank=True)
     dispatch_pending = models.BooleanField(default=False)
+    # The Celery queue the run's messages go to: TASK_QUEUE where it was started. Empty: the sender's own.
+    queue = models.CharField(max_length=200, blank=True, default="")
     last_event_id = models.CharField(max_length=64, blank=True, default="")
     step_count = models.PositiveIntegerField(default=0)
     usage = models.JSONField(

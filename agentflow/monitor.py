@@ -107,7 +107,7 @@ def _recover_expired_leases(now: datetime, report: MonitorReport) -> None:
     # Held runs only: a run already recovered waits for a worker (enqueued_at), however long that takes.
     held = {"status": RunStatus.RUNNING, "enqueued_at__isnull": True, "dispatch_pending": False}
     stale = WorkflowRun.objects.filter(**held, heartbeat_at__lt=lease_cutoff)
-    for run_id, epoch, recoveries in stale.values_list("id", "epoch", "recoveries")[:500]:
+    for run_id, epoch, recoveries, queue in stale.values_list("id", "epoch", "recoveries", "queue")[:500]:
         if recoveries >= agentflow_settings.max_recoveries:
             if _abandon(run_id, epoch, recoveries):
                 report.abandoned += 1
@@ -117,17 +117,23 @@ def _recover_expired_leases(now: datetime, report: MonitorReport) -> None:
             recoveries=F("recoveries") + 1, **dispatch.owed(now)
         ):
             logger.warning("run %s: lease of epoch %s expired; sending it to another worker", run_id, epoch)
-            dispatch.send(str(run_id), epoch)
+            dispatch.send(str(run_id), epoch, queue=queue)
             report.recovered += 1
 
 
 def _resend_lost_messages(now: datetime, report: MonitorReport) -> None:
-    try:
-        state = queue_state(get_executor())
-    except NotAccepted as exc:
-        # The broker is down: no message can be told lost, nor sent again.
-        logger.debug("monitor: cannot read the run queue (%s)", exc)
-        return
+    executor = get_executor()
+    states: dict[str, QueueState | NotAccepted | None] = {}  # per queue, read once, before any send
+
+    def state_of(queue: str) -> QueueState | NotAccepted | None:
+        if queue not in states:
+            try:
+                states[queue] = queue_state(executor, queue or None)
+            except NotAccepted as exc:
+                logger.debug("monitor: cannot read the run queue %r (%s)", queue, exc)
+                states[queue] = exc
+        return states[queue]
+
     # A run recorded without agentflow.dispatch (no enqueued_at) counts from its last heartbeat or creation. A
     # run that waits for something to happen (an answer, a child run: no wake_at) waits for no message.
     waiting = (
@@ -138,15 +144,20 @@ def _resend_lost_messages(now: datetime, report: MonitorReport) -> None:
         # Oldest first: a message overtaken by later ones is among the oldest still waiting.
         .order_by("sent")
     )
-    rows = waiting.values_list("id", "epoch", "status", "wake_at", "enqueued_at", "sent")[:500]
-    for run_id, epoch, status, wake_at, enqueued_at, sent in rows:
+    rows = list(waiting.values_list("id", "epoch", "status", "wake_at", "enqueued_at", "sent", "queue")[:500])
+    for queue in {row[-1] for row in rows}:
+        state_of(queue)
+    for run_id, epoch, status, wake_at, enqueued_at, sent, queue in rows:
+        state = state_of(queue)
+        if isinstance(state, NotAccepted):
+            continue  # the broker is down: no message can be told lost, nor sent again
         if not _lost(status, wake_at, sent, now, state):
             continue
         if WorkflowRun.objects.filter(
             id=run_id, epoch=epoch, status=status, dispatch_pending=False, enqueued_at=enqueued_at
         ).update(**dispatch.owed(now)):
             logger.warning("run %s: its message (epoch %s) was lost; sending it again", run_id, epoch)
-            dispatch.send(str(run_id), epoch)
+            dispatch.send(str(run_id), epoch, queue=queue)
             if status == RunStatus.WAITING:
                 report.woken += 1
             else:

@@ -15,6 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from . import streams
+from .conf import agentflow_settings
 from .core import events as ev
 from .core.errors import RunNotResumable
 from .core.serialization import dumps
@@ -62,6 +63,7 @@ def resume(run: Any, *, budget: Any = _KEEP) -> WorkflowRun:
         locked.recoveries = 0
         # Its message is owed from now (agentflow.dispatch): for the monitor, the run waits for a worker.
         locked.dispatch_pending, locked.enqueued_at = True, timezone.now()
+        locked.queue = locked.queue or agentflow_settings.task_queue
         locked.worker = ""
         # Unset until this incarnation's events are archived again, which is what the monitor looks for
         # when it repairs a missing terminal event.
@@ -71,11 +73,12 @@ def resume(run: Any, *, budget: Any = _KEEP) -> WorkflowRun:
         locked.save(
             update_fields=[
                 "status", "output", "error", "finished_at", "cancel_requested", "epoch", "recoveries",
-                "dispatch_pending", "enqueued_at", "worker", "last_event_id", "budget",
+                "dispatch_pending", "enqueued_at", "queue", "worker", "last_event_id", "budget",
             ]
         )  # fmt: skip
         run_id, epoch = str(locked.pk), locked.epoch
-        transaction.on_commit(lambda: _reopen_and_enqueue(run_id, epoch))
+        queue = locked.queue
+        transaction.on_commit(lambda: _reopen_and_enqueue(run_id, epoch, queue))
         # Its failed or cancelled child runs go on too: the steps that started them run again (a failed
         # step) or wait for them again (a step cancelled while it waited), and find the same child runs.
         for child_id in locked.children.filter(status__in=RESUMABLE_STATUSES).values_list("pk", flat=True):
@@ -83,14 +86,14 @@ def resume(run: Any, *, budget: Any = _KEEP) -> WorkflowRun:
     return locked
 
 
-def _reopen_and_enqueue(run_id: str, epoch: int) -> None:
+def _reopen_and_enqueue(run_id: str, epoch: int, queue: str) -> None:
     from . import dispatch
 
     try:
         reopen_stream(run_id)
     except Exception:  # Redis down: the worker cannot claim the run either; the monitor enqueues it again
         logger.exception("run %s: could not reopen its stream for the resume", run_id)
-    dispatch.send(run_id, epoch)
+    dispatch.send(run_id, epoch, queue=queue)
 
 
 def reopen_stream(run_id: str) -> None:

@@ -374,7 +374,7 @@ def _suspend(run: WorkflowRun, sink: streams.RedisSink, exc: RunSuspended) -> st
     delay = (wake_at - now).total_seconds()
     logger.info("run %s: handed back (%s), continues in %.1fs", run_id, exc.reason, delay)
     # Owed since the UPDATE above: if this send fails, or the message is lost later, it is sent again.
-    dispatch.send(run_id, run.epoch, countdown_seconds=delay if delay > 0 else None)
+    dispatch.send(run_id, run.epoch, queue=run.queue, countdown_seconds=delay if delay > 0 else None)
     return RunStatus.WAITING
 
 

@@ -77,6 +77,7 @@ def start(
                 budget=limit.as_dict() if limit is not None else None,
                 parent=parent,
                 parent_step=parent_step,
+                queue=agentflow_settings.task_queue,
                 **dispatch.owed(),
             )
     except IntegrityError:
@@ -85,7 +86,7 @@ def start(
         if existing is None:
             raise
         return existing
-    dispatch.send_on_commit(str(run.id), run.epoch, new_run=True)
+    dispatch.send_on_commit(str(run.id), run.epoch, queue=run.queue, new_run=True)
     return run
 
 

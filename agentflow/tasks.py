@@ -109,11 +109,16 @@ def _unregister_worker(**kwargs: Any) -> None:
 
 
 @worker_ready.connect
-def _flush_owed_messages(**kwargs: Any) -> None:
-    """In the worker's main process: send the runs' messages the broker did not take when they were due."""
+def _flush_owed_messages(sender: Any = None, **kwargs: Any) -> None:
+    """In the worker's main process: send the messages the broker did not take when they were due, of the
+    runs whose queue this worker consumes."""
     from .dispatch import start_flusher
 
-    start_flusher()
+    task_consumer = getattr(sender, "task_consumer", None)
+    queues = [queue.name for queue in getattr(task_consumer, "queues", None) or ()]
+    if not queues and sender is not None:  # before the consumer started: what the worker was told (-Q)
+        queues = list(sender.app.amqp.queues.consume_from)
+    start_flusher(queues)
 
 
 @celeryd_init.connect

@@ -120,23 +120,29 @@ def _child_result(run_id: str) -> ChildResult | None:
     return ChildResult(child["status"], child["output"], error, child["usage"] or None)
 
 
-def make_due(run_id: Any) -> int | None:
+def make_due(run_id: Any) -> tuple[int, str] | None:
     """Within the caller's transaction: if the run waits, make it due now, its message owed
-    (:mod:`agentflow.dispatch`). Returns the epoch to send it with once the transaction commits, or None if
-    it is not waiting."""
+    (:mod:`agentflow.dispatch`). Returns the epoch and queue to send it with once the transaction commits,
+    or None if it is not waiting."""
     now = timezone.now()
-    run = WorkflowRun.objects.select_for_update().filter(pk=run_id).only("id", "status", "epoch").first()
+    run = (
+        WorkflowRun.objects.select_for_update()
+        .filter(pk=run_id)
+        .only("id", "status", "epoch", "queue")
+        .first()
+    )
     if run is None or run.status != RunStatus.WAITING:
         return None
     WorkflowRun.objects.filter(pk=run_id).update(wake_at=now, heartbeat_at=now, **dispatch.owed(now))
-    return run.epoch
+    return run.epoch, run.queue
 
 
 def wake(run_id: Any) -> None:
     """Within the caller's transaction: make a waiting run due now, and send it once that commits."""
-    epoch = make_due(run_id)
-    if epoch is not None:
-        dispatch.send_on_commit(str(run_id), epoch, robust=True)
+    due = make_due(run_id)
+    if due is not None:
+        epoch, queue = due
+        dispatch.send_on_commit(str(run_id), epoch, queue=queue, robust=True)
 
 
 def wake_parent(parent_id: Any) -> None:

@@ -23,7 +23,9 @@ class Recorder:
 
     enqueued: list[tuple[str, int, float | None]] = []
 
-    def enqueue(self, run_id: str, epoch: int, *, countdown_seconds: float | None = None) -> None:
+    def enqueue(
+        self, run_id: str, epoch: int, *, countdown_seconds: float | None = None, queue: str | None = None
+    ) -> None:
         self.enqueued.append((run_id, epoch, countdown_seconds))
 
 

@@ -19,6 +19,11 @@ class Migration(migrations.Migration):
             name="enqueued_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
+        migrations.AddField(
+            model_name="workflowrun",
+            name="queue",
+            field=models.CharField(blank=True, default="", max_length=200),
+        ),
         migrations.AddIndex(
             model_name="workflowrun",
             index=models.Index(

@@ -13,12 +13,14 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 
 import httpx
 import pytest
 import redis
 from django.contrib.auth.models import User
 from django.test import override_settings
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 import agentflow
@@ -200,3 +202,25 @@ def test_the_first_event_of_a_run_is_archived_when_it_is_appended(redis_client: 
         == stream[0]["id"]
     )
     assert len(streams.read_events(run_id)) == 1 and RunEvent.objects.filter(run_id=run_id).count() == 1
+
+
+def test_a_worker_sends_only_the_owed_messages_of_the_queues_it_consumes(redis_client: redis.Redis) -> None:
+    mine, other = f"{QUEUE}-mine", f"{QUEUE}-other"
+    redis_client.delete(mine, other)
+    long_ago = timezone.now() - timedelta(minutes=5)
+    runs = {
+        queue: WorkflowRun.objects.create(
+            workflow="slow", input={"tag": queue}, queue=queue, dispatch_pending=True, enqueued_at=long_ago
+        )
+        for queue in (mine, other)
+    }
+    # A worker's flusher passes the queues it consumes: it sends nothing it would not take itself (a
+    # worker of another deployment, or of another test, leaves those runs alone).
+    assert dispatch.flush(queues=[mine]) == 1
+    assert (redis_client.llen(mine), redis_client.llen(other)) == (1, 0)
+    assert not WorkflowRun.objects.get(pk=runs[mine].pk).dispatch_pending
+    assert WorkflowRun.objects.get(pk=runs[other].pk).dispatch_pending
+    # The monitor (no queues given) sends every owed message, each to its run's queue.
+    assert dispatch.flush() == 1
+    assert (redis_client.llen(mine), redis_client.llen(other)) == (1, 1)
+    redis_client.delete(mine, other)
