@@ -6,16 +6,22 @@ A worker copies them as the run goes (``streams._Archiver``) and the whole strea
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import uuid
 from typing import Any
 
-from django.db import connection
+from django.db import DataError, connection, transaction
 from django.db.models import Q
 
 from . import streams
 from .core import events as ev
-from .core.serialization import dumps
+from .core.errors import SerializationError
+from .core.serialization import dumps, escaped
 from .models import RunEvent
+
+logger = logging.getLogger("agentflow.archive")
 
 
 def archive_events(
@@ -53,6 +59,30 @@ def store_entries(run_id: str, entries: list[tuple[str, dict[str, str]]]) -> Non
 def _insert_postgresql(run_id: str, entries: list[tuple[str, dict[str, str]]]) -> None:
     # One statement per batch, the stream's JSON passed through for PostgreSQL to unpack: several times less
     # CPU than building and quoting a model instance per event.
+    rows = []
+    for entry_id, fields in entries:
+        ms, seq = streams.split_id(entry_id)
+        rows.append(f'{{"stream_id":"{entry_id}","stream_ms":{ms},"stream_seq":{seq},"e":{fields["d"]}}}')
+    try:
+        with _savepoint():
+            _insert_rows(run_id, rows)
+    except DataError:
+        if len(entries) == 1:
+            _insert_escaped(run_id, *entries[0])
+            return
+        # One event the database cannot take (U+0000 or an infinity, appended before agentflow refused such
+        # events when they are emitted) must not cost the run the rest of its history: each on its own.
+        for entry in entries:
+            _insert_postgresql(run_id, [entry])
+
+
+def _savepoint() -> Any:
+    """Inside a transaction, a savepoint, so that a refused statement does not abort it; in autocommit
+    (the worker's archiving) a refused statement aborts nothing, and costs no extra round trips."""
+    return transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+
+
+def _insert_rows(run_id: str, rows: list[str]) -> None:
     table = RunEvent._meta.db_table
     sql = (
         f"INSERT INTO {table} (run_id, stream_id, stream_ms, stream_seq, type, step, attempt, epoch, ts, data) "
@@ -61,12 +91,23 @@ def _insert_postgresql(run_id: str, entries: list[tuple[str, dict[str, str]]]) -
         f"FROM jsonb_to_recordset(%s::jsonb) AS r(stream_id text, stream_ms bigint, stream_seq bigint, e jsonb) "
         f"ON CONFLICT DO NOTHING"
     )
-    rows = []
-    for entry_id, fields in entries:
-        ms, seq = streams.split_id(entry_id)
-        rows.append(f'{{"stream_id":"{entry_id}","stream_ms":{ms},"stream_seq":{seq},"e":{fields["d"]}}}')
     with connection.cursor() as cursor:
         cursor.execute(sql, [uuid.UUID(run_id), "[" + ",".join(rows) + "]"])
+
+
+def _insert_escaped(run_id: str, entry_id: str, fields: dict[str, str]) -> None:
+    """Archive the one event PostgreSQL refused with what it cannot hold escaped (as an error's message is:
+    ``\\u0000`` as text, infinities as strings), saying so in a warning; skip it, with an error logged, if
+    even that fails: the stream keeps it until it expires."""
+    what = f"event {entry_id} of run {run_id}"
+    try:
+        event = escaped(json.loads(fields["d"]), what=what)
+        ms, seq = streams.split_id(entry_id)
+        row = f'{{"stream_id":"{entry_id}","stream_ms":{ms},"stream_seq":{seq},"e":{json.dumps(event)}}}'
+        with _savepoint():
+            _insert_rows(run_id, [row])
+    except (DataError, ValueError, SerializationError) as exc:
+        logger.error("%s cannot be archived: %s", what, exc)
 
 
 def _row(run_id: str, event: dict[str, Any]) -> RunEvent:

@@ -32,9 +32,11 @@ from .core.errors import (
     LeaseLost,
     RunCancelled,
     RunSuspended,
+    SerializationError,
     StepFailed,
     WorkflowNotFound,
 )
+from .core.serialization import escaped
 from .core.usage import Budget, event_summary
 from .core.waits import OPEN_ENDED_REASONS
 from .core.workflow import registry
@@ -121,11 +123,12 @@ def _error_dict(exc: BaseException) -> dict[str, Any]:
         )
     elif isinstance(exc, AgentflowError | BudgetExceeded):
         error["code"] = exc.code
-        if isinstance(exc, BudgetExceeded):
-            error["details"] = exc.details
+        if isinstance(exc, BudgetExceeded | SerializationError):
+            error["details"] = exc.details  # the limit and usage; the JSON path that cannot be stored
     else:
         error["traceback"] = "".join(traceback.format_exception(exc, limit=-20))[-8000:]
-    return error
+    # Recorded whatever it holds: a message quoting U+0000 or a lone surrogate is stored escaped.
+    return escaped(error, what="the run's error")  # type: ignore[no-any-return]
 
 
 def _claim(run_id: str, epoch: int, worker: str) -> tuple[WorkflowRun, str] | None:

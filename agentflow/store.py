@@ -16,7 +16,6 @@ from django.db import close_old_connections, connection
 from .conf import agentflow_settings
 from .core.context import Checkpoint, StepRecord
 from .core.errors import LeaseLost, RunCancelled
-from .core.serialization import dumps
 from .models import StepRun, WorkflowRun
 
 logger = logging.getLogger("agentflow.store")
@@ -53,7 +52,7 @@ class DjangoRunStore:
         # Django refuses DB access from a thread running an event loop, so async workflows write from here.
         self._db_thread: concurrent.futures.ThreadPoolExecutor | None = None
         # Checkpoints of concurrent steps waiting for the DB thread: written together, in one statement.
-        self._pending: list[tuple[StepRecord, concurrent.futures.Future[None]]] = []
+        self._pending: list[tuple[StepRecord, list[Any], concurrent.futures.Future[None]]] = []
         self._pending_lock = threading.Lock()
         self._drain_scheduled = False
 
@@ -80,26 +79,29 @@ class DjangoRunStore:
         return self._sql
 
     def _params(self, record: StepRecord) -> list[Any]:
+        """The statement's parameters; ``SerializationError`` naming the field and the JSON path when the
+        checkpoint holds what ``jsonb`` cannot (raised in the caller's thread, before anything is queued)."""
+        input, output, error, usage = record.encoded()
         return [
             record.step_id,
             record.parent_id,
             record.component,
             record.status,
-            dumps(record.input),
+            input,
             record.input_hash,
-            dumps(record.output),
-            None if record.error is None else dumps(record.error),
+            output,
+            error,
             record.attempts,
             record.cached,
             _ts(record.started_at or record.finished_at),
             _ts(record.finished_at),
-            None if record.usage is None else dumps(record.usage),
+            usage,
             uuid.UUID(self.run_id),
             self.epoch,
         ]
 
-    def _write(self, record: StepRecord) -> None:
-        params = self._params(record)
+    def _write(self, record: StepRecord, params: list[Any] | None = None) -> None:
+        params = self._params(record) if params is None else params
         if (
             connection.vendor == "postgresql"
             and agentflow_settings.prepared_statements
@@ -153,16 +155,17 @@ class DjangoRunStore:
             f"finished_at = excluded.finished_at, usage = excluded.usage, epoch = excluded.epoch"
         )
 
-    def _write_many(self, records: list[StepRecord]) -> None:
-        """Write checkpoints of concurrent steps together; all or none (``LeaseLost``)."""
-        latest = {record.step_id: record for record in records}  # a step saved twice: its last record
+    def _write_many(self, records: list[tuple[StepRecord, list[Any]]]) -> None:
+        """Write checkpoints (with their parameters) of concurrent steps together; all or none
+        (``LeaseLost``)."""
+        latest = {record.step_id: (record, params) for record, params in records}  # saved twice: the last
         if len(latest) == 1 or connection.vendor != "postgresql":
-            for record in latest.values():
-                self._write(record)
+            for record, one in latest.values():
+                self._write(record, list(one))
             return
         params: list[Any] = []
-        for record in latest.values():
-            params += self._params(record)[:13]
+        for _record, one in latest.values():
+            params += one[:13]
         params += [uuid.UUID(self.run_id), self.epoch]
         with connection.cursor() as cursor:
             cursor.execute(self._batch_statement(len(latest)), params)
@@ -177,22 +180,23 @@ class DjangoRunStore:
             batch, self._pending = self._pending, []
             self._drain_scheduled = False
         try:
-            self._write_many([record for record, _ in batch])
+            self._write_many([(record, params) for record, params, _ in batch])
         except BaseException as exc:
-            for _, future in batch:
+            for _, _, future in batch:
                 future.set_exception(exc)
         else:
-            for _, future in batch:
+            for _, _, future in batch:
                 future.set_result(None)
 
     def _in_db_thread(self, record: StepRecord) -> concurrent.futures.Future[None]:
         """Queue a checkpoint for the DB thread. Those queued while it writes are written next, together
         (group commit): a fan-out of hundreds of steps costs a few statements, not hundreds."""
+        params = self._params(record)  # here: a checkpoint that cannot be stored fails its own step only
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
         with self._pending_lock:
             if self._db_thread is None:
                 self._db_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="agentflow-db")
-            self._pending.append((record, future))
+            self._pending.append((record, params, future))
             if not self._drain_scheduled:
                 self._drain_scheduled = True
                 self._db_thread.submit(self._drain)

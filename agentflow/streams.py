@@ -280,7 +280,7 @@ class RedisSink:
         return self._fenced
 
     def emit(self, event: dict[str, Any]) -> None:
-        data = dumps(event)
+        data = ev.encode(event)  # SerializationError here, never a writer stuck on an event Redis refuses
         with self._cond:
             if self._fenced:
                 return  # the engine raises LeaseLost at its next boundary
@@ -501,9 +501,14 @@ class _Archiver:
             for i in range(0, len(batch), self.BATCH):
                 store_entries(self.run_id, batch[i : i + self.BATCH])
         except Exception as exc:
-            from django.db import IntegrityError, connection
+            from django.db import DataError, IntegrityError, connection
 
             connection.close()
+            if isinstance(exc, DataError):
+                # Refused for what it holds (archive.store_entries already tried each event alone): a retry
+                # would be refused again, forever. finalize_stream tries once more when the run ends.
+                logger.error("run %s: %d events not archived: %s", self.run_id, len(batch), exc)
+                return True
             if isinstance(exc, IntegrityError):
                 # The run's row is gone (deleted) or not visible: nothing to archive these events under.
                 logger.warning("run %s: %d events not archived: %s", self.run_id, len(batch), exc)

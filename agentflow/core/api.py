@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import time
 from collections.abc import Iterable
 from typing import Any, TypeVar
@@ -12,7 +13,7 @@ from . import events as ev
 from .component import Component
 from .context import COMPLETED, WAITING, Checkpoint, StepInfo, StepRecord, _frame, current_run
 from .errors import RunInterrupted
-from .serialization import to_jsonable
+from .serialization import check_storable, to_jsonable
 
 T = TypeVar("T")
 
@@ -31,6 +32,7 @@ def status(text: str, progress: float | None = None) -> None:
     """Tell the run's subscribers what is happening: a ``status`` event (``progress`` from 0 to 1)."""
     if not isinstance(text, str):
         raise TypeError(f"status text must be a str, not {type(text).__name__}")
+    check_storable(text, what="the status text")
     if progress is not None:
         if not isinstance(progress, int | float) or isinstance(progress, bool):
             raise TypeError(f"progress must be a number from 0 to 1 or None, not {progress!r}")
@@ -48,7 +50,9 @@ def publish(label: str, data: Any) -> None:
     """Publish a labelled, JSON-able object to the run's subscribers: a ``data`` event."""
     if not isinstance(label, str) or not label:
         raise TypeError(f"publish label must be a non-empty str, not {label!r}")
+    check_storable(label, what="the publish label")
     value = to_jsonable(data, what="published data")
+    check_storable(value, what="published data")
     ctx = current_run()
     if ctx is not None:
         ctx.emit_content(ev.DATA, {"label": label, "value": value})
@@ -58,6 +62,7 @@ def stream_output(chunk: str) -> None:
     """Append a chunk of streamed output (tokens): an ``output.delta`` event."""
     if not isinstance(chunk, str):
         raise TypeError(f"stream_output takes a str chunk, not {type(chunk).__name__}")
+    check_storable(chunk, what="the streamed chunk")
     ctx = current_run()
     if ctx is not None:
         ctx.emit_content(ev.OUTPUT_DELTA, {"text": chunk})
@@ -115,8 +120,8 @@ def sleep(seconds: float) -> None:
     second for a cancellation). Each call is checkpointed under a step id ``sleep#<n>`` that records the
     wake-up time. Outside a workflow it is ``time.sleep``.
     """
-    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
-        raise TypeError(f"sleep seconds must be a number >= 0, not {seconds!r}")
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 <= seconds < math.inf:
+        raise TypeError(f"sleep seconds must be a finite number >= 0, not {seconds!r}")
     ctx = current_run()
     if ctx is None:
         time.sleep(seconds)

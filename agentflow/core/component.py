@@ -24,7 +24,7 @@ from .context import COMPLETED, FAILED, MISSING, WAITING, Checkpoint, RunContext
 from .context import Frame as _Frame
 from .errors import RunInterrupted, SerializationError, StepFailed, StepTimeout, WorkflowDivergence
 from .retry import NO_RETRY, RetryPolicy, requested_delay_seconds
-from .serialization import from_jsonable, stable_hash, to_jsonable
+from .serialization import escaped, from_jsonable, storable_hash, to_jsonable
 from .usage import COUNTS as _COUNTS
 from .usage import event_summary
 from .usage import merge as merge_usage
@@ -223,10 +223,9 @@ class StepCall:
         """
         ctx = self.ctx
         ctx.check_interrupt()
-        self.input = to_jsonable(
-            {"args": list(self.args), "kwargs": self.kwargs}, what=f"input of {self.step_id}"
-        )
-        self.input_hash = stable_hash(self.input)
+        what = f"input of {self.step_id}"
+        self.input = to_jsonable({"args": list(self.args), "kwargs": self.kwargs}, what=what)
+        self.input_hash = storable_hash(self.input, what=what)  # SerializationError before any attempt
         checkpoint = ctx.checkpoints.get(self.step_id)
         if checkpoint is not None:
             if checkpoint.input_hash is not None and checkpoint.input_hash != self.input_hash:
@@ -332,7 +331,7 @@ class StepCall:
         if isinstance(exc, TimeoutError) and not isinstance(exc, StepTimeout) and timeout is not None:
             exc = StepTimeout(f"attempt {attempt} of {self.step_id!r} exceeded {timeout}s")
         policy = self.component.retry_policy
-        error = {"type": type(exc).__name__, "message": str(exc)}
+        error = self._error(exc)
         free = getattr(exc, "consumes_attempt", True) is False
         if free:
             self.free_attempts += 1
@@ -343,7 +342,7 @@ class StepCall:
             data = {"error": error, "delay_seconds": round(delay, 3), "next_attempt": attempt + 1}
             extra = getattr(exc, "event_data", None)
             if isinstance(extra, dict):
-                data.update(extra)
+                data.update(escaped(extra, what=f"the retry of step {self.step_id!r}"))
             self.ctx.emit(ev.STEP_RETRYING, data, step=self.step_id, attempt=attempt)
             return delay
         self._fail(exc, attempt)
@@ -393,9 +392,15 @@ class StepCall:
             if self._suspend_due(deadline):
                 self._suspend_for(deadline - time.monotonic(), attempt)
 
+    def _error(self, exc: BaseException) -> dict[str, Any]:
+        """An attempt's error as it is recorded: a message holding what the database cannot store (an
+        exception quoting a reply with U+0000, say) is stored escaped, and raised so on replay as live."""
+        error = {"type": type(exc).__name__, "message": str(exc)}
+        return escaped(error, what=f"the error of step {self.step_id!r}")  # type: ignore[no-any-return]
+
     def _fail(self, exc: Exception, attempt: int) -> NoReturn:
         """Record the step as failed for good and raise the ``StepFailed`` the workflow sees."""
-        error = {"type": type(exc).__name__, "message": str(exc)}
+        error = self._error(exc)
         self._checkpoint(FAILED, error=error, attempts=attempt)
         self.ctx.emit(
             ev.STEP_FAILED, self._end_data(self.usage, error=error), step=self.step_id, attempt=attempt
@@ -411,7 +416,7 @@ class StepCall:
     def _success_record(self, result: Any, attempt: int) -> StepRecord:
         """The completed checkpoint for ``result``; an unserialisable result fails the step for good."""
         try:
-            output = to_jsonable(result, what=f"result of step {self.step_id!r}")
+            output = to_jsonable(result, what=f"the result of step {self.step_id!r}")
         except SerializationError as exc:
             self._fail(exc, attempt)  # a programming error, not a passing fault: no retry
         return self._record(COMPLETED, output=output, attempts=attempt)
@@ -501,7 +506,12 @@ class StepCall:
                 continue
             self._end_attempt(token)
             record = self._success_record(result, attempt)
-            self.ctx.store.save_step(record)
+            try:
+                self.ctx.store.save_step(record)
+            except SerializationError as exc:
+                # The result holds what the database cannot store (U+0000, a lone surrogate, an infinity;
+                # the error names where): failed for good, like a result that is not JSON at all.
+                self._fail(exc, attempt)
             self._completed(record)
             return result
 
@@ -546,10 +556,13 @@ class StepCall:
             record = self._success_record(result, attempt)
             # Off the event loop where the store can, so concurrent steps keep running meanwhile.
             asave = getattr(self.ctx.store, "asave_step", None)
-            if asave is not None:
-                await asave(record)
-            else:
-                self.ctx.store.save_step(record)
+            try:
+                if asave is not None:
+                    await asave(record)
+                else:
+                    self.ctx.store.save_step(record)
+            except SerializationError as exc:
+                self._fail(exc, attempt)  # as in run_sync
             self._completed(record)
             return result
 

@@ -64,6 +64,21 @@ class StepRecord:
     # Tokens and cost the step's own provider calls spent (agentflow.core.usage), with the LLM layer's notes.
     usage: dict[str, Any] | None = None
 
+    def encoded(self) -> tuple[str, str, str | None, str | None]:
+        """The JSON texts a store writes: input, output, error, usage. ``SerializationError`` naming the field
+        and the JSON path when one holds what the database cannot (U+0000, a lone surrogate, an infinity)."""
+        from .serialization import encode
+
+        def text(field: str, value: Any) -> str:
+            return encode(value, what=f"the {field} of step {self.step_id!r}")
+
+        return (
+            text("input", self.input),
+            text("result", self.output),
+            None if self.error is None else text("error", self.error),
+            None if self.usage is None else text("usage", self.usage),
+        )
+
 
 class RunStore(Protocol):
     def save_step(self, record: StepRecord) -> None:

@@ -176,8 +176,8 @@ class Retry(AgentflowError):
 
     def __init__(self, delay_seconds: float | None = None, reason: str = "") -> None:
         super().__init__(reason or "retry requested")
-        if delay_seconds is not None and delay_seconds < 0:
-            raise ValueError("delay_seconds must be >= 0")
+        if delay_seconds is not None and not 0 <= delay_seconds < float("inf"):  # NaN too
+            raise ValueError(f"delay_seconds must be a finite number >= 0, not {delay_seconds!r}")
         self.delay_seconds = delay_seconds
 
 

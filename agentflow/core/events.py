@@ -13,6 +13,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from .serialization import encode as encode_json
+
 RUN_QUEUED = "run.queued"
 RUN_STARTED = "run.started"
 RUN_RECOVERED = "run.recovered"
@@ -85,6 +87,15 @@ def envelope(
         "ts": now_iso(),
         "data": data if data is not None else {},
     }
+
+
+def encode(event: dict[str, Any]) -> str:
+    """``event`` as the JSON text a sink appends; ``SerializationError`` naming the JSON path when it holds
+    what JSON or the database cannot (U+0000, a lone surrogate, an infinity). Every sink refuses such an
+    event when it is emitted, in the emitting thread: it never reaches the stream, where it would stop the
+    run's later events (Redis cannot take a lone surrogate) or its archive (PostgreSQL cannot take the rest).
+    """
+    return encode_json(event, what=f"the {event.get('type')} event")
 
 
 class EventSink(Protocol):

@@ -12,7 +12,7 @@ from . import events as ev
 from .context import WAITING, Checkpoint, RunContext, StepRecord
 from .errors import LeaseLost, RunSuspended
 from .usage import Budget, Pricer
-from .waits import INPUT, ChildResult
+from .waits import INPUT, ChildResult, validate_answer
 from .workflow import Workflow, registry
 
 
@@ -24,6 +24,7 @@ class MemoryStore:
     def save_step(self, record: StepRecord) -> None:
         if self.stale:
             raise LeaseLost("stale epoch")
+        record.encoded()  # refused as the database refuses it
         self.records[record.step_id] = record
 
     def checkpoints(self) -> dict[str, Checkpoint]:
@@ -42,6 +43,7 @@ class MemorySink:
         self._fenced = False
 
     def emit(self, event: dict[str, Any]) -> None:
+        ev.encode(event)  # refused as the Redis sink refuses it
         self.events.append({"id": f"0-{next(self._ids)}", **event})
 
     def flush(self) -> None:
@@ -88,7 +90,9 @@ class MemoryWaits:
             output = record.output or {}
             pending = record.component == INPUT and record.status == WAITING and "answer" not in output
             if pending and key in self.answers:
-                record.output = {**output, "answer": self.answers[key], "answered_at": time.time()}
+                # Validated as send_input() validates it: InvalidAnswer for an answer a worker would not get.
+                answer = validate_answer(record.input or {}, self.answers[key])
+                record.output = {**output, "answer": answer, "answered_at": time.time()}
                 answered = True
         return answered
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .context import _frame, current_run
+from .serialization import check_storable
 
 COUNTS = ("calls", "prompt_tokens", "completion_tokens", "total_tokens")
 
@@ -163,12 +164,13 @@ def record_usage(
     """
     if not isinstance(model, str) or not model:
         raise TypeError(f"model must be a non-empty str, not {model!r}")
+    check_storable(model, what="the model name")
     _token_count(prompt_tokens, "prompt_tokens")
     _token_count(completion_tokens, "completion_tokens")
     if cost_usd is not None and (
-        not isinstance(cost_usd, int | float) or isinstance(cost_usd, bool) or cost_usd < 0
+        not isinstance(cost_usd, int | float) or isinstance(cost_usd, bool) or not 0 <= cost_usd < math.inf
     ):
-        raise TypeError(f"cost_usd must be a number >= 0 or None, not {cost_usd!r}")
+        raise TypeError(f"cost_usd must be a finite number >= 0 or None, not {cost_usd!r}")
     ctx = current_run()
     if ctx is None:
         return None

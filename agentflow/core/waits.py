@@ -20,6 +20,8 @@ between leaves the event to the next incarnation, which appends it with ``"recov
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import re
 import time
 from collections.abc import Iterable
@@ -46,10 +48,11 @@ from .errors import (
     InputTimeout,
     InvalidAnswer,
     NotInWorkflow,
+    SerializationError,
     StepFailed,
     WorkflowDivergence,
 )
-from .serialization import adapter_for, from_jsonable, stable_hash, to_jsonable
+from .serialization import adapter_for, check_storable, from_jsonable, stable_hash, to_jsonable, unstorable
 
 if TYPE_CHECKING:
     from .usage import Budget
@@ -139,7 +142,9 @@ class AnswerSchema:
                 jsonschema.validators.validator_for(schema).check_schema(schema)
             except jsonschema.SchemaError as exc:
                 raise TypeError(f"schema is not a valid JSON Schema: {exc.message}") from None
-            return cls(to_jsonable(schema, what="schema"))
+            document = to_jsonable(schema, what="the schema")
+            check_storable(document, what="the schema")  # it is checkpointed and sent in input.requested
+            return cls(document)
         try:
             json_schema = adapter_for(schema).json_schema()
         except Exception as exc:
@@ -156,28 +161,44 @@ class AnswerSchema:
 def validate_answer(request: dict[str, Any], value: Any, *, resolve: bool = True) -> Any:
     """``value`` checked against an input request's schema and normalised to JSON; ``InvalidAnswer`` with
     field errors ``[{"field", "code", "message"}]`` otherwise. ``request`` is the input's checkpointed
-    ``input``. With ``resolve``, a schema that came from a module-level type is validated by that type."""
+    ``input``. With ``resolve``, a schema that came from a module-level type is validated by that type.
+
+    The rules are run input's (docs/topics/workflows.md): ``value`` is first turned into JSON (what a client
+    would send), must be JSON the database can store (no U+0000, lone surrogate or infinity: codes
+    ``null_character``, ``lone_surrogate``, ``non_finite_number``), and is then validated strictly, in JSON's
+    terms: by the type itself as pydantic validates JSON in strict mode (``"5"`` is not an ``int``, ``1`` is
+    not a ``bool``), or, where the type cannot be imported, by its JSON Schema with the same strictness
+    (``1.0`` is not an integer; formats such as ``date-time`` checked where jsonschema can). A JSON Schema
+    given as a ``dict`` is validated as JSON Schema says.
+    """
+    key = request.get("key")
+    try:
+        document = to_jsonable(value, what="the answer")
+    except SerializationError as exc:
+        raise _invalid(key, [{"field": "", "code": "not_serializable", "message": exc.message}]) from None
+    problem = unstorable(document)
+    if problem is not None:
+        field, code, message = problem
+        raise _invalid(key, [{"field": field, "code": code, "message": message}])
     annotation = _resolve(request.get("schema_ref")) if resolve else None
     if annotation is not None:
         adapter = adapter_for(annotation)
         try:
-            return adapter.dump_python(adapter.validate_python(value), mode="json")
+            return adapter.dump_python(adapter.validate_json(json.dumps(document), strict=True), mode="json")
         except ValidationError as exc:
             from .workflow import validation_details
 
-            raise InvalidAnswer(
-                f"invalid answer to input {request.get('key')!r}", details=validation_details(exc)
-            ) from None
+            raise _invalid(key, validation_details(exc)) from None
     schema = request.get("schema") or {}
     if schema:
-        import jsonschema
-
-        validator = jsonschema.validators.validator_for(schema)(schema)
-        errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
+        errors = sorted(
+            _schema_validator(schema, like_pydantic=bool(request.get("schema_ref"))).iter_errors(document),
+            key=lambda e: list(e.absolute_path),
+        )
         if errors:
-            raise InvalidAnswer(
-                f"invalid answer to input {request.get('key')!r}",
-                details=[
+            raise _invalid(
+                key,
+                [
                     {
                         "field": ".".join(str(part) for part in err.absolute_path),
                         "code": str(err.validator),
@@ -186,7 +207,29 @@ def validate_answer(request: dict[str, Any], value: Any, *, resolve: bool = True
                     for err in errors
                 ],
             )
-    return to_jsonable(value, what="answer")
+    return document
+
+
+def _invalid(key: Any, details: list[dict[str, Any]]) -> InvalidAnswer:
+    return InvalidAnswer(f"invalid answer to input {key!r}", details=details)
+
+
+def _schema_validator(schema: dict[str, Any], *, like_pydantic: bool) -> Any:
+    """A jsonschema validator of ``schema``; ``like_pydantic`` (the schema of a type this process cannot
+    import) makes it as strict as pydantic's strict JSON mode, which validates the type elsewhere: integers
+    are written without a fraction (JSON Schema counts ``1.0`` as one), and formats are asserted."""
+    import jsonschema
+
+    cls = jsonschema.validators.validator_for(schema)
+    if not like_pydantic:
+        return cls(schema)
+    strict = jsonschema.validators.extend(
+        cls,
+        type_checker=cls.TYPE_CHECKER.redefine(
+            "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
+        ),
+    )
+    return strict(schema, format_checker=cls.FORMAT_CHECKER)
 
 
 def _resolve(ref: Any) -> Any:
@@ -328,12 +371,15 @@ class _InputWait:
         self.key = check_key(key)
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
+        check_storable(prompt, what="the prompt")
         if timeout_seconds is not None and (
             not isinstance(timeout_seconds, int | float)
             or isinstance(timeout_seconds, bool)
-            or timeout_seconds <= 0
+            or not 0 < timeout_seconds < math.inf
         ):
-            raise TypeError(f"timeout_seconds must be a positive number or None, not {timeout_seconds!r}")
+            raise TypeError(
+                f"timeout_seconds must be a positive finite number or None, not {timeout_seconds!r}"
+            )
         self.schema = AnswerSchema.of(schema)
         self.prompt = prompt
         self.timeout_seconds = timeout_seconds
@@ -441,7 +487,7 @@ class _InputWait:
         if self.schema.annotation is None:
             return value
         try:
-            return adapter_for(self.schema.annotation).validate_python(value)
+            return adapter_for(self.schema.annotation).validate_json(json.dumps(value), strict=True)
         except ValidationError as exc:
             # The API validated it against the JSON Schema (the type was not importable there): only
             # validators the schema cannot express reject it here.

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from .context import RunContext, _frame, _run
 from .errors import InvalidInput, SerializationError, WorkflowAlreadyRegistered, WorkflowNotFound
 from .schedules import Schedule, parse_schedules
-from .serialization import adapter_for, to_jsonable, unstorable
+from .serialization import adapter_for, check_storable, to_jsonable, unstorable
 from .usage import Budget
 
 P = ParamSpec("P")
@@ -144,7 +144,12 @@ class Workflow(Generic[P, R]):
         return {name: getattr(model, name) for name in type(model).model_fields}
 
     def dump_output(self, value: Any) -> Any:
-        return to_jsonable(value, what=f"output of workflow {self.name!r}")
+        """The run's output as JSON; ``SerializationError`` (the run fails) if it is not JSON, or holds what
+        the database cannot store (naming the JSON path)."""
+        what = f"the output of workflow {self.name!r}"
+        document = to_jsonable(value, what=what)
+        check_storable(document, what=what)
+        return document
 
     def input_schema(self) -> dict[str, Any]:
         return self.input_model.model_json_schema()

@@ -24,6 +24,7 @@ from ..conf import agentflow_settings
 from ..core import events as ev
 from ..core.context import RunContext, _frame, current_run
 from ..core.errors import AgentflowError, Retry
+from ..core.serialization import escaped, replaced, replaced_text
 from ..core.usage import record_usage
 from ..ratelimit import RateLimited, limiter
 from . import tokens
@@ -125,7 +126,8 @@ def _describe(exc: BaseException) -> dict[str, Any]:
     status = getattr(exc, "status_code", None)
     if status is not None:
         error["status"] = status
-    return error
+    # Kept in the step's usage notes and its events: a message quoting U+0000 is stored escaped.
+    return escaped(error, what="a provider's error")  # type: ignore[no-any-return]
 
 
 # -- SDK clients -------------------------------------------------------------------------------------------
@@ -238,7 +240,8 @@ class Forwarder:
     def add(self, text: str) -> None:
         if self.stream_to is None or not text:
             return
-        self.buffer.append(text)
+        # As the recorded chunks have it (_Attempt.storable): each chunk's text on its own.
+        self.buffer.append(replaced_text(text))
         now = time.monotonic()
         if now - self.last >= self.interval:
             self.flush(now)
@@ -491,6 +494,25 @@ class _Attempt:
             raise ProviderQuotaExceeded(f"provider {provider.name!r}: {exc}") from exc
         raise exc from None
 
+    def storable(self, provider: Provider, output: Any) -> Any:
+        """The reply as it is recorded, returned and replayed: U+0000 and lone surrogates replaced by U+FFFD,
+        an infinity or NaN by ``null`` (docs/topics/llm.md says why), said in a warning and in the step's
+        usage notes (``"replaced": {"count", "path", "code"}``). The reply itself when it is storable."""
+        output, found = replaced(output)
+        if found:
+            path, code = found[0]
+            logger.warning(
+                "step %s: the reply of provider %s held %d value(s) the database cannot store (first: %s at "
+                "%r); replaced by U+FFFD (text) or null (numbers)",
+                self.step_id,
+                provider.name,
+                len(found),
+                code,
+                path,
+            )
+            self.note(replaced={"count": len(found), "path": path, "code": code})
+        return output
+
     def succeeded(self, provider: Provider, model: str, counted: Counted) -> None:
         breakers.succeeded(provider.name)
         record_usage(
@@ -584,6 +606,7 @@ def execute(spec: CallSpec, request: dict[str, Any]) -> Any:
             with run_slots(ctx).held(ctx.check_interrupt), worker_slots().held(ctx.check_interrupt):
                 _grant(call.key, call.estimate)
                 output, usage = _request(method, call, forward)
+            output = attempt.storable(provider, output)
             counted = count_usage(spec.kind, call.request, output, usage)
             attempt.succeeded(provider, call.model, counted)  # counted before the reservation is released
         except Exception as exc:
@@ -631,6 +654,7 @@ async def aexecute(spec: CallSpec, request: dict[str, Any]) -> Any:
             async with run_slots(ctx), worker_slots():
                 await _agrant(call.key, call.estimate)
                 output, usage = await _arequest(method, call, forward)
+            output = attempt.storable(provider, output)
             counted = count_usage(spec.kind, call.request, output, usage)
             attempt.succeeded(provider, call.model, counted)  # counted before the reservation is released
         except Exception as exc:

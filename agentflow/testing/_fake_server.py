@@ -229,7 +229,9 @@ class Server:
             raise Dropped  # a non-streamed response cannot break half-way: close before answering
         await handler(request, payload, model, respond, fault)
 
-    def _reply(self, model: str, prompt: Any, limit: Any) -> tuple[list[str], str]:
+    def _reply(self, model: str, prompt: Any, limit: Any, fault: Fault | None) -> tuple[list[str], str]:
+        if fault is not None and fault.words is not None:
+            return list(fault.words), "stop"
         wanted = self.options.completion_tokens
         count = min(wanted, int(limit)) if limit else wanted
         return reply_words(model, prompt, count), "length" if count < wanted else "stop"
@@ -247,7 +249,7 @@ class Server:
     ) -> None:
         messages = payload["messages"]
         words, finish = self._reply(
-            model, messages, payload.get("max_completion_tokens") or payload.get("max_tokens")
+            model, messages, payload.get("max_completion_tokens") or payload.get("max_tokens"), fault
         )
         usage = {
             "prompt_tokens": count_words(text_of(messages)),
@@ -285,7 +287,7 @@ class Server:
         self, request: Request, payload: dict[str, Any], model: str, respond: Responder, fault: Fault | None
     ) -> None:
         prompt = [payload.get("instructions"), payload["input"]]
-        words, finish = self._reply(model, prompt, payload.get("max_output_tokens"))
+        words, finish = self._reply(model, prompt, payload.get("max_output_tokens"), fault)
         text = " ".join(words)
         input_tokens = count_words(text_of([payload.get("instructions") or "", payload["input"]]))
         usage = {

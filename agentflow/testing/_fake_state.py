@@ -18,6 +18,8 @@ class Fault:
     end_after_chunks: int | None = None
     # A chat stream without its usage chunk, as from a provider that ignores stream_options.include_usage.
     no_usage: bool = False
+    # The reply's words instead of those derived from the request: text a real model may send (U+0000...).
+    words: list[str] | None = None
     message: str | None = None  # "{api_key}" in it is replaced by the request's API key
     code: str | None = None  # the error's code, e.g. "insufficient_quota" on a 429
     times: int = 1
@@ -100,15 +102,20 @@ def parse_faults(payload: Any) -> list[Fault]:
     if not isinstance(items, list):
         raise ValueError("expected a fault, a list of faults or {'model': ..., 'fail': [...]}")
     known = {
-        "model", "status", "retry_after", "drop_after_chunks", "end_after_chunks", "no_usage", "message", "code",
-        "times",
+        "model", "status", "retry_after", "drop_after_chunks", "end_after_chunks", "no_usage", "words", "message",
+        "code", "times",
     }  # fmt: skip
-    kinds = ("status", "drop_after_chunks", "end_after_chunks", "no_usage")
+    kinds = ("status", "drop_after_chunks", "end_after_chunks", "no_usage", "words")
     faults = []
     for item in items:
         if not isinstance(item, dict) or set(item) - known:
             raise ValueError(f"unknown fault fields in {item!r}; known: {sorted(known)}")
         if sum(1 for kind in kinds if item.get(kind) not in (None, False)) != 1:
             raise ValueError(f"a fault needs exactly one of {', '.join(map(repr, kinds))}: {item!r}")
+        words = item.get("words")
+        if words is not None and (
+            not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words)
+        ):
+            raise ValueError(f"words must be a non-empty list of strings: {item!r}")
         faults.append(Fault(**{"model": model, **item}))
     return faults

@@ -67,7 +67,10 @@ def test_a_valid_answer_is_recorded_and_makes_the_run_due(api, waiting, django_c
 @pytest.mark.parametrize(
     ("answer", "field", "code"),
     [
-        ({"approved": "perhaps"}, "approved", "bool_parsing"),
+        ({"approved": "perhaps"}, "approved", "bool_type"),
+        # Strict, as run input is: what lax validation took for a bool (or an int) is refused.
+        ({"approved": "true"}, "approved", "bool_type"),
+        ({"approved": 1}, "approved", "bool_type"),
         ({}, "approved", "missing"),
         ([1], "", "model_type"),
     ],
@@ -93,6 +96,69 @@ def test_a_json_schema_answer_is_validated_with_the_schema(api, make_run, alice)
         {"field": "", "code": "minimum", "message": "0 is less than the minimum of 1"}
     ]
     assert api.post(url("run-input", run.pk, "size"), 3, format="json").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("schema", "schema_ref", "answer", "code"),
+    [
+        (int, "builtins:int", "5", "int_type"),  # the type validates, strictly
+        (int, "builtins:int", 5.0, "int_type"),
+        (int, "gone.module:Count", "5", "type"),  # not importable here: its JSON Schema, as strictly
+        (int, "gone.module:Count", 5.0, "type"),
+        (Decision, "gone.module:Decision", {"approved": 1}, "type"),
+    ],
+)
+def test_answers_follow_the_rules_of_run_input_whichever_validates_them(
+    api, make_run, alice, schema, schema_ref, answer, code
+):
+    run = make_run(alice, status="waiting", wait_reason="input")
+    step = ask(run, key="n", schema=schema)
+    step.input["schema_ref"] = schema_ref
+    step.save(update_fields=["input"])
+    response = api.post(url("run-input", run.pk, "n"), answer, format="json")
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_answer"
+    assert response.json()["details"][0]["code"] == code
+    with pytest.raises(agentflow.InvalidAnswer):
+        agentflow.send_input(run, "n", answer)
+    unchanged_answer = StepRun.objects.get(pk=step.pk).output
+    assert "answer" not in unchanged_answer
+
+
+def test_a_json_schema_dict_validates_as_json_schema_says(make_run, alice):
+    # No type behind it: JSON Schema's own rules (an integer may be written 5.0).
+    run = make_run(alice, status="waiting", wait_reason="input")
+    ask(run, key="n", schema={"type": "integer"})
+    assert agentflow.send_input(run, "n", 5.0).value == 5.0
+
+
+@pytest.mark.parametrize(
+    ("answer", "field", "code"),
+    [
+        ({"approved": True, "notes": "a\x00b"}, "notes", "null_character"),
+        ({"approved": True, "notes": "a\ud800"}, "notes", "lone_surrogate"),
+        ({"approved": True, "notes": float("nan")}, "notes", "non_finite_number"),
+    ],
+)
+def test_send_input_refuses_what_the_database_cannot_store(waiting, answer, field, code):
+    # Before: the answer reached the checkpoint's UPDATE and failed there (a DataError, or a
+    # UnicodeEncodeError for the surrogate), a 500 in the admin's form.
+    before = StepRun.objects.get(run=waiting, step_id="input:approve").output
+    with pytest.raises(agentflow.InvalidAnswer) as caught:
+        agentflow.send_input(waiting, "approve", answer)
+    assert caught.value.details == [
+        {"field": field, "code": code, "message": caught.value.details[0]["message"]}
+    ]
+    unchanged(waiting, before)
+
+
+def test_over_rest_such_an_answer_is_refused_by_the_parser(api, waiting):
+    before = StepRun.objects.get(run=waiting, step_id="input:approve").output
+    body = b'{"approved": true, "notes": "a\\u0000b"}'
+    response = api.post(url("run-input", waiting.pk, "approve"), body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["code"] == "unsupported_json"
+    unchanged(waiting, before)
 
 
 def test_another_users_answer_gets_the_same_404_as_a_missing_run(client_for, bob, waiting):

@@ -240,6 +240,29 @@ def test_a_failing_provider_falls_back_to_the_next_within_the_attempt(servers):
     assert run.usage["calls"] == 2
 
 
+def test_a_reply_with_text_the_database_cannot_store_is_kept_with_replacement_characters(servers):
+    # U+0000 and a lone surrogate in a provider's reply (streamed and not): before, the checkpoint of the
+    # reply failed (or the stream's writer stalled on the surrogate, leaving the run running for good).
+    primary, _ = servers
+    words = ["nul\x00here", "half\ud83d", "fine"]
+    primary.fail({"words": words, "times": 2}, model="m-unstorable")
+    runs = [
+        agentflow.start("llm-chats", {"providers": ["primary"], "model": "m-unstorable", "stream": stream})
+        for stream in (False, True)
+    ]
+    expected = "nul\ufffdhere half\ufffd fine"
+    for run, strings in zip(runs, (1, 2), strict=True):  # the message's content; two chunks' deltas
+        assert agentflow.wait(run, timeout_seconds=30) == [expected]
+        step = StepRun.objects.get(run=run)
+        assert (step.status, step.attempts) == ("completed", 1)  # kept, not retried: the provider was paid
+        assert json.dumps(step.output, ensure_ascii=False).count("\ufffd") == 2
+        assert step.usage["replaced"]["count"] == strings
+        assert step.usage["replaced"]["code"] == "null_character"
+    # The streamed reply's deltas hold the same text as its checkpoint and its return value.
+    assert joined_deltas(events_of(runs[1])) == expected
+    assert primary.stats()["faults_injected"] == 2
+
+
 # -- the shared rate limit -----------------------------------------------------------------------------------
 
 

@@ -154,7 +154,7 @@ def retry_request(tag: str) -> str:
 
 
 # The REST API tests' and the time-slice tests' workflows, registered on the workers too.
-from . import workflows_api, workflows_slices, workflows_waits  # noqa: E402, F401
+from . import workflows_api, workflows_slices, workflows_storable, workflows_waits  # noqa: E402, F401
 from .workflows_chaos import chaos_stream  # noqa: E402, F401  (registers the chaos tests' workflows, tests/chaos)
 from .workflows_llm import llm_chats  # noqa: E402, F401  (registers the LLM integration tests' workflows, tests/llm)
 from .workflows_web import story  # noqa: E402, F401  (the browser, CLI and client-state tests' workflow)
