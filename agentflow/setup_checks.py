@@ -207,6 +207,48 @@ def check_installed_apps(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
     return errors
 
 
+# -- OpenAPI ---------------------------------------------------------------------------------------------------
+
+_SPLIT_HOOK = "agentflow.openapi.split_start_operations"
+
+
+def _has_split_hook(hooks: Any) -> bool:
+    for hook in hooks if isinstance(hooks, list | tuple) else ():
+        if hook == _SPLIT_HOOK or getattr(hook, "__module__", "") + "." + getattr(hook, "__name__", "") == (
+            _SPLIT_HOOK
+        ):
+            return True
+    return False
+
+
+@register(Tags.compatibility)
+def check_openapi(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """drf-spectacular publishes agentflow's API only rightly with agentflow's postprocessing hook: without it,
+    the start operations' body is "one of all the workflows' inputs", whatever the path names."""
+    from django.apps import apps
+
+    if not apps.is_installed("drf_spectacular") or not _api_mounted():
+        return []
+    user = getattr(settings, "SPECTACULAR_SETTINGS", {})
+    # drf-spectacular's default, when the key is not set, is its enum hook alone.
+    hooks = user.get("POSTPROCESSING_HOOKS") if isinstance(user, dict) else None
+    if _has_split_hook(hooks):
+        return []
+    return [
+        Warning(
+            f"SPECTACULAR_SETTINGS['POSTPROCESSING_HOOKS'] does not include '{_SPLIT_HOOK}': the published "
+            "OpenAPI schema gives POST workflows/{name}/runs/ (and .../run/) one body for every workflow, so "
+            "clients and contract tests see inputs the API refuses for the workflow they name.",
+            hint=(
+                "SPECTACULAR_SETTINGS = {'POSTPROCESSING_HOOKS': ["
+                f"'drf_spectacular.hooks.postprocess_schema_enums', '{_SPLIT_HOOK}']}} "
+                "(keep any hooks of your own)."
+            ),
+            id="agentflow.W013",
+        )
+    ]
+
+
 # -- Celery ----------------------------------------------------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ def test_the_test_project_is_wired_correctly() -> None:
     for check in (
         setup_checks.check_asgi,
         setup_checks.check_installed_apps,
+        setup_checks.check_openapi,
         setup_checks.check_celery,
         setup_checks.check_cache_and_redis,
     ):
@@ -101,6 +102,22 @@ def test_e032_token_authentication_without_the_authtoken_app() -> None:
     apps = [app for app in settings.INSTALLED_APPS if app != "rest_framework.authtoken"]
     with override_settings(INSTALLED_APPS=apps):
         assert ids(setup_checks.check_installed_apps) == ["agentflow.E032"]
+
+
+def test_w013_drf_spectacular_without_agentflows_openapi_hook() -> None:
+    for hooks in (None, ["drf_spectacular.hooks.postprocess_schema_enums"]):
+        spectacular = {"TITLE": "x"} if hooks is None else {"POSTPROCESSING_HOOKS": hooks}
+        with override_settings(SPECTACULAR_SETTINGS=spectacular):
+            (message,) = setup_checks.check_openapi()
+        assert message.id == "agentflow.W013"
+        assert "does not include 'agentflow.openapi.split_start_operations'" in message.msg
+    from agentflow.openapi import split_start_operations
+
+    with override_settings(SPECTACULAR_SETTINGS={"POSTPROCESSING_HOOKS": [split_start_operations]}):
+        assert setup_checks.check_openapi() == []  # the hook itself, not its path, counts too
+    apps = [app for app in settings.INSTALLED_APPS if app != "drf_spectacular"]
+    with override_settings(INSTALLED_APPS=apps, SPECTACULAR_SETTINGS={}):
+        assert setup_checks.check_openapi() == []  # no drf-spectacular, no schema to get wrong
 
 
 # -- Celery ----------------------------------------------------------------------------------------------------
