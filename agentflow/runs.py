@@ -111,42 +111,64 @@ def get_run(run_id: Any) -> WorkflowRun:
         raise RunNotFound(f"no run has id {run_id!r}") from None
 
 
+#: The first quiet interval after which ``wait()`` reads the run's row; each quiet check doubles it, up to
+#: ``STREAM_IDLE_CHECK_SECONDS``, and an event brings it back.
+FIRST_QUIET_CHECK_SECONDS = 1.0
+
+
 def wait(run: Any, timeout_seconds: float | None = None, *, raise_on_failure: bool = True) -> Any:
     """Block until the run ends; return its output.
 
     Raises ``RunFailed`` if it failed or was cancelled (unless ``raise_on_failure=False``, which returns
     the finished ``WorkflowRun`` instead of the output) and ``RunTimeout`` after ``timeout_seconds``
     (default: ``AGENTFLOW["WAIT_TIMEOUT_SECONDS"]``); the run goes on regardless.
+
+    It follows the run's stream and reads the run's row (the truth) only when that can tell something: at
+    the start, after a terminal event (the final status is committed before that event is appended), when
+    time is up, and when the stream stays quiet: after 1 s, then 2, 4... up to ``STREAM_IDLE_CHECK_SECONDS``
+    without an event (a run that ended while Redis lost its terminal event still returns, at the latest
+    that long after the monitor repaired it). A waiter costs no query while its run's events flow, and a
+    few a minute while it sits in a queue. No database connection is held in between.
     """
     run_id = str(getattr(run, "pk", run))
     timeout = agentflow_settings.wait_timeout_seconds if timeout_seconds is None else timeout_seconds
     deadline = time.monotonic() + timeout
-    last_id, check, checked_at = "0-0", True, 0.0
-    while True:
-        # The DB is the source of truth, but reading it after every event would cost a query a step: read it
-        # at the start, after a terminal event (the final status is committed before that event is
-        # appended), after a quiet second, and at least once a second.
-        if check or time.monotonic() - checked_at >= 1.0:
-            current = get_run(run_id)
-            release_connections()  # not held while waiting on Redis (agentflow.db)
-            checked_at, check = time.monotonic(), False
+    # The stream's tip before the row is read: whatever ends the run after that read comes after the tip
+    # (its status is committed before its terminal event is appended), and the history before is not needed.
+    last_id = _tip(run_id)
+    current = _read(run_id)
+    quiet = FIRST_QUIET_CHECK_SECONDS
+    check_at = time.monotonic() + quiet
+    while current.status not in FINISHED_STATUSES:
+        now = time.monotonic()
+        if now >= deadline:
+            current = _read(run_id)  # the status the time-out reports, and the run may just have ended
             if current.status in FINISHED_STATUSES:
                 break
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
             raise _timeout(run_id, timeout, current.status)
+        if now >= check_at:
+            current = _read(run_id)
+            quiet = min(
+                quiet * 2, max(agentflow_settings.stream_idle_check_seconds, FIRST_QUIET_CHECK_SECONDS)
+            )
+            check_at = time.monotonic() + quiet
+            continue
+        block_seconds = min(deadline, check_at) - now
         try:
-            events = streams.tail_events(run_id, last_id, block_ms=max(1, int(min(remaining, 1.0) * 1000)))
+            events = streams.tail_events(run_id, last_id, block_ms=max(1, int(block_seconds * 1000)))
         except Exception:
             logger.warning("run %s: cannot read its stream; polling the DB", run_id, exc_info=True)
-            time.sleep(min(remaining, 0.5))
-            check = True
+            time.sleep(min(block_seconds, 0.5))
+            # The DB is all there is to go by meanwhile: read it every quiet second, without backing off.
+            quiet = FIRST_QUIET_CHECK_SECONDS
+            check_at = min(check_at, time.monotonic() + quiet)
             continue
-        if not events:
-            check = True
-        else:
+        if events:
             last_id = events[-1]["id"]
-            check = any(event["type"] in ev.TERMINAL_TYPES for event in events)
+            if any(event["type"] in ev.TERMINAL_TYPES for event in events):
+                current = _read(run_id)
+            quiet = FIRST_QUIET_CHECK_SECONDS  # the run is alive: a quiet spell starts over
+            check_at = time.monotonic() + quiet
     if not raise_on_failure:
         return current
     if current.status != RunStatus.COMPLETED:
@@ -156,6 +178,22 @@ def wait(run: Any, timeout_seconds: float | None = None, *, raise_on_failure: bo
             details={"status": current.status, "error": error},
         )
     return current.output
+
+
+def _tip(run_id: str) -> str:
+    try:
+        entries: Any = streams.get_client().xrevrange(streams.stream_key(run_id), count=1)
+    except Exception:  # Redis down: the loop below says so, and reads the DB meanwhile
+        return "0-0"
+    return str(entries[0][0]) if entries else "0-0"
+
+
+def _read(run_id: str) -> WorkflowRun:
+    """The run's row, without keeping the connection while the caller waits on Redis (agentflow.db)."""
+    try:
+        return get_run(run_id)
+    finally:
+        release_connections()
 
 
 def _timeout(run_id: str, timeout: float, status: str) -> RunTimeout:
