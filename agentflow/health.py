@@ -9,6 +9,8 @@ service is a check in error, with what to do. :func:`worker_notice` is the one-l
 from __future__ import annotations
 
 import re
+import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -272,6 +274,40 @@ def report() -> Report:
         )
     client.close()
     return Report(checks=checks, workers=workers, settings=effective_settings())
+
+
+#: How long a process reuses what the worker registry said for :func:`cached_worker_notice`, at most: never
+#: longer than ``SSE_KEEPALIVE_SECONDS``, so that a notice is at most one keep-alive old.
+NOTICE_CACHE_SECONDS = 5.0
+
+
+def _notice_max_age_seconds() -> float:
+    return min(NOTICE_CACHE_SECONDS, float(agentflow_settings.sse_keepalive_seconds))
+
+
+_notices: dict[str, tuple[float, str | None]] = {}
+_notices_lock = threading.Lock()
+
+
+def cached_worker_notice(queue: str | None = None) -> str | None:
+    """:func:`worker_notice`, from the registry at most once every ``NOTICE_CACHE_SECONDS`` (or
+    ``SSE_KEEPALIVE_SECONDS``, if shorter) per process and queue: for what every open event stream of a
+    queued run repeats (one read for all of them)."""
+    queue = queue or str(agentflow_settings.task_queue)
+    with _notices_lock:  # one refresh at a time: streams asking meanwhile get its answer
+        known = _notices.get(queue)
+        if known is None or time.monotonic() - known[0] >= _notice_max_age_seconds():
+            known = _notices[queue] = (time.monotonic(), worker_notice(queue))
+    return known[1]
+
+
+def fresh_worker_notice(queue: str | None = None) -> tuple[bool, str | None]:
+    """``(True, notice)`` when :func:`cached_worker_notice` would answer without reading Redis, else
+    ``(False, None)``: async code then asks it in a thread."""
+    known = _notices.get(queue or str(agentflow_settings.task_queue))
+    if known is not None and time.monotonic() - known[0] < _notice_max_age_seconds():
+        return True, known[1]
+    return False, None
 
 
 def worker_notice(queue: str | None = None) -> str | None:

@@ -10,6 +10,8 @@
 
     : keep-alive
 
+    : waiting for a worker: no live worker consumes queue 'agentflow': start one, ...
+
 The body is produced by an async iterator: under ASGI Django streams it as it comes (a sync iterator would be
 consumed whole first), and it needs ASGI: under WSGI the views answer 501 ``asgi_required`` at once
 (:func:`require_asgi`) instead of a response that would say nothing until the run ends. Every subscriber of a server process shares one Redis reader
@@ -18,9 +20,11 @@ consumed whole first), and it needs ASGI: under WSGI the views answer 501 ``asgi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 from django.core.handlers.wsgi import WSGIRequest
@@ -29,6 +33,8 @@ from rest_framework.renderers import BaseRenderer
 
 from . import streams
 from .conf import agentflow_settings
+from .core import events as ev
+from .core.waits import OPEN_ENDED_REASONS
 from .db import arelease_connections
 from .exceptions import AsgiRequired
 from .hub import Event, SubscriptionDropped, get_hub
@@ -89,12 +95,45 @@ def frame(event: Event) -> bytes:
     return f"id: {event.id}\nevent: {event.type}\ndata: {event.json}\n\n".encode()
 
 
+async def _keep_alive(last: Event | None) -> bytes:
+    """A keep-alive; while the run waits for a worker (as far as its stream says: queued, or due again) and
+    no live worker consumes its queue, a comment saying so, from the worker registry as this process last
+    read it (:func:`agentflow.health.cached_worker_notice`: at most one read every few seconds for all
+    streams)."""
+    if last is None or not _waits_for_worker(last):
+        return KEEP_ALIVE
+    from .health import cached_worker_notice, fresh_worker_notice
+
+    known, notice = fresh_worker_notice()
+    if not known:
+        notice = await asyncio.to_thread(cached_worker_notice)
+    if not notice:
+        return KEEP_ALIVE
+    return f": waiting for a worker: {' '.join(notice.split())}\n\n".encode()
+
+
+def _waits_for_worker(last: Event) -> bool:
+    if last.type == ev.RUN_QUEUED:
+        return True
+    if last.type != ev.RUN_WAITING:
+        return False
+    data = last.as_dict().get("data") or {}
+    if data.get("reason") in OPEN_ENDED_REASONS or not data.get("wake_at"):
+        return False  # it waits for an answer or a child run, not for a worker
+    try:
+        wake_at = datetime.fromisoformat(str(data["wake_at"]).replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return wake_at <= datetime.now(UTC)
+
+
 async def _frames(run_id: str, after: str | None) -> AsyncIterator[bytes]:
     keepalive = agentflow_settings.sse_keepalive_seconds
     # The view's thread still holds the connection it read the run with, and Django would keep it until the
     # stream ends, hours later maybe: give it back before the first byte (agentflow.db).
     await arelease_connections()
     yield f"retry: {round(agentflow_settings.sse_retry_seconds * 1000)}\n\n".encode()
+    last: Event | None = None
     try:
         async with get_hub().subscribe(run_id, after) as subscription:
             while True:
@@ -102,7 +141,11 @@ async def _frames(run_id: str, after: str | None) -> AsyncIterator[bytes]:
                     event = await subscription.get(timeout=keepalive)
                 except StopAsyncIteration:
                     return
-                yield KEEP_ALIVE if event is None else frame(event)
+                if event is None:
+                    yield await _keep_alive(last)
+                else:
+                    last = event
+                    yield frame(event)
     except SubscriptionDropped as exc:
         # The client reconnects by itself (EventSource sends Last-Event-ID) and resumes where it was.
         yield f": {exc.reason}: reconnect with Last-Event-ID\n\n".encode()

@@ -4,6 +4,7 @@ headers, keep-alives, and reconnection with Last-Event-ID."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import httpx
@@ -124,3 +125,59 @@ def test_malformed_last_event_id_is_a_400(asgi_server):
         timeout=TIMEOUT,
     )
     assert response.status_code == 400
+
+
+def test_a_queued_run_without_a_live_worker_says_so_in_its_keep_alives(redis_client):
+    # A server of its own, whose runs go to a queue only this test's (fake) worker registration consumes.
+    from django.db import connection
+
+    from agentflow import workers
+    from agentflow.conf import agentflow_settings
+    from agentflow.core import keys
+    from tests.streaming.conftest import Server
+
+    queue = f"agentflow-sse-{uuid.uuid4().hex[:8]}"
+    server = Server(
+        connection.settings_dict["NAME"], env={"AGENTFLOW_TEST_OVERRIDES": json.dumps({"TASK_QUEUE": queue})}
+    )
+    prefix = agentflow_settings.key_prefix
+    registration = keys.worker(prefix, f"fake@{queue}:1")
+
+    def register_live_worker() -> None:
+        info = workers.WorkerInfo(
+            id=f"fake@{queue}:1", name=f"fake@{queue}", host="h", pid=1, queues=[queue], version="",
+            concurrency=1, runs_held=0, runs=[], free_slots=1, started_at="", last_beat_at=time.time(),
+        )  # fmt: skip
+        blob = json.dumps(info.as_dict() | {"last_beat_at": info.last_beat_at})
+        redis_client.set(registration, blob, ex=60)
+        redis_client.zadd(keys.workers(prefix), {info.id: info.last_beat_at})
+
+    def comments(run: WorkflowRun, *, until: str, limit: int) -> list[str]:
+        seen: list[str] = []
+        with httpx.stream(
+            "GET", url(server, run.pk), params={"token": make_stream_token(run.pk)}, timeout=TIMEOUT
+        ) as response:
+            for frame in sse_frames(response):
+                seen += frame.comments
+                if any(until in comment for comment in seen) or len(seen) >= limit:
+                    return seen
+        return seen
+
+    try:
+        server.wait_ready()
+        run = WorkflowRun.objects.create(workflow="slow")
+        streams.announce(
+            str(run.pk), ev.envelope(ev.RUN_QUEUED, str(run.pk), step=None, attempt=None, epoch=0, data={})
+        )
+        # A live worker on the queue: plain keep-alives.
+        register_live_worker()
+        assert comments(run, until="waiting for a worker", limit=4) == ["keep-alive"] * 4
+        # None: the comments say so, naming the queue, once the process's answer is a keep-alive old (0.3 s).
+        redis_client.delete(registration)
+        redis_client.zrem(keys.workers(prefix), f"fake@{queue}:1")
+        seen = comments(run, until="waiting for a worker", limit=4)
+        assert seen[-1].startswith(f"waiting for a worker: no live worker consumes queue '{queue}'")
+        assert seen[:-1] == ["keep-alive"] * (len(seen) - 1)
+        assert not [line for line in server.log if "Traceback" in line or "ERROR" in line]
+    finally:
+        server.stop()
