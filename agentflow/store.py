@@ -52,7 +52,9 @@ class DjangoRunStore:
         # Django refuses DB access from a thread running an event loop, so async workflows write from here.
         self._db_thread: concurrent.futures.ThreadPoolExecutor | None = None
         # Checkpoints of concurrent steps waiting for the DB thread: written together, in one statement.
-        self._pending: list[tuple[StepRecord, list[Any], concurrent.futures.Future[None]]] = []
+        self._pending: list[tuple[StepRecord, concurrent.futures.Future[None]]] = []
+        # Their statement parameters, made (and checked) in the thread that queued them: by id(record).
+        self._pending_params: dict[int, list[Any]] = {}
         self._pending_lock = threading.Lock()
         self._drain_scheduled = False
 
@@ -155,13 +157,13 @@ class DjangoRunStore:
             f"finished_at = excluded.finished_at, usage = excluded.usage, epoch = excluded.epoch"
         )
 
-    def _write_many(self, records: list[tuple[StepRecord, list[Any]]]) -> None:
-        """Write checkpoints (with their parameters) of concurrent steps together; all or none
-        (``LeaseLost``)."""
-        latest = {record.step_id: (record, params) for record, params in records}  # saved twice: the last
-        if len(latest) == 1 or connection.vendor != "postgresql":
+    def _write_many(self, records: list[StepRecord]) -> None:
+        """Write checkpoints of concurrent steps together; all or none (``LeaseLost``)."""
+        made = [self._pending_params.pop(id(record), []) or self._params(record) for record in records]
+        latest = {record.step_id: (record, one) for record, one in zip(records, made, strict=True)}
+        if len(latest) == 1 or connection.vendor != "postgresql":  # a step saved twice: its last record
             for record, one in latest.values():
-                self._write(record, list(one))
+                self._write(record, one)
             return
         params: list[Any] = []
         for _record, one in latest.values():
@@ -180,12 +182,12 @@ class DjangoRunStore:
             batch, self._pending = self._pending, []
             self._drain_scheduled = False
         try:
-            self._write_many([(record, params) for record, params, _ in batch])
+            self._write_many([record for record, _ in batch])
         except BaseException as exc:
-            for _, _, future in batch:
+            for _, future in batch:
                 future.set_exception(exc)
         else:
-            for _, _, future in batch:
+            for _, future in batch:
                 future.set_result(None)
 
     def _in_db_thread(self, record: StepRecord) -> concurrent.futures.Future[None]:
@@ -196,7 +198,8 @@ class DjangoRunStore:
         with self._pending_lock:
             if self._db_thread is None:
                 self._db_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="agentflow-db")
-            self._pending.append((record, params, future))
+            self._pending.append((record, future))
+            self._pending_params[id(record)] = params
             if not self._drain_scheduled:
                 self._drain_scheduled = True
                 self._db_thread.submit(self._drain)

@@ -126,7 +126,7 @@ def encode(value: Any, *, what: str, sort_keys: bool = False) -> str:
             value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, sort_keys=sort_keys
         )
     except ValueError as exc:  # an infinity or NaN, or a circular reference (which the walk must not meet)
-        problem = None if "ircular" in str(exc) else unstorable(value, max_depth=None)
+        problem = None if "Circular reference" in str(exc) else unstorable(value, max_depth=None)
         if problem is None:
             raise SerializationError(f"{what} is not JSON serializable: {exc}") from None
         raise _unstorable_error(what, problem) from None
@@ -232,6 +232,8 @@ def escaped(value: Any, *, what: str) -> Any:
         pass
     found: list[tuple[str, str]] = []
     repaired = _repair(value, _escape_text, _escape_number, "", found)
+    if not found:  # not JSON at all: nothing of ours to mend, and the store says so itself
+        return value
     logger.warning(
         "%s held what PostgreSQL cannot store; stored escaped: %s",
         what,

@@ -11,6 +11,7 @@ import pytest
 import agentflow
 from agentflow import archive, streams
 from agentflow.models import RunEvent, StepRun, WorkflowRun
+from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -34,6 +35,9 @@ def finish(*cases: tuple[str, str]) -> dict[tuple[str, str], WorkflowRun]:
 
 
 def _archived_whole(run: WorkflowRun) -> None:
+    # After the terminal event, the worker archives the stream and records its last id.
+    wait_for(lambda: WorkflowRun.objects.get(pk=run.pk).last_event_id, 10, "the archive")
+    run.refresh_from_db()
     events = streams.read_events(str(run.id))
     assert events[-1]["type"] in ("run.completed", "run.failed")
     assert run.last_event_id == events[-1]["id"]  # archived, and the stream left to expire
