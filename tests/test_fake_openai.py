@@ -320,3 +320,30 @@ def test_spawn_runs_in_a_process() -> None:
     assert fake.process.returncode == 0
     with pytest.raises(TypeError, match="latency_mss"):
         FakeOpenAI.spawn(latency_mss=1)
+
+
+def test_a_reply_that_ends_after_a_reset_counts_in_the_state_it_arrived_in(
+    fake: FakeOpenAI, client: openai.OpenAI
+) -> None:
+    # A client that gave up on a slow reply (a step's time-out) leaves it running at the server; the next test
+    # resets the server and must not see that reply in its counters when it finally ends.
+    done = threading.Event()
+
+    def slow_call() -> None:
+        slow = client.with_options(default_headers={"X-Fake-Latency-Ms": "400"})
+        try:
+            slow.chat.completions.create(model="slow-model", messages=MESSAGES)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=slow_call)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not fake.stats()["requests"] and time.monotonic() < deadline:
+        time.sleep(0.01)  # no event announces an arrival at the server but its counter
+    fake.reset()
+    assert done.wait(10)
+    thread.join(10)
+    stats = fake.stats()
+    assert stats["requests"] == 0
+    assert stats["totals"]["requests"] == 0 and "slow-model" not in stats["by_model"]

@@ -210,12 +210,15 @@ class Server:
             )
         payload = request.json()
         model = str(payload.get("model", ""))
-        self.state.requests += 1
-        self.state.log_request(model, request.api_key)
+        # Counted in the state of the request's arrival: a slow reply that ends after a reset (a client that
+        # gave up on it long ago) must not count against whoever reset the server since.
+        state = self.state
+        state.requests += 1
+        state.log_request(model, request.api_key)
         latency_ms = request.float_header("X-Fake-Latency-Ms", self.options.latency_ms)
         if latency_ms > 0:
             await asyncio.sleep(latency_ms / 1000)
-        fault = self.state.take_fault(model)
+        fault = state.take_fault(model)
         if fault is not None and fault.status is not None:
             headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
             kind, code = (
@@ -227,7 +230,7 @@ class Server:
             return await respond.error(fault.status, message, kind, fault.code or code, **headers)
         if fault is not None and fault.drop_after_chunks is not None and not payload.get("stream"):
             raise Dropped  # a non-streamed response cannot break half-way: close before answering
-        await handler(request, payload, model, respond, fault)
+        await handler(request, payload, model, respond, fault, state)
 
     def _reply(self, model: str, prompt: Any, limit: Any, fault: Fault | None) -> tuple[list[str], str]:
         if fault is not None and fault.words is not None:
@@ -245,7 +248,13 @@ class Server:
             yield piece
 
     async def _chat(
-        self, request: Request, payload: dict[str, Any], model: str, respond: Responder, fault: Fault | None
+        self,
+        request: Request,
+        payload: dict[str, Any],
+        model: str,
+        respond: Responder,
+        fault: Fault | None,
+        state: State,
     ) -> None:
         messages = payload["messages"]
         words, finish = self._reply(
@@ -281,10 +290,16 @@ class Server:
                 events.append(sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}))
             events.append(sse("[DONE]"))
             await respond.stream(self._paced(request, events, first=0), fault)
-        self.state.count(model, request.api_key, usage["prompt_tokens"], usage["completion_tokens"])
+        state.count(model, request.api_key, usage["prompt_tokens"], usage["completion_tokens"])
 
     async def _responses(
-        self, request: Request, payload: dict[str, Any], model: str, respond: Responder, fault: Fault | None
+        self,
+        request: Request,
+        payload: dict[str, Any],
+        model: str,
+        respond: Responder,
+        fault: Fault | None,
+        state: State,
     ) -> None:
         prompt = [payload.get("instructions"), payload["input"]]
         words, finish = self._reply(model, prompt, payload.get("max_output_tokens"), fault)
@@ -363,10 +378,16 @@ class Server:
             ]
             events = [sse({**event, "sequence_number": n}, event["type"]) for n, event in enumerate(raw)]
             await respond.stream(self._paced(request, events, first=3), fault)
-        self.state.count(model, request.api_key, input_tokens, len(words))
+        state.count(model, request.api_key, input_tokens, len(words))
 
     async def _embeddings(
-        self, request: Request, payload: dict[str, Any], model: str, respond: Responder, fault: Fault | None
+        self,
+        request: Request,
+        payload: dict[str, Any],
+        model: str,
+        respond: Responder,
+        fault: Fault | None,
+        state: State,
     ) -> None:
         inputs = payload["input"]
         if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
@@ -384,4 +405,4 @@ class Server:
         )
         usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
         await respond.json(200, {"object": "list", "data": data, "model": model, "usage": usage})
-        self.state.count(model, request.api_key, prompt_tokens, 0)
+        state.count(model, request.api_key, prompt_tokens, 0)
