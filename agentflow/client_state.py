@@ -8,8 +8,8 @@ tests/test_client_state_fixtures.py), so the browser, the CLI and the tests cann
     state["status"], state["output_text"], state["texts"]["section 1"], state["usage"]["cost_usd"]
 
 It applies the two voiding rules of docs/topics/events.md as events arrive: each content event (``status``,
-``data``, ``output.delta``) is kept in ``content`` with its ``(step, attempt, epoch)``; a ``step.retrying``
-or ``run.recovered`` drops the ones it voids and the derived fields (``output_text``, ``texts``, ``data``,
+``data``, ``output.delta``) is kept in ``content`` with its ``(step, attempt, epoch)``; a ``step.retrying``,
+``run.recovered`` or ``run.resumed`` drops the ones it voids and the derived fields (``output_text``, ``texts``, ``data``,
 ``status_text``, ``progress``) are computed again. So the state after any prefix of the stream is what a
 run that never failed would show at that point, and reducing a stream in pieces (a reconnect with
 ``after``) gives the state of reducing it whole.
@@ -56,6 +56,7 @@ _RUN_STATUS = {
     ev.RUN_QUEUED: "queued",
     ev.RUN_STARTED: "running",
     ev.RUN_RECOVERED: "running",
+    ev.RUN_RESUMED: "running",
     ev.RUN_CONTINUED: "running",
     ev.RUN_WAITING: "waiting",
     ev.RUN_COMPLETED: "completed",
@@ -139,7 +140,7 @@ def apply(state: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
     elif kind == ev.OUTPUT:
         state["has_output"] = True
         state["output"] = data.get("value")
-    elif kind in (ev.STEP_STARTED, ev.STEP_RETRYING, ev.STEP_COMPLETED, ev.STEP_FAILED):
+    elif kind in ev.STEP_TYPES:
         _step_event(state, event, kind, data)
     elif kind in _WAIT_STATUS and isinstance(event.get("step"), str):
         wait = state["waits"].setdefault(event["step"], {"kind": str(kind).split(".")[0]})
@@ -164,16 +165,21 @@ def _run_event(state: dict[str, Any], kind: str, data: dict[str, Any]) -> None:
         state["waiting"] = {"reason": data.get("reason"), "wake_at": data.get("wake_at")}
     elif kind == ev.RUN_RECOVERED:
         state["recoveries"] = int(data.get("recoveries") or state["recoveries"] + 1)
-        _recovered(state, set(data.get("void_steps") or ()), state["epoch"])
+        _run_again(state, set(data.get("void_steps") or ()), state["epoch"])
+    elif kind == ev.RUN_RESUMED:
+        state["recoveries"] = int(data.get("recoveries") or 0)  # resuming starts the count again
+        _run_again(state, set(data.get("void_steps") or ()), state["epoch"])
     elif kind in ev.TERMINAL_TYPES:
         state["done"] = True
+        _interrupt_running(state)
         state["duration_seconds"] = data.get("duration_seconds")
         if kind == ev.RUN_FAILED:
             state["error"] = data.get("error")
 
 
-def _recovered(state: dict[str, Any], void_steps: set[str], epoch: int) -> None:
-    """Rule 2: the dead incarnation's unfinished steps lose their content and their open attempts."""
+def _run_again(state: dict[str, Any], void_steps: set[str], epoch: int) -> None:
+    """Rule 2: the steps a new incarnation runs again (unfinished by a dead one, or failed or unfinished
+    before a resume) lose their earlier content and their open attempts."""
     for step_id in void_steps:
         step = state["steps"].get(step_id)
         if step is None:
@@ -183,6 +189,16 @@ def _recovered(state: dict[str, Any], void_steps: set[str], epoch: int) -> None:
                 attempt["status"] = "lost"
         step["status"] = "interrupted"
     _void(state, lambda c: c["step"] is not None and c["step"] in void_steps and c["epoch"] < epoch)
+
+
+def _interrupt_running(state: dict[str, Any]) -> None:
+    """At the run's end, a step still running (cut short by a cancellation or by its run's failure) is not."""
+    for step in state["steps"].values():
+        if step["status"] == "running":
+            step["status"] = "interrupted"
+            for attempt in step["attempts"]:
+                if attempt["status"] == "running":
+                    attempt["status"] = "lost"
 
 
 # -- steps -----------------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Resuming starts a new incarnation of the same run: its failed steps are forgotten, so they execute again,
 while its completed steps replay from their checkpoints. The run keeps its id, input, events and completed
-steps; its stream goes on after the earlier terminal event with ``run.started`` (so a client that saw
-``run.failed`` or ``run.cancelled`` subscribes again with that event's id to follow the resumed run).
+steps; its stream goes on after the earlier terminal event with ``run.resumed`` (so a client that saw
+``run.failed`` or ``run.cancelled`` subscribes again with that event's id to follow the resumed run), which
+lists the steps that run again: what they emitted before is void (docs/topics/events.md, rule 2).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def resume(run: Any, *, budget: Any = _KEEP) -> WorkflowRun:
     are resumed too (keeping their budgets), its error, output, finish time,
     cancellation request and recovery count are cleared, and its epoch is bumped (fencing anything a former
     incarnation still holds). Once that commits, the run's stream is made persistent again (rebuilt from the
-    archive if it expired) and the run is enqueued; the worker that takes it emits ``run.started``.
+    archive if it expired) and the run is enqueued; the worker that takes it emits ``run.resumed``.
     Raises ``RunNotFound``, or ``RunNotResumable`` if the run is not failed or cancelled.
 
     ``budget`` (``{"usd": ..., "tokens": ...}``, a ``Budget`` or ``None`` for no limit) replaces the run's:

@@ -131,6 +131,12 @@ def _error_dict(exc: BaseException) -> dict[str, Any]:
     return escaped(error, what="the run's error")  # type: ignore[no-any-return]
 
 
+# What _claim returns as the previous status of a run that resume() queued again.
+_RESUMING = "resuming"
+# Events read per page when a resumed incarnation looks through the run's history.
+_HISTORY_PAGE = 2000
+
+
 def _claim(run_id: str, epoch: int, worker: str) -> tuple[WorkflowRun, str] | None:
     """Take the run over as epoch + 1, or return None when this message is stale or the run is over."""
     now = timezone.now()
@@ -144,7 +150,8 @@ def _claim(run_id: str, epoch: int, worker: str) -> tuple[WorkflowRun, str] | No
                 "run %s: stale task (epoch %s, run at %s, %s); dropping", run_id, epoch, run.epoch, run.status
             )
             return None
-        previous = run.status
+        # Queued again after an incarnation ran (a first start has no started_at yet): resume() did that.
+        previous = _RESUMING if run.status == RunStatus.QUEUED and run.started_at else run.status
         run.epoch = epoch + 1
         run.status = RunStatus.RUNNING
         run.started_at = run.started_at or now
@@ -172,9 +179,14 @@ def _announce_recovery(
     stream is not void: it is replayed, so its content stands, and its missing end event is appended now.
     """
     run_id, epoch = str(run.id), run.epoch
+    events = streams.read_events(run_id, since=since or None)
+    if _resume_unannounced(events):
+        # The dead incarnation was a resumed one that died before its first event: announce the resume.
+        _announce_resume(run, sink, checkpoints)
+        return
     open_steps: dict[str, int] = {}
     announced: set[tuple[str, str]] = set()
-    for event in streams.read_events(run_id, since=since or None):
+    for event in events:
         if event["type"] == ev.STEP_STARTED:
             open_steps[event["step"]] = event.get("attempt") or 1
         elif event["type"] in (ev.STEP_COMPLETED, ev.STEP_FAILED):
@@ -206,6 +218,39 @@ def _announce_recovery(
                 data["usage"] = summary
             sink.emit(ev.envelope(kind, run_id, step=step, attempt=attempt, epoch=epoch, data=data))
     _announce_waits(run, sink, announced)
+
+
+def _resume_unannounced(events: list[dict[str, Any]]) -> bool:
+    """Whether the stream ends with the run's terminal event: the run was resumed (a finished run is running
+    again only then), and its first incarnation died before appending ``run.resumed``."""
+    return bool(events) and events[-1]["type"] in ev.TERMINAL_TYPES
+
+
+def _announce_resume(run: WorkflowRun, sink: streams.RedisSink, checkpoints: dict[str, Checkpoint]) -> None:
+    """Emit ``run.resumed``, voiding the earlier content of every step this incarnation may run again.
+
+    ``resume()`` deleted the run's failed checkpoints, so those steps run again, and so do the steps the
+    ended incarnation left unfinished (a run cancelled mid-step, or failed while other steps ran): every
+    step of the history without a completed (or failed) checkpoint. Its content is void; steps that completed
+    are replayed and keep theirs. The history is read once per resume, in pages.
+    """
+    from .archive import history
+
+    run_id = str(run.id)
+    seen: dict[str, None] = {}  # step ids in the order they first appear
+    after: str | None = None
+    while True:
+        page = history(run_id, after=after, limit=_HISTORY_PAGE)
+        for event in page:
+            kind, step = event["type"], event["step"]
+            if step is not None and (kind in ev.STEP_TYPES or kind in ev.CONTENT_TYPES):
+                seen[step] = None
+        if len(page) < _HISTORY_PAGE:
+            break
+        after = page[-1]["id"]
+    void = [step for step in seen if step not in checkpoints or checkpoints[step].status == WAITING]
+    data = {"void_steps": void, "recoveries": run.recoveries}
+    sink.emit(ev.envelope(ev.RUN_RESUMED, run_id, step=None, attempt=None, epoch=run.epoch, data=data))
 
 
 def _announce_waits(run: WorkflowRun, sink: streams.RedisSink, announced: set[tuple[str, str]]) -> None:
@@ -270,6 +315,9 @@ def _execute(run_id: str, epoch: int, worker: str) -> str | None:
         elif previous_status == RunStatus.WAITING:
             # The previous incarnation handed the run back (time slice, suspension, drain): nothing is void.
             sink.emit(ev.envelope(ev.RUN_CONTINUED, run_id, step=None, attempt=None, epoch=epoch, data={}))
+        elif previous_status == _RESUMING:
+            # A failed or cancelled run resumed: void what the steps that run again emitted before.
+            _announce_resume(run, sink, checkpoints)
         else:
             sink.emit(ev.envelope(ev.RUN_STARTED, run_id, step=None, attempt=None, epoch=epoch, data={}))
         sink.flush()

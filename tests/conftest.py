@@ -370,7 +370,7 @@ def apply_voiding(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 for e in kept
                 if not (e["type"] in ev.CONTENT_TYPES and (e["step"], e["attempt"], e["epoch"]) == void)
             ]
-        elif event["type"] == "run.recovered":
+        elif event["type"] in ("run.recovered", "run.resumed"):
             steps, epoch = set(event["data"]["void_steps"]), event["epoch"]
             kept = [
                 e

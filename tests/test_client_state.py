@@ -196,10 +196,47 @@ def test_a_resumed_run_goes_on_after_its_terminal_event() -> None:
     failed = {"type": "StepFailed", "message": "no"}
     state = cs.reduce([event(1, "run.started"), event(2, "run.failed", error=failed)])
     assert state["done"] and state["error"] == failed
-    cs.reduce([event(3, "run.started", epoch=2)], state)
+    cs.reduce([event(3, "run.resumed", epoch=3, void_steps=[], recoveries=0)], state)
     assert state["status"] == "running" and not state["done"] and state["error"] is None
-    cs.reduce([event(4, "output", epoch=2, value=1), event(5, "run.completed", epoch=2)], state)
+    cs.reduce([event(4, "output", epoch=3, value=1), event(5, "run.completed", epoch=3)], state)
     assert state["status"] == "completed" and state["output"] == 1
+
+
+def test_run_resumed_voids_the_earlier_content_of_the_steps_it_lists() -> None:
+    error = {"type": "E", "message": "m"}
+    state = cs.reduce(
+        [
+            event(1, "run.started"),
+            event(2, "step.started", "kept#0", 1, component="kept", parent=None),
+            delta(3, "A", "kept#0"),
+            event(4, "step.completed", "kept#0", 1, component="kept", parent=None),
+            event(5, "step.started", "failed#0", 1, component="failed", parent=None),
+            delta(6, "B", "failed#0"),
+            event(7, "step.failed", "failed#0", 1, component="failed", parent=None, error=error),
+            event(8, "step.started", "cut#0", 1, component="cut", parent=None),
+            delta(9, "C", "cut#0"),
+            delta(10, "D", None, None),
+            event(11, "run.cancelled", recoveries=2),
+        ]
+    )
+    # The end: a step still running is not (its attempt is lost); the failure and its text stand.
+    assert state["steps"]["cut#0"]["status"] == "interrupted"
+    assert state["steps"]["cut#0"]["attempts"][0]["status"] == "lost"
+    assert state["output_text"] == "ABCD" and state["steps"]["failed#0"]["status"] == "failed"
+    state["recoveries"] = 2
+    cs.apply(state, event(12, "run.resumed", epoch=3, void_steps=["failed#0", "cut#0"], recoveries=0))
+    assert state["output_text"] == "AD" and state["voided"] == 2 and state["recoveries"] == 0
+    assert state["steps"]["failed#0"]["status"] == "interrupted" and state["status"] == "running"
+    cs.reduce(
+        [
+            event(13, "step.started", "failed#0", 1, 3, component="failed", parent=None),
+            delta(14, "b", "failed#0", 1, 3),
+            event(15, "step.completed", "failed#0", 1, 3, component="failed", parent=None),
+        ],
+        state,
+    )
+    assert state["output_text"] == "ADb"
+    assert [a["status"] for a in state["steps"]["failed#0"]["attempts"]] == ["failed", "completed"]
 
 
 def test_a_wait_takes_the_status_of_its_last_event() -> None:
@@ -232,7 +269,10 @@ def recorded() -> list[Path]:
 
 def test_the_committed_recordings_cover_every_case_the_javascript_tests_need() -> None:
     names = {path.stem for path in recorded()}
-    assert {"fanout-retries", "recovered", "llm-cut-streams", "llm-fallback", "input-wait", "failed"} <= names
+    assert {
+        "fanout-retries", "recovered", "llm-cut-streams", "llm-fallback", "input-wait", "failed",
+        "resumed-after-failure", "resumed-after-cancel",
+    } <= names  # fmt: skip
 
 
 @pytest.mark.parametrize("path", recorded(), ids=lambda path: path.stem)

@@ -2,7 +2,7 @@
 the Python one rebuilds each run as the database has it.
 
 Each test runs a workflow on a real worker (retries, a SIGKILL and recovery, a fan-out of LLM calls whose
-streams the fake server cuts, a failure), reads its events back the way a client that lost its connection
+streams the fake server cuts, a failure, runs resumed after a failure and a cancellation), reads its events back the way a client that lost its connection
 twice would (``after`` the last id it had), checks the reducer's state against the run and its checkpoints,
 and writes ``{"events", "cuts", "expected"}`` to ``$AGENTFLOW_CLIENT_FIXTURES`` (default
 ``artifacts/client-state/``), where ``node --test tests/js/`` reads them next to the committed copies in
@@ -29,9 +29,11 @@ from agentflow import archive, client_state
 from agentflow.conf import agentflow_settings
 from agentflow.models import StepRun, WorkflowRun
 from agentflow.monitor import check_runs
+from agentflow.resume import resume
 from agentflow.testing.fake_openai import FakeOpenAI, FakeOpenAIProcess
 from tests.conftest import ROOT, Worker, wait_for
-from tests.testapp.workflows_chaos import piece_text
+from tests.testapp.workflows import effects
+from tests.testapp.workflows_chaos import piece_text, resume_gate_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -269,3 +271,51 @@ def test_run_recovered_after_its_worker_was_killed(
     assert state["recoveries"] == 1 and state["voided"] > 0
     assert any(a["status"] == "lost" for s in state["steps"].values() for a in s["attempts"])
     assert texts_by_step(state) == {f"chaos_piece#{i}": piece_text(i, 6) for i in range(8)}
+
+
+def test_run_failed_mid_stream_then_resumed(recording_worker: Worker) -> None:
+    # Piece 1 fails for good half-way (both attempts) while its siblings complete; resumed with the gate
+    # open, it runs again from its first chunk: what it streamed before the failure is void.
+    tag = uuid.uuid4().hex
+    shape = {"width": 3, "chunks": 6, "delay_seconds": 0.02, "gated": [1]}
+    run = agentflow.start("resumable-stream", {"tag": tag, **shape})
+    with pytest.raises(agentflow.RunFailed):
+        agentflow.wait(run, timeout_seconds=60)
+    failed = client_state.reduce(archive.history(str(run.pk)))
+    assert texts_by_step(failed)["gated_piece#1"] == piece_text(1, 3)  # the failed attempt's half stands
+    effects().set(resume_gate_key(tag), 1)
+    resume(run.pk)
+    output = agentflow.wait(run, timeout_seconds=60)
+    state = record(
+        "resumed-after-failure", "a step fails for good mid-stream; the run is resumed", str(run.pk), 6
+    )
+    assert output == {"tag": tag, "total": 0 + 1 + 4}
+    # Each piece's text exactly once: the resumed run streamed piece 1 again, its siblings were replayed.
+    assert texts_by_step(state) == {f"gated_piece#{i}": piece_text(i, 6) for i in range(3)}
+    assert state["status"] == "completed" and state["steps"]["gated_piece#1"]["status"] == "completed"
+    resumed = [e for e in archive.history(str(run.pk)) if e["type"] == "run.resumed"]
+    assert [e["data"]["void_steps"] for e in resumed] == [["gated_piece#1"]]
+
+
+def test_run_cancelled_mid_fan_out_then_resumed(recording_worker: Worker) -> None:
+    # Cancelled while its three pieces stream: they stop at their next sub-step without an end event, and
+    # the resumed run runs all three again.
+    tag = uuid.uuid4().hex
+    run = agentflow.start("resumable-stream", {"tag": tag, "width": 3, "chunks": 8, "delay_seconds": 0.1})
+    run_id = str(run.pk)
+
+    def streaming() -> bool:
+        return sum(e["type"] == "output.delta" for e in archive.history(run_id)) >= 4
+
+    wait_for(streaming, 30, "the pieces to stream")
+    agentflow.cancel(run)
+    with pytest.raises(agentflow.RunFailed, match="ended cancelled"):
+        agentflow.wait(run, timeout_seconds=60)
+    cancelled = client_state.reduce(archive.history(run_id))
+    assert cancelled["status"] == "cancelled" and cancelled["output_text"]
+    resume(run.pk)
+    agentflow.wait(run, timeout_seconds=60)
+    state = record("resumed-after-cancel", "a run cancelled mid-fan-out, resumed", run_id, 7)
+    assert texts_by_step(state) == {f"gated_piece#{i}": piece_text(i, 8) for i in range(3)}
+    resumed = next(e for e in archive.history(run_id) if e["type"] == "run.resumed")
+    assert set(resumed["data"]["void_steps"]) == {f"gated_piece#{i}" for i in range(3)}

@@ -10,7 +10,7 @@ from agentflow.core import events as ev
 from agentflow.core.context import Checkpoint
 from agentflow.models import RunStatus, WorkflowRun
 from agentflow.monitor import append_terminal
-from agentflow.runner import _announce_recovery
+from agentflow.runner import _announce_recovery, _announce_resume
 
 pytestmark = pytest.mark.django_db
 
@@ -115,3 +115,59 @@ def test_recovery_announces_the_waits_the_dead_incarnation_checkpointed_but_did_
     assert repaired[0]["data"] == {
         "key": "approve", "prompt": "OK?", "schema": {"type": "boolean"}, "timeout_at": None, "recovered": True,
     }  # fmt: skip
+
+
+def test_a_resumed_incarnation_voids_the_steps_it_runs_again(redis_client):
+    """``run.resumed`` lists every step of the history without a completed or failed checkpoint: the ones
+    resume() forgot (failed) and the ones the ended incarnation left unfinished; not those it replays."""
+    run = WorkflowRun.objects.create(workflow="w", status=RunStatus.RUNNING, epoch=1)
+    run_id = str(run.id)
+    first = streams.RedisSink(run_id, 1, streams.claim(run_id, 1))
+    emit(first, ev.RUN_STARTED)
+    emit(first, ev.STEP_STARTED, "done#0", 1)
+    emit(first, ev.OUTPUT_DELTA, "done#0", 1, text="kept")
+    emit(first, ev.STEP_COMPLETED, "done#0", 1)
+    emit(first, ev.STEP_STARTED, "failed#0", 1)
+    emit(first, ev.OUTPUT_DELTA, "failed#0", 1, text="void")
+    emit(first, ev.STEP_FAILED, "failed#0", 1, error={"type": "E", "message": "m"})
+    emit(first, ev.STEP_STARTED, "waiting#0", 1)
+    emit(first, ev.STEP_RETRYING, "waiting#0", 1, delay_seconds=60, next_attempt=2)
+    emit(first, ev.STEP_STARTED, "cut#0", 1)
+    emit(first, ev.OUTPUT_DELTA, "cut#0", 1, text="void")
+    emit(first, ev.RUN_CANCELLED)
+    first.close()
+
+    run.epoch = 3  # resume() bumped it to 2; this claim to 3
+    second = streams.RedisSink(run_id, 3, streams.claim(run_id, 3))
+    checkpoints = {"done#0": Checkpoint("completed"), "waiting#0": Checkpoint("waiting", attempts=1)}
+    _announce_resume(run, second, checkpoints)
+    second.close()
+    resumed = streams.read_events(run_id)[-1]
+    assert resumed["type"] == ev.RUN_RESUMED and resumed["epoch"] == 3
+    assert resumed["data"] == {"void_steps": ["failed#0", "waiting#0", "cut#0"], "recoveries": 0}
+
+
+def test_recovering_a_resumed_run_that_never_announced_itself_announces_the_resume(redis_client):
+    """The resumed run's first incarnation died before ``run.resumed``: the stream still ends with the
+    terminal event, so the recovering incarnation appends ``run.resumed`` (not ``run.recovered``)."""
+    run = WorkflowRun.objects.create(workflow="w", status=RunStatus.RUNNING, epoch=1, recoveries=1)
+    run_id = str(run.id)
+    first = streams.RedisSink(run_id, 1, streams.claim(run_id, 1))
+    emit(first, ev.RUN_STARTED)
+    first.flush()
+    streams.mark_incarnation_start(run_id, first.first_id)
+    emit(first, ev.STEP_STARTED, "failed#0", 1)
+    emit(first, ev.OUTPUT_DELTA, "failed#0", 1, text="void")
+    emit(first, ev.STEP_FAILED, "failed#0", 1, error={"type": "E", "message": "m"})
+    emit(first, ev.RUN_FAILED, error={"type": "StepFailed"})
+    first.close()
+
+    streams.claim(run_id, 3)  # the resumed incarnation claimed the run, then died without an event
+    run.epoch = 4
+    claim = streams.claim(run_id, 4)
+    second = streams.RedisSink(run_id, 4, claim)
+    _announce_recovery(run, second, claim.start, {})
+    second.close()
+    last = streams.read_events(run_id)[-1]
+    assert (last["type"], last["epoch"]) == (ev.RUN_RESUMED, 4)
+    assert last["data"] == {"void_steps": ["failed#0"], "recoveries": 1}

@@ -149,9 +149,10 @@ class Follower:
             dropped = state["voided"] - self.voided
             self.voided = state["voided"]
             self.shown = len(state["output_text"])
-            self.say(
-                f"(void: {dropped} content events of {event['step'] or 'a lost incarnation'} were dropped)"
+            source = event["step"] or (
+                "the steps run again" if kind == "run.resumed" else "a lost incarnation"
             )
+            self.say(f"(void: {dropped} content events of {source} were dropped)")
         if kind == "output.delta":
             text = state["output_text"][self.shown :]
             self.shown = len(state["output_text"])
@@ -179,6 +180,10 @@ class Follower:
         elif kind == "run.recovered":
             self.say(
                 f"run recovered (epoch {event['epoch']}): {len(event['data'].get('void_steps') or [])} steps run again"
+            )
+        elif kind == "run.resumed":
+            self.say(
+                f"run resumed (epoch {event['epoch']}): {len(event['data'].get('void_steps') or [])} steps run again"
             )
         elif kind == "run.waiting":
             self.say(f"run waiting ({event['data'].get('reason')}) until {event['data'].get('wake_at')}")

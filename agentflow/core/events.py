@@ -18,6 +18,7 @@ from .serialization import encode as encode_json
 RUN_QUEUED = "run.queued"
 RUN_STARTED = "run.started"
 RUN_RECOVERED = "run.recovered"
+RUN_RESUMED = "run.resumed"
 RUN_WAITING = "run.waiting"
 RUN_CONTINUED = "run.continued"
 STEP_STARTED = "step.started"
@@ -42,12 +43,15 @@ RUN_CANCELLED = "run.cancelled"
 CONTENT_TYPES = frozenset({STATUS, DATA, OUTPUT_DELTA})
 #: Exactly one of these ends every run's stream.
 TERMINAL_TYPES = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED})
+#: Events about a step's attempts.
+STEP_TYPES = frozenset({STEP_STARTED, STEP_RETRYING, STEP_COMPLETED, STEP_FAILED})
 
 ALL_TYPES = frozenset(
     {
         RUN_QUEUED,
         RUN_STARTED,
         RUN_RECOVERED,
+        RUN_RESUMED,
         RUN_WAITING,
         RUN_CONTINUED,
         STEP_STARTED,

@@ -170,7 +170,9 @@ def test_resume_a_failed_run_runs_its_failed_step_again(api, expired):
     events = all_events(api, run_id)
     assert events[: len(before)] == before  # history kept, ids unchanged
     new = [e["type"] for e in events[len(before) :]]
-    assert new == ["run.started", "step.started", "step.completed", "output", "run.completed"]
+    assert new == ["run.resumed", "step.started", "step.completed", "output", "run.completed"]
+    # The failed step runs again: its earlier content is void (prepare#0 is replayed: its stands).
+    assert events[len(before)]["data"] == {"void_steps": ["gate#0"], "recoveries": 0}
     # Replaying the workflow body appended none of its status events again.
     assert statuses(events) == ["preparing", "at the gate"]
     ids = [streams.split_id(e["id"]) for e in events]

@@ -38,7 +38,10 @@ const all = fixtures();
 
 test("the committed recordings are there", () => {
   const names = new Set(all.filter((f) => f.path.startsWith(join(here, "fixtures"))).map((f) => f.name));
-  for (const name of ["fanout-retries", "recovered", "llm-cut-streams", "llm-fallback", "input-wait", "failed"]) {
+  for (const name of [
+    "fanout-retries", "recovered", "llm-cut-streams", "llm-fallback", "input-wait", "failed",
+    "resumed-after-failure", "resumed-after-cancel",
+  ]) {
     assert.ok(names.has(name), name);
   }
 });

@@ -10,7 +10,7 @@ from typing import Any
 import agentflow
 from agentflow import component, workflow
 
-from .workflows import count
+from .workflows import count, effects
 
 
 def chunk_text(index: int, chunk: int) -> str:
@@ -113,3 +113,54 @@ def swallow_cancel(tag: str, iterations: int = 400, in_body: bool = False) -> in
     if in_body:
         return _swallowing(tag, iterations)
     return swallowing_loop(tag, iterations)
+
+
+def resume_gate_key(tag: str) -> str:
+    return f"agentflow-tests:resume-gate:{tag}"
+
+
+@component
+def mark(index: int, chunk: int) -> int:
+    """A sub-step between two chunks: a step boundary, where a cancellation stops the piece calling it."""
+    return chunk
+
+
+@component
+def gated_piece(item: dict[str, Any]) -> int:
+    """Streams ``chunks`` chunks with a sub-step after each; a ``gated`` piece fails half-way (every attempt)
+    until the test opens its tag's gate."""
+    step = agentflow.current_step()
+    epoch, attempt = (step.epoch, step.attempt) if step is not None else (0, 1)
+    count(item["tag"], f"piece-{item['index']}@{epoch}.{attempt}")
+    for chunk in range(item["chunks"]):
+        if (
+            item["gated"]
+            and chunk == item["chunks"] // 2
+            and not effects().exists(resume_gate_key(item["tag"]))
+        ):
+            raise RuntimeError(f"piece {item['index']}: the gate is closed")
+        agentflow.stream_output(chunk_text(item["index"], chunk))
+        mark(item["index"], chunk)
+        time.sleep(item["delay_seconds"])
+    return int(item["index"]) ** 2
+
+
+@workflow(name="resumable-stream")
+async def resumable_stream(
+    tag: str, width: int = 3, chunks: int = 6, delay_seconds: float = 0.05, gated: list[int] | None = None
+) -> dict[str, Any]:
+    """``width`` concurrent streaming steps (``gated_piece#<n>``); the ``gated`` ones fail half-way for good
+    (two attempts) until the test opens the gate, then the run is resumed. Or a test cancels it mid-stream."""
+    piece = gated_piece.retry(max_attempts=2, initial_delay_seconds=0.01, jitter=False)
+    agentflow.status("streaming")
+    items = [
+        {
+            "tag": tag,
+            "index": index,
+            "chunks": chunks,
+            "delay_seconds": delay_seconds,
+            "gated": index in (gated or []),
+        }
+        for index in range(width)
+    ]
+    return {"tag": tag, "total": sum(await agentflow.map(piece, items))}

@@ -15,7 +15,7 @@
 export const CONTENT_TYPES = Object.freeze(["status", "data", "output.delta"]);
 export const TERMINAL_TYPES = Object.freeze(["run.completed", "run.failed", "run.cancelled"]);
 export const EVENT_TYPES = Object.freeze([
-  "run.queued", "run.started", "run.recovered", "run.waiting", "run.continued",
+  "run.queued", "run.started", "run.recovered", "run.resumed", "run.waiting", "run.continued",
   "step.started", "step.retrying", "step.completed", "step.failed",
   "status", "data", "output.delta", "output",
   "input.requested", "input.received", "input.timed_out", "child.started", "child.completed", "child.failed",
@@ -40,6 +40,7 @@ const RUN_STATUS = {
   "run.queued": "queued",
   "run.started": "running",
   "run.recovered": "running",
+  "run.resumed": "running",
   "run.continued": "running",
   "run.waiting": "waiting",
   "run.completed": "completed",
@@ -140,16 +141,21 @@ function runEvent(state, kind, data) {
     state.waiting = { reason: orNull(data.reason), wake_at: orNull(data.wake_at) };
   } else if (kind === "run.recovered") {
     state.recoveries = Math.trunc(data.recoveries || state.recoveries + 1);
-    recovered(state, new Set(data.void_steps || []), state.epoch);
+    runAgain(state, new Set(data.void_steps || []), state.epoch);
+  } else if (kind === "run.resumed") {
+    state.recoveries = Math.trunc(data.recoveries || 0); // resuming starts the count again
+    runAgain(state, new Set(data.void_steps || []), state.epoch);
   } else if (TERMINAL.has(kind)) {
     state.done = true;
+    interruptRunning(state);
     state.duration_seconds = orNull(data.duration_seconds);
     if (kind === "run.failed") state.error = orNull(data.error);
   }
 }
 
-function recovered(state, voidSteps, epoch) {
-  // Rule 2: the dead incarnation's unfinished steps lose their content and their open attempts.
+function runAgain(state, voidSteps, epoch) {
+  // Rule 2: the steps a new incarnation runs again (unfinished by a dead one, or failed or unfinished before
+  // a resume) lose their earlier content and their open attempts.
   for (const id of voidSteps) {
     const step = state.steps[id];
     if (!step) continue;
@@ -159,6 +165,15 @@ function recovered(state, voidSteps, epoch) {
     step.status = "interrupted";
   }
   voidContent(state, (c) => c.step !== null && voidSteps.has(c.step) && c.epoch < epoch);
+}
+
+function interruptRunning(state) {
+  // At the run's end, a step still running (cut short by a cancellation or by its run's failure) is not.
+  for (const step of Object.values(state.steps)) {
+    if (step.status !== "running") continue;
+    step.status = "interrupted";
+    for (const attempt of step.attempts) if (attempt.status === "running") attempt.status = "lost";
+  }
 }
 
 function getStep(state, id, data) {
