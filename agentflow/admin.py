@@ -518,7 +518,10 @@ class WorkflowRunAdmin(RunWaitsAdminMixin, LightChangeListMixin, admin.ModelAdmi
                 can_cancel=can_act and obj.status not in FINISHED_STATUSES,
                 can_resume=can_act and obj.status in (RunStatus.FAILED, RunStatus.CANCELLED),
                 can_act=can_act,
-                agentflow_page=admin_live.page_config(obj, rows, events, latest=before is None),
+                agentflow_page={
+                    **admin_live.page_config(obj, rows, events, latest=before is None),
+                    "inputs": self.inputs_config(request, obj),
+                },
             )
         return super().render_change_form(request, context, add, change, form_url, obj)
 

@@ -15,7 +15,7 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
@@ -79,7 +79,22 @@ class RunWaitsAdminMixin:
             "waits_children": children,
         }
 
+    def inputs_config(self, request: HttpRequest, run: WorkflowRun) -> dict[str, Any]:
+        """What the run page's script needs to answer requests for input: whether this user may, and where
+        (``__key__`` stands for the key; keys are URL-safe)."""
+        url = reverse(f"{self.admin_site.name}:agentflow_workflowrun_input", args=[run.pk, "__key__"])
+        return {"canAnswer": self.has_answer_permission(request), "answerUrl": url}
+
     def answer_view(self, request: HttpRequest, object_id: str, key: str) -> HttpResponse:
+        """POST an answer: the form's ``answer`` field (JSON text), then back to the run page with a message.
+
+        The run page's script (admin_run.js, through agentflow.js's ``answerInput``) posts the answer itself
+        as ``application/json`` instead, and gets JSON back as from the REST API: the answered request, or
+        ``{"code", "message", "details"}`` with 400 (``invalid_answer`` and its field errors,
+        ``malformed_json``), 403, 404 or 409; the page shows the field errors without a reload.
+        """
+        if request.content_type == "application/json":
+            return self._answer_json(request, object_id, key)
         run_url = reverse(f"{self.admin_site.name}:agentflow_workflowrun_change", args=[object_id])
         if request.method != "POST":
             return HttpResponseRedirect(run_url)
@@ -102,6 +117,31 @@ class RunWaitsAdminMixin:
         else:
             messages.success(request, f"Answered {key!r}: the run continues.")
         return HttpResponseRedirect(run_url)
+
+    def _answer_json(self, request: HttpRequest, object_id: str, key: str) -> HttpResponse:
+        if request.method != "POST":
+            return _error(405, "method_not_allowed", "POST the answer")
+        if not self.has_answer_permission(request):
+            return _error(403, "permission_denied", "answering needs the permission to change runs")
+        run = WorkflowRun.objects.filter(pk=object_id).first() if _is_uuid(object_id) else None
+        if run is None:
+            return _error(404, "run_not_found", f"no run {object_id[:100]!r}")
+        try:
+            value = json.loads(request.body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return _error(400, "malformed_json", f"the answer is not JSON: {exc}")
+        try:
+            answered = send_input(run, key, value, user=request.user)
+        except AgentflowError as exc:
+            from .exceptions import AGENTFLOW_STATUSES
+
+            return _error(AGENTFLOW_STATUSES.get(exc.code, 400), exc.code, exc.message, exc.details)
+        return JsonResponse(answered.as_dict())
+
+
+def _error(status: int, code: str, message: str, details: Any = None) -> JsonResponse:
+    """An error as the REST API words it, so agentflow.js's answerInput reads both alike."""
+    return JsonResponse({"code": code, "message": message, "details": details}, status=status)
 
 
 def _is_uuid(value: str) -> bool:

@@ -59,7 +59,34 @@ def test_the_run_page_shows_pending_input_with_a_form_and_answers_it(
     step = StepRun.objects.get(run=waiting, step_id="input:approve")
     assert step.output["answer"] == {"approved": True, "notes": ""} and step.output["answered_by"] == "admin"
     html = admin_client.get(change_url(waiting)).content.decode()
-    assert 'id="agentflow-input"' not in html and 'id="agentflow-inputs"' in html
+    # The pending requests' fieldset is hidden (the page's script shows it again if the run asks again).
+    assert '<fieldset class="module" id="agentflow-input" hidden>' in html
+    assert '<fieldset class="module" id="agentflow-inputs">' in html
+
+
+def test_the_run_pages_script_answers_with_json_and_gets_the_apis_errors(
+    admin_client: Any, waiting: WorkflowRun
+) -> None:
+    """What admin_run.js posts (through agentflow.js's answerInput): JSON in, JSON out, no redirect."""
+
+    def post(body: str, key: str = "approve", run: Any = waiting) -> Any:
+        return admin_client.post(answer_url(run, key), body, content_type="application/json")
+
+    bad = post('{"approved": "perhaps"}')
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_answer"
+    assert [d["field"] for d in bad.json()["details"]] == ["approved"]
+    assert post("{nope").json()["code"] == "malformed_json" and post("{nope").status_code == 400
+    assert post("true", key="other").status_code == 404 and post("true", key="other").json()["code"] == (
+        "input_not_found"
+    )
+    assert "answer" not in StepRun.objects.get(run=waiting, step_id="input:approve").output
+
+    ok = post('{"approved": true, "notes": "fine"}')
+    assert ok.status_code == 200
+    assert ok.json()["status"] == "answered" and ok.json()["value"] == {"approved": True, "notes": "fine"}
+    again = post('{"approved": false}')
+    assert again.status_code == 409 and again.json()["code"] == "input_already_answered"
+    assert StepRun.objects.get(run=waiting, step_id="input:approve").output["answer"]["approved"] is True
 
 
 def test_answering_needs_the_change_permission(client: Any, waiting: WorkflowRun) -> None:
@@ -70,6 +97,8 @@ def test_answering_needs_the_change_permission(client: Any, waiting: WorkflowRun
     client.force_login(user)
     assert "You may not answer" in client.get(change_url(waiting)).content.decode()
     assert client.post(answer_url(waiting, "approve"), {"answer": "true"}).status_code == 403
+    refused = client.post(answer_url(waiting, "approve"), "true", content_type="application/json")
+    assert refused.status_code == 403 and refused.json()["code"] == "permission_denied"
     assert "answer" not in StepRun.objects.get(run=waiting, step_id="input:approve").output
 
 

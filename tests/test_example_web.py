@@ -59,9 +59,22 @@ def test_the_form_has_a_field_per_property_with_its_type_default_and_requirement
             "tags": {"type": "array", "items": {"type": "string"}},
         },
     }
-    form = schema_form(schema)({"topic": "otters", "sections": "4", "mode": '"slow"', "tags": '["a"]'})
+    form = schema_form(schema)({"topic": "otters", "sections": "4", "mode": '"slow"', "tags": "a\n\n b \n"})
     assert form.is_valid(), form.errors
-    assert form.input() == {"topic": "otters", "sections": 4, "draft": False, "mode": "slow", "tags": ["a"]}
+    assert form.input() == {
+        "topic": "otters",
+        "sections": 4,
+        "draft": False,
+        "mode": "slow",
+        "tags": ["a", "b"],
+    }
+    # Each widget says which JSON its value is, for the run page's script (answers to requests for input).
+    kinds = {name: field.widget.attrs["data-kind"] for name, field in form.fields.items()}
+    assert kinds == {
+        "topic": "string", "sections": "integer", "ratio": "number", "draft": "boolean", "mode": "enum",
+        "limit": "integer", "tags": "lines",
+    }  # fmt: skip
+    assert schema_form(schema)({"topic": "otters", "tags": ""}).is_valid()  # an optional list left empty
     assert form.fields["topic"].required and not form.fields["limit"].required
     assert form.fields["sections"].initial == 3
 
@@ -110,3 +123,41 @@ def test_other_users_runs_and_unknown_workflows_are_404(client: Client, user: An
     assert client.post(f"/runs/{run.pk}/cancel/").status_code == 404
     assert client.get("/workflows/nope/").status_code == 404
     assert str(run.pk)[:8] not in client.get("/runs/").content.decode()
+
+
+def test_the_form_for_an_answer_is_generated_from_the_requests_schema(client: Client, user: Any) -> None:
+    """The fragment the run page inserts when the run asks (static/web/run.js posts what it describes)."""
+    import time
+
+    from agentflow.models import StepRun
+    from example_project.blog.workflows import OutlineReview
+
+    run = WorkflowRun.objects.create(workflow="blog-post", owner=user, status="waiting", wait_reason="input")
+    schema = OutlineReview.model_json_schema()
+    StepRun.objects.create(
+        run=run, step_id="input:outline", component="input", status="waiting", attempts=0,
+        input={"key": "outline", "prompt": "Approve <this>?", "schema": schema},
+        output={"requested_at": time.time(), "timeout_at": None},
+    )  # fmt: skip
+    StepRun.objects.create(
+        run=run, step_id="input:size", component="input", status="waiting", attempts=0,
+        input={"key": "size", "prompt": "", "schema": {"type": "integer", "minimum": 1}},
+        output={"requested_at": time.time(), "timeout_at": None},
+    )  # fmt: skip
+    client.force_login(user)
+    html = client.get(f"/runs/{run.pk}/questions/outline/").content.decode()
+    assert 'id="question-outline"' in html and "Approve &lt;this&gt;?" in html and "data-single" not in html
+    assert 'name="answer-outline-approved"' in html and 'data-kind="boolean"' in html
+    assert 'name="answer-outline-headings"' in html and 'data-kind="lines"' in html
+    assert 'name="answer-outline-notes"' in html and 'data-kind="string"' in html
+    single = client.get(f"/runs/{run.pk}/questions/size/").content.decode()
+    assert (
+        "data-single" in single and 'name="answer-size-answer"' in single and 'data-kind="integer"' in single
+    )
+    assert client.get(f"/runs/{run.pk}/questions/nope/").status_code == 404
+    page = client.get(f"/runs/{run.pk}/").content.decode()
+    assert f"/runs/{run.pk}/questions/__key__/" in page  # where the page's script asks for a form
+
+    bob = get_user_model().objects.create_user("bob2", password="pw")
+    client.force_login(bob)
+    assert client.get(f"/runs/{run.pk}/questions/outline/").status_code == 404

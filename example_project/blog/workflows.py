@@ -151,7 +151,9 @@ async def blog_post(
         if not decision.approved:
             agentflow.status("Outline rejected: nothing drafted", progress=1.0)
             return Post(title=topic.title(), model=model, sections=[], words=0, approved=False)
-        headings = decision.headings or headings
+        if decision.headings and decision.headings != headings:
+            headings = decision.headings
+            agentflow.publish("outline", {"headings": headings})  # the pages head the sections with these
 
     agentflow.status(f"Drafting {len(headings)} sections at once", progress=0.4)
     jobs = [

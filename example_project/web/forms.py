@@ -1,9 +1,12 @@
-"""A Django form for a workflow's input, generated from its JSON Schema (what ``Workflow.input_schema()`` and
-``GET /api/workflows/<name>/`` publish): a text box per string, a number box per integer or number, a
-checkbox per boolean, a select per enum, and a JSON text area for anything else (objects, lists, unions).
+"""A Django form generated from a JSON Schema: a workflow's input (what ``Workflow.input_schema()`` and
+``GET /api/workflows/<name>/`` publish) or the answer to a run's request for input (``input.requested``'s
+``schema``): a text box per string, a number box per integer or number, a checkbox per boolean, a select per
+enum, a text area with one line per item for a list of strings, and a JSON text area for anything else
+(objects, other lists, unions).
 
 The workflow validates the input again when the run starts (``agentflow.start``); its field errors are put
-back on the form (``add_input_errors``).
+back on the form (``add_input_errors``). Each widget says which JSON its value is (``data-kind``), so the run
+page's script (static/web/run.js) builds an answer from the form and posts it with agentflow.js.
 """
 
 from __future__ import annotations
@@ -30,7 +33,27 @@ def _unwrap(schema: dict[str, Any], defs: dict[str, Any]) -> tuple[dict[str, Any
     return schema, False
 
 
+class LinesField(forms.CharField):
+    """A list of strings, one per line; blank lines are dropped."""
+
+    widget = forms.Textarea(attrs={"rows": 4})
+
+    def prepare_value(self, value: Any) -> Any:
+        return "\n".join(str(item) for item in value) if isinstance(value, list) else value
+
+    def to_python(self, value: Any) -> list[str]:  # type: ignore[override]
+        text = super().to_python(value)
+        return [line.strip() for line in str(text).splitlines() if line.strip()]
+
+
 def field_for(schema: dict[str, Any], required: bool, defs: dict[str, Any]) -> forms.Field:
+    """The form field for one property's schema, its widget marked with the kind of JSON it gives."""
+    field = _field(schema, required, defs)
+    field.widget.attrs["data-kind"] = field.json_kind  # type: ignore[attr-defined]
+    return field
+
+
+def _field(schema: dict[str, Any], required: bool, defs: dict[str, Any]) -> forms.Field:
     prop, nullable = _unwrap(schema, defs)
     options: dict[str, Any] = {
         "label": prop.get("title"),
@@ -44,19 +67,31 @@ def field_for(schema: dict[str, Any], required: bool, defs: dict[str, Any]) -> f
         choices = [(json.dumps(value), str(value)) for value in prop["enum"]]
         if "initial" in options:
             options["initial"] = json.dumps(options["initial"])
-        return forms.TypedChoiceField(choices=choices, coerce=json.loads, **options)
+        return _kind(forms.TypedChoiceField(choices=choices, coerce=json.loads, **options), "enum")
     if kind == "string":
-        return forms.CharField(min_length=prop.get("minLength"), max_length=prop.get("maxLength"), **options)
+        field = forms.CharField(min_length=prop.get("minLength"), max_length=prop.get("maxLength"), **options)
+        return _kind(field, "string")
     if kind == "integer":
-        return forms.IntegerField(min_value=prop.get("minimum"), max_value=prop.get("maximum"), **options)
+        field = forms.IntegerField(min_value=prop.get("minimum"), max_value=prop.get("maximum"), **options)
+        return _kind(field, "integer")
     if kind == "number":
-        return forms.FloatField(min_value=prop.get("minimum"), max_value=prop.get("maximum"), **options)
+        field = forms.FloatField(min_value=prop.get("minimum"), max_value=prop.get("maximum"), **options)
+        return _kind(field, "number")
     if kind == "boolean":
-        return forms.BooleanField(**{**options, "required": False})
+        return _kind(forms.BooleanField(**{**options, "required": False}), "boolean")
+    items = prop.get("items")
+    if kind == "array" and isinstance(items, dict) and items.get("type") == "string" and "enum" not in items:
+        options["help_text"] = (options["help_text"] + " (one per line)").strip()
+        return _kind(LinesField(**options), "lines")
     if "initial" in options:
         options["initial"] = json.dumps(options["initial"])
     options["help_text"] = (options["help_text"] + " (JSON)").strip()
-    return forms.JSONField(widget=forms.Textarea(attrs={"rows": 3}), **options)
+    return _kind(forms.JSONField(widget=forms.Textarea(attrs={"rows": 3}), **options), "json")
+
+
+def _kind(field: forms.Field, kind: str) -> forms.Field:
+    field.json_kind = kind  # type: ignore[attr-defined]
+    return field
 
 
 class WorkflowInputForm(forms.Form):
@@ -65,7 +100,7 @@ class WorkflowInputForm(forms.Form):
         return {
             name: value
             for name, value in self.cleaned_data.items()
-            if not (value in (None, "") and not self.fields[name].required)
+            if not (value in (None, "", []) and not self.fields[name].required)
         }
 
     def add_input_errors(self, details: Any, message: str) -> None:
@@ -89,3 +124,11 @@ def schema_form(schema: dict[str, Any]) -> type[WorkflowInputForm]:
         for name, prop in (schema.get("properties") or {}).items()
     }
     return type("WorkflowInputForm", (WorkflowInputForm,), fields)
+
+
+def answer_form(schema: dict[str, Any]) -> tuple[type[WorkflowInputForm], bool]:
+    """The form for the answer to a request for input, and whether the answer is its one field ``answer``
+    rather than the object of its fields (a schema that is not an object's: ``bool``, a list, any JSON)."""
+    if schema.get("type") == "object" or "properties" in schema:
+        return schema_form(schema), False
+    return schema_form({"type": "object", "required": ["answer"], "properties": {"answer": schema}}), True

@@ -12,6 +12,7 @@ urlpatterns = [
     path("runs/<uuid:run_id>/", views.run_page, name="run"),
     path("runs/<uuid:run_id>/cancel/", views.cancel_run, name="cancel"),
     path("runs/<uuid:run_id>/resume/", views.resume_run, name="resume"),
+    path("runs/<uuid:run_id>/questions/<str:key>/", views.question_form, name="question"),
     path("accounts/login/", auth_views.LoginView.as_view(template_name="web/login.html"), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]

@@ -15,11 +15,12 @@ from django.views.decorators.http import require_POST
 
 import agentflow
 from agentflow.access import make_stream_token, visible_runs
-from agentflow.core.errors import InvalidInput, RunNotResumable, WorkflowNotFound
+from agentflow.core.errors import InputNotFound, InvalidInput, RunNotResumable, WorkflowNotFound
 from agentflow.core.workflow import registry
+from agentflow.inputs import get_input
 from agentflow.models import FINISHED_STATUSES, RunStatus, WorkflowRun
 
-from .forms import schema_form
+from .forms import answer_form, schema_form
 
 
 @login_required
@@ -92,8 +93,25 @@ def run_page(request: HttpRequest, run_id: Any) -> HttpResponse:
             },
         },
         "workflow": run.workflow,
+        # The form for the answer to a request for input, by key (__key__): the page asks for it when the
+        # run asks (input.requested), and posts the answer to the REST API with agentflow.js's answerInput.
+        "questionUrl": reverse("web:question", kwargs={"run_id": run.pk, "key": "__key__"}),
     }
     return render(request, "web/run.html", {"run": run, "config": config, "finished": FINISHED_STATUSES})
+
+
+@login_required
+def question_form(request: HttpRequest, run_id: Any, key: str) -> HttpResponse:
+    """The form for the answer to one of the run's requests for input, generated from the request's JSON
+    Schema (forms.py, as the workflows' input forms are): an HTML fragment the run page inserts."""
+    run = _visible_run(request, run_id)
+    try:
+        request_for_input = get_input(run, key)
+    except InputNotFound:
+        raise Http404(f"the run has not asked for {key!r}") from None
+    form_class, single = answer_form(request_for_input.schema)
+    context = {"item": request_for_input, "form": form_class(prefix=f"answer-{key}"), "single": single}
+    return render(request, "web/_question.html", context)
 
 
 @login_required

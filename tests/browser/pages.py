@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -86,3 +87,14 @@ def finished_run(run_id: str) -> WorkflowRun:
         if time.monotonic() > deadline:
             raise AssertionError(f"run {run_id} did not finish: {run.status}")
         time.sleep(0.1)
+
+
+def start_from_form(page: Any, live: Any, topic: str, sections: int = 3, review: bool = False) -> str:
+    page.goto(f"{live.http}/workflows/blog-post/")
+    page.fill("#id_topic", topic)
+    page.fill("#id_sections", str(sections))
+    if not review:
+        page.uncheck("#id_review")  # the outline needs no approval
+    page.click("#start")
+    page.wait_for_url(re.compile(r".*/runs/[0-9a-f-]{36}/$"))
+    return page.url.rstrip("/").rsplit("/", 1)[-1]

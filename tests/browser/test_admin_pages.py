@@ -1,7 +1,8 @@
 """The admin's run page and run list in Chromium, live: the page follows a run through a reload, a cut network
 while a step is retried, a closed and reopened tab and a killed server, and ends showing exactly the run's
 text, the step tree of its checkpoints (each failed attempt's error on its row) and the run list's step
-count and last event id. The run list refreshes a running row until it has ended."""
+count and last event id. The run list refreshes a running row until it has ended. A run that asks for input
+while its page is open gets the answer form there, live, and is answered from it."""
 
 from __future__ import annotations
 
@@ -11,8 +12,19 @@ import pytest
 from django.urls import reverse
 
 import agentflow
+from agentflow import streams
+from agentflow.models import StepRun, WorkflowRun
 from tests.browser.conftest import screenshot
-from tests.browser.pages import ADMIN_PAGE, checkpoints, finished_run, wait_for_event, wait_for_progress
+from tests.browser.pages import (
+    ADMIN_PAGE,
+    checkpoints,
+    events_of,
+    finished_run,
+    start_from_form,
+    streamed_output,
+    wait_for_event,
+    wait_for_progress,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -104,3 +116,46 @@ def test_the_run_list_refreshes_a_running_row(logged_in: Any, live: Any, demo_us
     )
     assert page.inner_text(f"{row} .field-steps") == str(len(checkpoints(run_id)))
     screenshot(page, "admin-run-list")
+
+
+def test_a_question_asked_while_the_page_is_open_is_answered_from_its_live_form(
+    logged_in: Any, live: Any, demo_user: Any
+) -> None:
+    page = logged_in.new_page()
+    run_id = start_from_form(page, live, "admin moles", sections=2, review=True)  # the example's form
+    page.goto(page_url(live, run_id))
+    rendered = page.evaluate("JSON.parse(document.getElementById('agentflow-page-config').textContent)")
+    block = "#agentflow-input .agentflow-input-request[data-key=outline]"
+    page.wait_for_selector(f"{block} textarea[name=answer]")
+    # Asked after the server rendered the page (its latest event then): the form came with the events.
+    requested = next(e for e in events_of(run_id) if e["type"] == "input.requested")
+    assert streams.split_id(requested["id"]) > streams.split_id(rendered["lastEventId"])
+    assert "Approve this outline? " in page.inner_text(block)
+    page.wait_for_selector(
+        "#agentflow-steps tr.agentflow-wait[data-step='input:outline'][data-status=waiting]"
+    )
+
+    page.fill(f"{block} textarea", '{"approved": "perhaps"}')
+    page.click(f"{block} [type=submit]")
+    errors = page.wait_for_selector(f"{block} .errorlist")
+    assert errors.inner_text().startswith("approved: ") and "The run keeps waiting." in errors.inner_text()
+    assert WorkflowRun.objects.get(pk=run_id).status == "waiting"
+    assert "answer" not in StepRun.objects.get(run_id=run_id, step_id="input:outline").output
+    screenshot(page, "admin-run-question-error", selector="#agentflow-input")
+
+    page.fill(f"{block} textarea", '{"approved": true, "notes": "from the admin"}')
+    page.click(f"{block} [type=submit]")
+    page.wait_for_function(COMPLETED)
+    run = finished_run(run_id)
+    shown = page.evaluate(ADMIN_PAGE)
+    assert shown["texts"] == {
+        f"section {n}": s["text"] for n, s in enumerate(run.output["sections"], start=1)
+    }
+    assert shown["output"].strip() == streamed_output(run_id).strip()
+    # The live step table has the wait's row, as the checkpoints do; the same count as the run list.
+    steps = {s.step_id: (s.status, s.attempts) for s in StepRun.objects.filter(run_id=run_id)}
+    assert {step: (status, attempts) for step, (status, attempts, _) in shown["steps"].items()} == steps
+    assert steps["input:outline"] == ("completed", 0) and shown["steps_field"] == str(run.step_count)
+    assert not page.is_visible("#agentflow-input")
+    answered = page.inner_text("#agentflow-inputs tr[data-key=outline]")
+    assert "answered" in answered and "from the admin" in answered and "admin" in answered

@@ -1,11 +1,12 @@
 """The example project's run page in Chromium, while the run streams: started from the form (after a session
 login), reloaded mid-run, its tab closed and reopened, its network cut while a step is retried, its server
 killed and started again. Each time the page reaches the terminal state and shows exactly the run's text
-(no part twice, none missing) and the step tree the database has."""
+(no part twice, none missing) and the step tree the database has. A run that asks for the outline's
+approval shows the question as a form generated from its JSON Schema, and goes on on the same page once it is
+answered there."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from tests.browser.pages import (
     EXAMPLE_PAGE,
     checkpoints,
     finished_run,
+    start_from_form,
     streamed_output,
     wait_for_event,
     wait_for_progress,
@@ -26,17 +28,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 COMPLETED = "document.querySelector('#run').dataset.status === 'completed'"
 SECTION_STREAMING = """() => document.querySelector('#run').dataset.status === 'running'
   && [...document.querySelectorAll('#sections .section .text')].some((p) => p.innerText.length > 0)"""
-
-
-def start_from_form(page: Any, live: Any, topic: str, sections: int = 3, review: bool = False) -> str:
-    page.goto(f"{live.http}/workflows/blog-post/")
-    page.fill("#id_topic", topic)
-    page.fill("#id_sections", str(sections))
-    if not review:
-        page.uncheck("#id_review")  # the outline needs no approval
-    page.click("#start")
-    page.wait_for_url(re.compile(r".*/runs/[0-9a-f-]{36}/$"))
-    return page.url.rstrip("/").rsplit("/", 1)[-1]
 
 
 def assert_shows_the_run(page: Any, run_id: str) -> dict[str, Any]:
@@ -125,14 +116,56 @@ def test_the_server_killed_and_started_again_mid_run(logged_in: Any, live: Any) 
     assert shown["connections"] >= 2
 
 
-def test_a_run_waiting_for_approval_says_so_and_goes_on_once_answered(logged_in: Any, live: Any) -> None:
-    import agentflow
+QUESTION = "#question-outline"
 
+
+def wait_for_the_question(page: Any) -> None:
+    """The outline-approval form, generated from the request's JSON Schema, on the run page."""
+    page.wait_for_selector(f"{QUESTION} [name=answer-outline-approved]")
+    assert page.inner_text("#status") == "waiting"
+    assert page.inner_text(f"{QUESTION} .prompt").startswith("Approve this outline? ")
+
+
+def answer_of(run_id: str) -> Any:
+    """The outline's answer as the run has it (None while it is unanswered), and who gave it."""
+    from agentflow.inputs import get_input
+
+    request = get_input(WorkflowRun.objects.get(pk=run_id), "outline")
+    return request.value, request.answered_by
+
+
+def test_the_outline_is_approved_on_the_run_page_and_the_run_goes_on_there(logged_in: Any, live: Any) -> None:
     page = logged_in.new_page()
     run_id = start_from_form(page, live, "approved moles", review=True)
-    page.wait_for_selector("#questions:not([hidden])")
-    assert page.inner_text("#status") == "waiting"
-    assert "Approve this outline? " in page.inner_text("#question-list")
-    agentflow.send_input(run_id, "outline", {"approved": True})  # as a person would, in the admin
-    assert_shows_the_run(page, run_id)
+    wait_for_the_question(page)
+    screenshot(page, "example-run-question")
+    page.check(f"{QUESTION} [name=answer-outline-approved]")
+    page.click(f"{QUESTION} button[type=submit]")
+    assert_shows_the_run(page, run_id)  # live, on the same page
     assert not page.is_visible("#questions")
+    # Answered by the session's user.
+    assert answer_of(run_id) == ({"approved": True, "headings": None, "notes": ""}, "admin")
+
+
+def test_a_bad_answer_shows_its_field_error_and_edited_headings_head_the_post(
+    logged_in: Any, live: Any
+) -> None:
+    page = logged_in.new_page()
+    run_id = start_from_form(page, live, "edited voles", sections=2, review=True)
+    wait_for_the_question(page)
+    page.check(f"{QUESTION} [name=answer-outline-approved]")
+    page.fill(f"{QUESTION} [name=answer-outline-headings]", "\n".join(f"Part {n}" for n in range(13)))
+    page.click(f"{QUESTION} button[type=submit]")
+    # The API refused it (at most 12 headings): the error is under its field, and the run keeps waiting.
+    error = page.wait_for_selector(f"{QUESTION} [data-errors=headings]:not([hidden])")
+    assert "at most 12" in error.inner_text()
+    assert answer_of(run_id) == (None, None) and WorkflowRun.objects.get(pk=run_id).status == "waiting"
+    assert page.inner_text("#status") == "waiting"
+    screenshot(page, "example-run-question-error")
+
+    page.fill(f"{QUESTION} [name=answer-outline-headings]", "Why voles matter\n  \nWhere voles live\n")
+    page.click(f"{QUESTION} button[type=submit]")
+    shown = assert_shows_the_run(page, run_id)
+    assert shown["headings"] == ["Why voles matter", "Where voles live"]
+    headings = ["Why voles matter", "Where voles live"]
+    assert answer_of(run_id) == ({"approved": True, "headings": headings, "notes": ""}, "admin")

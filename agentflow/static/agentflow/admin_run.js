@@ -6,7 +6,7 @@
 // Each part of the page is one function of (state, config): add a part by adding an element with an id and a
 // function to RENDERERS (or call `mountRunPage(...).onRender(fn)` from another module).
 
-import { compareIds, stepTree, subscribe } from "./agentflow.js";
+import { answerInput, compareIds, subscribe } from "./agentflow.js";
 
 const ACTIVE = new Set(["queued", "running", "waiting"]);
 
@@ -18,6 +18,8 @@ export function mountRunPage(root, config) {
     connection: "connecting",
     renderers: [...RENDERERS],
     lastEventRow: config.latestPage ? config.lastEventId : null,
+    // Where each top-level step or wait first appeared in the stream: the step table's order of them.
+    firstSeen: new Map(),
     onRender(fn) {
       this.renderers.push(fn);
       return this;
@@ -37,6 +39,7 @@ export function mountRunPage(root, config) {
   page.subscription = subscribe(config.run, {
     onEvent(event, state) {
       page.state = state;
+      if (event.step && !page.firstSeen.has(event.step)) page.firstSeen.set(event.step, page.firstSeen.size);
       if (page.lastEventRow !== null && compareIds(event.id, page.lastEventRow) > 0) {
         appendEventRow(page, event);
         page.lastEventRow = event.id;
@@ -57,7 +60,7 @@ export function mountRunPage(root, config) {
   return page;
 }
 
-const RENDERERS = [renderSummary, renderFields, renderSteps, renderOutput, renderButtons];
+const RENDERERS = [renderSummary, renderFields, renderSteps, renderWaits, renderOutput, renderButtons];
 
 function byId(page, id) {
   return page.root.querySelector(`#${id}`);
@@ -112,16 +115,17 @@ function renderFields(page) {
     status.replaceChildren(badge(config, state.status, config.statusLabels[state.status]));
     status.dataset.status = state.status;
   }
+  // What the run list counts: the checkpoints, a wait's included from its first event (written before it).
   const finished = Object.values(state.steps).filter((s) => s.status === "completed" || s.status === "failed");
-  setText(field("steps_display"), String(finished.length));
+  setText(field("steps_display"), String(finished.length + Object.keys(state.waits).length));
   setText(field("last_event"), state.last_id || "");
 }
 
 function renderSteps(page) {
   const { state, config } = page;
   const table = byId(page, "agentflow-steps");
-  if (!state || !table || !Object.keys(state.steps).length) return;
-  const rows = stepTree(state);
+  if (!state || !table || !(Object.keys(state.steps).length || Object.keys(state.waits).length)) return;
+  const rows = tableRows(page);
   setText(table.querySelector("h2"), `Steps (${rows.length})`);
   let body = table.querySelector("tbody");
   if (!body) {
@@ -130,8 +134,74 @@ function renderSteps(page) {
     table.append(template.content.cloneNode(true));
     body = table.querySelector("tbody");
   }
-  const fresh = rows.map(([depth, step]) => stepRow(config, depth, step));
+  const fresh = rows.map(([depth, step, wait]) => (wait ? waitRow(config, step, wait) : stepRow(config, depth, step)));
   body.replaceChildren(...fresh);
+}
+
+// [depth, step] for steps, [0, id, wait] for waits (requests for input, child runs): top-level steps and waits
+// in the order they first appeared, each step followed by its children depth first.
+function tableRows(page) {
+  const { state } = page;
+  const order = (id) => (page.firstSeen.has(id) ? page.firstSeen.get(id) : Infinity);
+  const top = [...state.roots, ...Object.keys(state.waits)].sort((a, b) => order(a) - order(b));
+  const rows = [];
+  for (const id of top) {
+    if (state.waits[id]) {
+      rows.push([0, id, state.waits[id]]);
+      continue;
+    }
+    const stack = [[0, id]];
+    while (stack.length) {
+      const [depth, stepId] = stack.pop();
+      const step = state.steps[stepId];
+      rows.push([depth, step]);
+      for (let i = step.children.length - 1; i >= 0; i--) stack.push([depth + 1, step.children[i]]);
+    }
+  }
+  return rows;
+}
+
+// A wait's status as its checkpoint has it (the server renders the same rows from the checkpoints).
+const WAIT_CHECKPOINT = {
+  requested: "waiting", received: "completed", timed_out: "failed",
+  started: "waiting", completed: "completed", failed: "failed",
+};
+
+function waitRow(config, id, wait) {
+  const extra = config.stepExtras[id] || {};
+  const status = WAIT_CHECKPOINT[wait.status] || "waiting";
+  const row = document.createElement("tr");
+  row.className = "agentflow-step agentflow-wait";
+  row.dataset.depth = "0";
+  row.dataset.step = id;
+  row.dataset.status = status;
+  const cells = [];
+  const cell = (content, className) => {
+    const td = document.createElement("td");
+    if (className) td.className = className;
+    if (content instanceof Node) td.append(content);
+    else td.textContent = content == null ? "" : String(content);
+    row.append(td);
+    cells.push(td);
+    return td;
+  };
+  const code = document.createElement("code");
+  code.textContent = id;
+  cell(code);
+  cell(wait.kind === "input" ? "input" : `workflow:${wait.workflow || ""}`);
+  cell(badge(config, status, config.statusLabels[status] || status));
+  // Its checkpoint's attempts: 0 for a request for input; a child run's is 1 once it ended.
+  cell(wait.kind === "child" && status !== "waiting" ? 1 : 0);
+  cell(extra.duration || "-");
+  cell("");
+  cell(extra.tokens || "", "agentflow-tokens");
+  cell(extra.cost || "", "agentflow-cost");
+  cell("", "agentflow-provider");
+  let error = "";
+  if (wait.status === "timed_out") error = `InputTimeout: no answer by ${wait.timeout_at || "its time-out"}`;
+  else if (wait.status === "failed") error = errorText(wait.error);
+  cell(error, "agentflow-error");
+  return row;
 }
 
 function stepRow(config, depth, step) {
@@ -184,6 +254,187 @@ function stepRow(config, depth, step) {
     errors.append(div);
   }
   return row;
+}
+
+// -- requests for input: the questions the run waits on, answered from the page --------------------------
+
+const INPUT_STATUS = { received: "answered", timed_out: "timed_out" };
+
+function renderWaits(page) {
+  const { state, config } = page;
+  const fieldset = byId(page, "agentflow-input");
+  if (!state || !fieldset) return;
+  const inputs = config.inputs || {};
+  const requests = Object.entries(state.waits).filter(([, wait]) => wait.kind === "input");
+  const pending = state.done ? [] : requests.filter(([, wait]) => wait.status === "requested");
+  fieldset.hidden = !pending.length;
+  setText(fieldset.querySelector("h2"), `Waiting for input (${pending.length})`);
+  const list = fieldset.querySelector(".agentflow-input-requests") || fieldset;
+  const blocks = new Map(
+    [...list.querySelectorAll(".agentflow-input-request")].map((block) => [block.dataset.key, block]),
+  );
+  for (const [, wait] of pending) {
+    let block = blocks.get(wait.key);
+    if (!block) {
+      block = inputBlock(wait, inputs.canAnswer);
+      list.append(block);
+    }
+    blocks.delete(wait.key);
+    const form = block.querySelector("form");
+    if (form && !form.dataset.live) {
+      form.dataset.live = "1";
+      form.addEventListener("submit", (submitted) => {
+        submitted.preventDefault();
+        sendAnswer(page, wait.key, form);
+      });
+    }
+  }
+  for (const block of blocks.values()) block.remove(); // answered, timed out, or the run ended
+  renderAnsweredInputs(page, requests);
+}
+
+function inputBlock(wait, canAnswer) {
+  const block = document.createElement("div");
+  block.className = "agentflow-input-request";
+  block.dataset.key = wait.key;
+  block.style.cssText = "padding: 8px 10px; border-bottom: 1px solid var(--hairline-color, #eee)";
+  const title = document.createElement("p");
+  const strong = document.createElement("strong");
+  const code = document.createElement("code");
+  code.textContent = wait.key;
+  strong.append(code);
+  title.append(strong, wait.prompt ? `: ${wait.prompt}` : "");
+  block.append(title);
+  if (wait.timeout_at) {
+    const help = document.createElement("p");
+    help.className = "help";
+    help.textContent = `Times out at ${wait.timeout_at}.`;
+    block.append(help);
+  }
+  if (wait.schema && Object.keys(wait.schema).length) {
+    const details = document.createElement("details");
+    const summary = document.createElement("summary");
+    summary.textContent = "JSON Schema of the answer";
+    const pre = document.createElement("pre");
+    pre.style.whiteSpace = "pre-wrap";
+    pre.textContent = JSON.stringify(wait.schema, null, 2);
+    details.append(summary, pre);
+    block.append(details);
+  }
+  if (!canAnswer) {
+    const help = document.createElement("p");
+    help.className = "help";
+    help.textContent = "You may not answer: answering needs the permission to change runs.";
+    block.append(help);
+    return block;
+  }
+  const form = document.createElement("form");
+  const id = `agentflow-answer-${wait.key}`;
+  const label = document.createElement("label");
+  label.htmlFor = id;
+  label.textContent = "Answer (JSON)";
+  const answer = document.createElement("textarea");
+  Object.assign(answer, { id, name: "answer", rows: 3, cols: 60, required: true, placeholder: '{"approved": true}' });
+  const send = document.createElement("input");
+  Object.assign(send, { type: "submit", value: "Send answer", className: "default" });
+  send.style.float = "none";
+  form.append(label, answer, send);
+  block.append(form);
+  return block;
+}
+
+async function sendAnswer(page, key, form) {
+  const text = form.querySelector("textarea[name=answer]").value;
+  const button = form.querySelector("[type=submit]");
+  let value;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    showAnswerErrors(form, [`The answer is not JSON: ${error.message}. Nothing was sent.`]);
+    return;
+  }
+  showAnswerErrors(form, []);
+  button.disabled = true;
+  let result;
+  try {
+    const url = page.config.inputs.answerUrl.replace("__key__", encodeURIComponent(key));
+    result = await answerInput(page.config.run, key, value, { url });
+  } catch (error) {
+    result = { ok: false, message: `The answer could not be sent: ${error}`, fieldErrors: {} };
+  }
+  if (result.ok || result.answered) {
+    // The block goes once input.received arrives; until then, say it is on its way.
+    note(form, result.ok ? `Answered ${key}: the run continues.` : `${key} was answered already.`);
+    return;
+  }
+  button.disabled = false;
+  const lines = Object.entries(result.fieldErrors || {}).flatMap(
+    ([field, messages]) => messages.map((message) => `${field || "(answer)"}: ${message}`),
+  );
+  showAnswerErrors(form, lines.length ? lines : [result.message], result.code === "invalid_answer");
+}
+
+function showAnswerErrors(form, lines, waiting = true) {
+  let list = form.querySelector(".errorlist");
+  if (!lines.length) {
+    if (list) list.remove();
+    return;
+  }
+  if (!list) {
+    list = document.createElement("ul");
+    list.className = "errorlist";
+    form.prepend(list);
+  }
+  list.replaceChildren(...lines.map((line) => {
+    const item = document.createElement("li");
+    item.textContent = line;
+    return item;
+  }));
+  if (waiting) {
+    const item = document.createElement("li");
+    item.textContent = "The run keeps waiting.";
+    list.append(item);
+  }
+}
+
+function note(form, text) {
+  showAnswerErrors(form, []);
+  let line = form.querySelector(".agentflow-answer-note");
+  if (!line) {
+    line = document.createElement("p");
+    line.className = "agentflow-answer-note help";
+    form.append(line);
+  }
+  line.textContent = text;
+}
+
+function renderAnsweredInputs(page, requests) {
+  const fieldset = byId(page, "agentflow-inputs");
+  if (!fieldset) return;
+  const done = page.state.done;
+  const over = requests.filter(([, wait]) => wait.status !== "requested" || done);
+  fieldset.hidden = !over.length;
+  const body = fieldset.querySelector("tbody");
+  if (!body) return;
+  body.replaceChildren(...over.map(([, wait]) => {
+    const row = document.createElement("tr");
+    row.dataset.key = wait.key;
+    const value = wait.status === "received" ? JSON.stringify(wait.value) : "";
+    const cells = [wait.key, INPUT_STATUS[wait.status] || "closed", value, wait.answered_by || "", wait.answered_at || ""];
+    cells.forEach((text, index) => {
+      const td = document.createElement("td");
+      if (index === 0) {
+        const code = document.createElement("code");
+        code.textContent = text;
+        td.append(code);
+      } else {
+        td.textContent = text;
+      }
+      if (index === 2) td.className = "agentflow-data";
+      row.append(td);
+    });
+    return row;
+  }));
 }
 
 function renderOutput(page) {

@@ -44,6 +44,23 @@ export interface Wait {
   [field: string]: unknown;
 }
 
+/** A request for input as the state has it (input.requested, then input.received or input.timed_out):
+ *  enough to render the question and a form for its answer (see answerInput). */
+export interface InputWait extends Wait {
+  kind: "input";
+  status: "requested" | "received" | "timed_out";
+  key: string;
+  prompt: string;
+  /** The JSON Schema an answer must match ({}: any JSON). */
+  schema: Record<string, any>;
+  /** ISO 8601, or null: no time-out. */
+  timeout_at: string | null;
+  /** Once received: the answer, who gave it and when. */
+  value?: unknown;
+  answered_by?: string | null;
+  answered_at?: string;
+}
+
 export interface StepUsage extends Usage {
   provider?: string;
   model?: string;
@@ -203,3 +220,38 @@ export interface Subscription {
 }
 
 export function subscribe(run: RunRef | string, options?: SubscribeOptions): Subscription;
+
+export interface AnswerOptions {
+  /** Where to POST (default: `<run.urls.self or apiBase/runs/<id>/>input/<key>/`). */
+  url?: string;
+  apiBase?: string;
+  /** Sent as X-CSRFToken (default: the `csrftoken` cookie, else a form's csrfmiddlewaretoken field; null: none). */
+  csrfToken?: string | null;
+  csrfCookieName?: string;
+  /** Extra headers, such as `Authorization: Token <key>` (then no session is needed). */
+  headers?: Record<string, string>;
+  /** fetch's credentials (default "same-origin": the session cookie). */
+  credentials?: RequestCredentials;
+  fetch?: typeof fetch;
+}
+
+export type AnswerResult =
+  | { ok: true; status: number; input: Record<string, any> | null }
+  | {
+      ok: false;
+      status: number;
+      /** invalid_answer, input_already_answered, input_timed_out, run_finished, input_not_found, run_not_found... */
+      code: string | null;
+      message: string;
+      details: unknown;
+      /** Top-level field name ("" for the whole answer) -> messages, from a 400's details. */
+      fieldErrors: Record<string, string[]>;
+      /** 409 input_already_answered: the question was answered (a double submit is harmless). */
+      answered: boolean;
+    };
+
+/** Answer a run's request for input (POST the answer as JSON); resolves to the outcome, rejects only when
+ *  the request could not be made. */
+export function answerInput(
+  run: RunRef | string, key: string, value: unknown, options?: AnswerOptions,
+): Promise<AnswerResult>;

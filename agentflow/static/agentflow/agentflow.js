@@ -309,6 +309,76 @@ export function compareIds(a, b) {
   return as === bs ? 0 : as < bs ? -1 : 1;
 }
 
+// -- answering a request for input ----------------------------------------------------------------------
+
+/**
+ * Answer a run's request for input (`agentflow.wait_for_input`): POST the answer as JSON to
+ * `<run's REST URL>input/<key>/`, with the session and its CSRF token (or the `headers` given, such as an API
+ * token's `Authorization`). The state's `waits["input:<key>"]` has what to ask (`prompt`, `schema`,
+ * `timeout_at`); the run goes on once it is answered (`input.received` follows).
+ *
+ * Resolves to `{ok: true, status: 200, input}` (the answered request), or `{ok: false, status, code,
+ * message, details, fieldErrors}` for a refusal: `400 invalid_answer` with `fieldErrors` (top-level field
+ * name, "" for the whole answer -> messages), `409 input_already_answered` (a double submit: `answered` is
+ * true), `409 input_timed_out` or `run_finished`, `404`... Rejects only when the request could not be made.
+ */
+export async function answerInput(run, key, value, options = {}) {
+  const info = typeof run === "string" ? { id: run } : run;
+  if (!info || !info.id) throw new TypeError("answerInput(run, ...): run must be a run id or a run with an id");
+  if (typeof key !== "string" || !key) throw new TypeError("answerInput(run, key, ...): key must be a string");
+  const env = globalThis;
+  const origin = env.location ? env.location.origin : "http://localhost";
+  const apiBase = (options.apiBase || "/api").replace(/\/$/, "");
+  const detail = (info.urls && info.urls.self) || `${apiBase}/runs/${info.id}/`;
+  const url = options.url || new URL(`${detail.replace(/\/?$/, "/")}input/${encodeURIComponent(key)}/`, origin).href;
+  const headers = { "Content-Type": "application/json", Accept: "application/json", ...(options.headers || {}) };
+  const csrf = options.csrfToken !== undefined ? options.csrfToken : csrfToken(options.csrfCookieName);
+  if (csrf) headers["X-CSRFToken"] = csrf;
+  const fetchImpl = options.fetch || (env.fetch && env.fetch.bind(env));
+  const response = await fetchImpl(url, {
+    method: "POST",
+    credentials: options.credentials || "same-origin",
+    headers,
+    body: JSON.stringify(value === undefined ? null : value),
+  });
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (error) {
+    body = null; // a proxy's HTML error page, say
+  }
+  if (response.ok) return { ok: true, status: response.status, input: body };
+  const error = body && typeof body === "object" ? body : {};
+  const details = Array.isArray(error.details) ? error.details : [];
+  const fieldErrors = {};
+  for (const item of details) {
+    const field = item && item.field != null ? String(item.field).split(".")[0] : "";
+    (fieldErrors[field] || (fieldErrors[field] = [])).push(String((item && item.message) || error.message || ""));
+  }
+  if (response.status === 400 && !details.length) fieldErrors[""] = [String(error.message || "invalid answer")];
+  return {
+    ok: false,
+    status: response.status,
+    code: error.code || null,
+    message: error.message || `HTTP ${response.status}`,
+    details: error.details === undefined ? null : error.details,
+    fieldErrors,
+    answered: error.code === "input_already_answered",
+  };
+}
+
+/** The CSRF token of this page: Django's cookie, else a form's `csrfmiddlewaretoken` field. */
+function csrfToken(cookieName = "csrftoken") {
+  const doc = globalThis.document;
+  if (!doc) return null;
+  for (const part of (doc.cookie || "").split(";")) {
+    const [name, ...rest] = part.trim().split("=");
+    if (name === cookieName) return decodeURIComponent(rest.join("="));
+  }
+  const field = doc.querySelector && doc.querySelector("input[name=csrfmiddlewaretoken]");
+  return field ? field.value : null;
+}
+
 // -- the subscription -------------------------------------------------------------------------------------
 
 /** Close codes after which the subscription stops (docs/topics/streaming.md). */

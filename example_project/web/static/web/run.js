@@ -1,8 +1,9 @@
 // The example project's run page: agentflow.js follows the run's events (from the start: a refresh, a reopened
 // tab or a dropped network rebuilds the same state) and this module renders its state: the streamed output,
-// each section as it fills in (several at once), the progress bar, the cost, the step tree.
+// each section as it fills in (several at once), the progress bar, the cost, the step tree, and the questions
+// the run waits on, each with a form generated from its JSON Schema, answered with agentflow.js's answerInput.
 
-import { stepTree, subscribe } from "../agentflow/agentflow.js";
+import { answerInput, stepTree, subscribe } from "../agentflow/agentflow.js";
 
 export function mount(root, config) {
   const $ = (id) => root.querySelector(`#${id}`);
@@ -29,10 +30,12 @@ export function mount(root, config) {
     renderSteps($("step-tree"), state);
     $("error").hidden = !state.error;
     $("error").textContent = state.error ? `${state.error.type || state.error.code}: ${state.error.message}` : "";
-    // Requests for input (a person's approval, say) the run waits on.
-    const questions = Object.values(state.waits).filter((w) => w.kind === "input" && w.status === "requested");
-    $("questions").hidden = !questions.length || state.done;
-    $("question-list").textContent = questions.map((w) => w.prompt || w.key).join("; ");
+    // Requests for input (a person's approval, say) the run waits on, each with its form.
+    const questions = state.done
+      ? []
+      : Object.values(state.waits).filter((w) => w.kind === "input" && w.status === "requested");
+    $("questions").hidden = !questions.length;
+    syncQuestions($("question-forms"), config, questions, () => state);
     $("final").hidden = !state.has_output;
     if (state.has_output) $("final-output").textContent = JSON.stringify(state.output, null, 2);
     for (const form of root.querySelectorAll("form[data-when]")) {
@@ -63,6 +66,155 @@ export function mount(root, config) {
   });
   root.subscription = subscription; // for the browser's console
   return subscription;
+}
+
+// -- questions ------------------------------------------------------------------------------------------
+
+function syncQuestions(container, config, questions, currentState) {
+  const pending = new Set(questions.map((w) => w.key));
+  for (const node of [...container.children]) {
+    if (!pending.has(node.dataset.key)) node.remove(); // answered (input.received), timed out, or the run ended
+  }
+  for (const wait of questions) {
+    if (container.querySelector(`[data-key="${CSS.escape(wait.key)}"]`)) continue;
+    // A placeholder while the form is fetched, so one render's fetch is not repeated by the next.
+    const slot = document.createElement("div");
+    slot.dataset.key = wait.key;
+    slot.className = "question-slot";
+    container.append(slot);
+    loadQuestion(slot, config, wait.key, currentState);
+  }
+}
+
+async function loadQuestion(slot, config, key, currentState) {
+  // The form is generated on the server from the request's JSON Schema (example_project/web/forms.py).
+  const response = await fetch(config.questionUrl.replace("__key__", encodeURIComponent(key)), {
+    credentials: "same-origin",
+  });
+  if (!response.ok || !slot.isConnected) return;
+  const template = document.createElement("template");
+  template.innerHTML = await response.text();
+  const form = template.content.querySelector("form");
+  if (!form) return;
+  const wait = currentState().waits[`input:${key}`];
+  if (!wait || wait.status !== "requested") {
+    slot.remove();
+    return;
+  }
+  // In the schema's order, which the event keeps (the database's JSON does not keep the order of keys).
+  const button = form.querySelector("button[type=submit]");
+  for (const name of Object.keys((wait.schema && wait.schema.properties) || {})) {
+    const field = form.querySelector(`[data-field="${CSS.escape(name)}"]`);
+    if (!field) continue;
+    const errors = field.nextElementSibling;
+    form.insertBefore(field, button);
+    if (errors && errors.dataset.errors === name) form.insertBefore(errors, button);
+  }
+  slot.replaceChildren(form);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    sendAnswer(form, config, key);
+  });
+}
+
+async function sendAnswer(form, config, key) {
+  showErrors(form, {});
+  let value;
+  try {
+    value = answerFrom(form);
+  } catch (error) {
+    if (!(error instanceof FieldError)) throw error;
+    showErrors(form, { [error.field]: [error.message] });
+    return;
+  }
+  const button = form.querySelector("button[type=submit]");
+  button.disabled = true;
+  let result;
+  try {
+    result = await answerInput(config.run, key, value);
+  } catch (error) {
+    result = { ok: false, message: `The answer could not be sent: ${error}`, fieldErrors: {} };
+  }
+  if (result.ok || result.answered) {
+    // The form goes once the run takes the answer up (input.received); until then, say it is sent.
+    form.querySelector(".note").textContent = result.ok ? "Sent: the run continues." : "It was answered already.";
+    for (const field of form.elements) field.disabled = true;
+    return;
+  }
+  button.disabled = false;
+  const errors = Object.keys(result.fieldErrors || {}).length ? result.fieldErrors : { "": [result.message] };
+  showErrors(form, errors);
+}
+
+class FieldError extends Error {
+  constructor(field, message) {
+    super(message);
+    this.field = field;
+  }
+}
+
+// The answer the form describes: each widget's value as the JSON its data-kind says (forms.py sets it).
+function answerFrom(form) {
+  const answer = {};
+  for (const widget of form.querySelectorAll("[data-kind]")) {
+    const name = widget.closest("[data-field]").dataset.field;
+    const kind = widget.dataset.kind;
+    if (kind === "boolean") {
+      answer[name] = widget.checked;
+      continue;
+    }
+    const text = widget.value;
+    if (!text.trim()) {
+      if (widget.required) throw new FieldError(name, "This field is required.");
+      continue; // left out: the schema's default applies
+    }
+    if (kind === "integer" || kind === "number") {
+      const number = Number(text);
+      if (!Number.isFinite(number) || (kind === "integer" && !Number.isInteger(number))) {
+        throw new FieldError(name, kind === "integer" ? "Enter a whole number." : "Enter a number.");
+      }
+      answer[name] = number;
+    } else if (kind === "enum") {
+      answer[name] = JSON.parse(text);
+    } else if (kind === "lines") {
+      answer[name] = text.split("\n").map((line) => line.trim()).filter(Boolean);
+    } else if (kind === "json") {
+      try {
+        answer[name] = JSON.parse(text);
+      } catch (error) {
+        throw new FieldError(name, `Enter valid JSON (${error.message}).`);
+      }
+    } else {
+      answer[name] = text;
+    }
+  }
+  return "single" in form.dataset ? answer.answer : answer;
+}
+
+function showErrors(form, errors) {
+  for (const list of form.querySelectorAll("[data-errors]")) {
+    const messages = errors[list.dataset.errors] || [];
+    list.replaceChildren(...messages.map((message) => {
+      const item = document.createElement("li");
+      item.textContent = message;
+      return item;
+    }));
+    list.hidden = !messages.length;
+  }
+  // An error about a field this form does not show goes above the fields.
+  const shown = new Set([...form.querySelectorAll("[data-errors]")].map((list) => list.dataset.errors));
+  const other = Object.entries(errors).filter(([field]) => !shown.has(field));
+  if (other.length) {
+    const top = form.querySelector('[data-errors=""]');
+    for (const [field, messages] of other) {
+      for (const message of messages) {
+        const item = document.createElement("li");
+        item.textContent = field ? `${field}: ${message}` : message;
+        top.append(item);
+      }
+    }
+    top.hidden = false;
+  }
 }
 
 function headingFor(state, label) {
