@@ -75,6 +75,9 @@ DEFAULTS: dict[str, Any] = {
     # the connection open), and the reconnection delay suggested to EventSource (the `retry:` field).
     "SSE_KEEPALIVE_SECONDS": 15.0,
     "SSE_RETRY_SECONDS": 3.0,
+    # Websockets: a keep-alive message this often to clients that ask for it (?keepalive=1), by which they
+    # notice a connection that died without a close (agentflow.keepalive).
+    "WEBSOCKET_KEEPALIVE_SECONDS": 15.0,
     # Events a live subscriber (websocket or SSE) may fall behind before it is dropped; its client reconnects
     # with its last event id, while the other subscribers carry on undelayed.
     "SUBSCRIBER_QUEUE_SIZE": 1000,

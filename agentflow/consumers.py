@@ -2,7 +2,9 @@
 
 Replays the events after ``after``, then sends live ones, one JSON event per text message, and closes with
 1000 after the run's terminal event. A client that loses the connection reconnects with the id of the last
-event it received. Closing the socket never touches the run.
+event it received. Closing the socket never touches the run. With ``?keepalive=1`` the client also gets a
+keep-alive message every ``WEBSOCKET_KEEPALIVE_SECONDS`` (:mod:`agentflow.keepalive`), by which it notices a
+connection that died silently.
 
 Authentication: the session (``AuthMiddlewareStack``), or the run's stream token (:mod:`agentflow.access`),
 offered as the subprotocol ``agentflow.token.<token>`` (next to ``agentflow.v1``, which the server then
@@ -38,8 +40,10 @@ from django.http.request import validate_host
 
 from . import frames, streams
 from .access import can_view, check_stream_token
+from .conf import agentflow_settings
 from .db import in_db
 from .hub import SubscriptionDropped, cancel_and_wait, get_hub
+from .keepalive import WebsocketKeepAlive, wanted
 from .models import WorkflowRun
 
 logger = logging.getLogger("agentflow.consumers")
@@ -71,6 +75,7 @@ class RunEventsConsumer(AsyncWebsocketConsumer):
     """Streams one run's events to one socket. Needs ``AuthMiddlewareStack`` for session authentication."""
 
     _pump: asyncio.Task[None] | None = None
+    _keepalive: WebsocketKeepAlive | None = None
 
     async def connect(self) -> None:
         token, subprotocol = _offered(self.scope.get("subprotocols") or ())
@@ -102,9 +107,14 @@ class RunEventsConsumer(AsyncWebsocketConsumer):
         if code:
             await self._refuse(code)
             return
+        if wanted(query):
+            interval = agentflow_settings.websocket_keepalive_seconds
+            self._keepalive = WebsocketKeepAlive(self.base_send, interval).start()
         self._pump = asyncio.create_task(self._forward(run_id, after))
 
     async def disconnect(self, code: int) -> None:
+        if self._keepalive is not None:
+            await self._keepalive.stop()
         if self._pump is not None:
             await cancel_and_wait(self._pump)
 
@@ -138,6 +148,8 @@ class RunEventsConsumer(AsyncWebsocketConsumer):
         await self._close(code, reason)
 
     async def _close(self, code: int, reason: str) -> None:
+        if self._keepalive is not None:
+            await self._keepalive.stop()  # nothing may follow the close frame
         try:
             await self.close(code=code, reason=reason)
         except Exception as exc:  # the client went away first

@@ -218,6 +218,13 @@ class RunEventsSchema(AutoSchema):  # type: ignore[misc]
                 description=f"Events per page (JSON only); default {agentflow_settings.events_page_size}.",
             ),
             OpenApiParameter(
+                "keepalive",
+                {"type": "string", "enum": ["1"]},
+                description="Event stream only: `1` sends the keep-alives as `event: keepalive` frames "
+                '(`{"type": "keepalive", "interval_seconds": s}`, no id), one at once, instead of comments, so '
+                "a browser's EventSource sees them.",
+            ),
+            OpenApiParameter(
                 "Last-Event-ID",
                 event_id,
                 OpenApiParameter.HEADER,

@@ -12,6 +12,9 @@
 
     : waiting for a worker: no live worker consumes queue 'agentflow': start one, ...
 
+With ``?keepalive=1`` the keep-alives are ``event: keepalive`` frames, which a browser's ``EventSource`` shows to
+the page (it hides comments), so the page notices a stream that died silently (:mod:`agentflow.keepalive`).
+
 The body is produced by an async iterator: under ASGI Django streams it as it comes (a sync iterator would be
 consumed whole first), and it needs ASGI: under WSGI the views answer 501 ``asgi_required`` at once
 (:func:`require_asgi`) instead of a response that would say nothing until the run ends. Every subscriber of a server process shares one Redis reader
@@ -38,6 +41,7 @@ from .core.waits import OPEN_ENDED_REASONS
 from .db import arelease_connections
 from .exceptions import AsgiRequired
 from .hub import Event, SubscriptionDropped, get_hub
+from .keepalive import sse_frame
 
 logger = logging.getLogger("agentflow.sse")
 
@@ -63,16 +67,21 @@ def require_asgi(request: Any) -> None:
         raise AsgiRequired()
 
 
-def event_stream_response(run_id: str, after: str | None) -> StreamingHttpResponse:
+def event_stream_response(
+    run_id: str, after: str | None, *, keepalive_events: bool = False
+) -> StreamingHttpResponse:
     """A response streaming the run's events after id ``after`` as SSE, ending after the terminal event.
 
     The caller has checked that the run exists and that the client may read it, and took ``after`` from
     ``?after=`` or the ``Last-Event-ID`` header. A malformed ``after`` raises ``ValueError`` (answer 400).
-    No I/O happens until the server iterates the response, so a sync view may call this too.
+    ``keepalive_events`` (the client's ``?keepalive=1``): keep-alives as ``event: keepalive`` frames, one at
+    once, instead of comments. No I/O happens until the server iterates the response, so a sync view may
+    call this too.
     """
     if after:
         streams.split_id(after)
-    response = StreamingHttpResponse(_frames(str(run_id), after or None), content_type="text/event-stream")
+    frames = _frames(str(run_id), after or None, keepalive_events)
+    response = StreamingHttpResponse(frames, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     # nginx buffers proxied responses unless told not to; an event stream must go out as it is written.
     response["X-Accel-Buffering"] = "no"
@@ -127,13 +136,16 @@ def _waits_for_worker(last: Event) -> bool:
     return wake_at <= datetime.now(UTC)
 
 
-async def _frames(run_id: str, after: str | None) -> AsyncIterator[bytes]:
+async def _frames(run_id: str, after: str | None, keepalive_events: bool = False) -> AsyncIterator[bytes]:
     keepalive = agentflow_settings.sse_keepalive_seconds
+    idle = sse_frame(keepalive)  # with keepalive_events: what the page sees (comments it does not)
     # The view's thread still holds the connection it read the run with, and Django would keep it until the
     # stream ends, hours later maybe: give it back before the first byte (agentflow.db).
     await arelease_connections()
     yield f"retry: {round(agentflow_settings.sse_retry_seconds * 1000)}\n\n".encode()
     last: Event | None = None
+    if keepalive_events:
+        yield idle  # tells the client the interval, before any history
     try:
         async with get_hub().subscribe(run_id, after) as subscription:
             while True:
@@ -142,7 +154,12 @@ async def _frames(run_id: str, after: str | None) -> AsyncIterator[bytes]:
                 except StopAsyncIteration:
                     return
                 if event is None:
-                    yield await _keep_alive(last)
+                    comment = await _keep_alive(last)
+                    if keepalive_events:
+                        # The event the page sees; a notice (waiting for a worker) follows as the comment it is.
+                        yield idle if comment == KEEP_ALIVE else idle + comment
+                    else:
+                        yield comment
                 else:
                     last = event
                     yield frame(event)

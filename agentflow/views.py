@@ -48,6 +48,7 @@ from .exceptions import (
     exception_handler,
 )
 from .inputs import get_input, list_inputs, send_input
+from .keepalive import wanted as wanted_keepalive
 from .models import RunStatus, WorkflowRun
 from .openapi import (
     IDEMPOTENCY_KEY_PATTERN,
@@ -572,7 +573,8 @@ class RunEventsView(AgentflowAPIView):
                 # Ends an EventSource's reconnecting; a plain response, so no renderer writes a body.
                 return HttpResponse(status=status.HTTP_204_NO_CONTENT)
             sse.require_asgi(request)
-            return sse.event_stream_response(str(run.pk), after)
+            keepalive = wanted_keepalive(request.query_params)
+            return sse.event_stream_response(str(run.pk), after, keepalive_events=keepalive)
 
         after = event_id_param(request.query_params.get("after"), "after")
         events = self.history(run, after, limit + 1)

@@ -96,6 +96,8 @@ def browser_settings(fake_llm: FakeOpenAIProcess) -> dict[str, Any]:
         "LLM_PROVIDERS": [{"name": "fake", "base_url": fake_llm.base_url, "api_key": "k"}],
         "LLM_PRICES": {"fake-*": {"input": 0.15, "output": 0.60}},
         "LLM_PROVIDER_FAILURE_THRESHOLD": 1000,
+        # A page notices a connection that went silent after 2.5 intervals (agentflow.js).
+        "WEBSOCKET_KEEPALIVE_SECONDS": 1.0,
     }
 
 
@@ -113,6 +115,13 @@ class Server(AsgiServer):
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+
+    def pause(self) -> None:
+        """SIGSTOP: every connection stays open and says nothing, as over a network that died silently."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.process.pid, signal.SIGCONT)
 
     def restart(self) -> Server:
         self.kill()

@@ -1,9 +1,9 @@
 """The example project's run page in Chromium, while the run streams: started from the form (after a session
 login), reloaded mid-run, its tab closed and reopened, its network cut while a step is retried, its server
-killed and started again. Each time the page reaches the terminal state and shows exactly the run's text
-(no part twice, none missing) and the step tree the database has. A run that asks for the outline's
-approval shows the question as a form generated from its JSON Schema, and goes on on the same page once it is
-answered there."""
+killed and started again, its server gone silent (SIGSTOP). Each time the page reaches the terminal state
+and shows exactly the run's text (no part twice, none missing) and the step tree the database has. A run
+that asks for the outline's approval shows the question as a form generated from its JSON Schema, and goes
+on on the same page once it is answered there."""
 
 from __future__ import annotations
 
@@ -114,6 +114,24 @@ def test_the_server_killed_and_started_again_mid_run(logged_in: Any, live: Any) 
     live.restart()
     shown = assert_shows_the_run(page, run_id)
     assert shown["connections"] >= 2
+
+
+def test_a_server_gone_silent_is_noticed_by_its_keepalives_and_followed_again(
+    logged_in: Any, live: Any
+) -> None:
+    page = logged_in.new_page()
+    run_id = start_from_form(page, live, "silent hedgehogs")
+    page.wait_for_function("document.querySelector('#output').innerText.length > 0")
+    connections = "Number(document.querySelector('#run').dataset.connections)"
+    assert page.evaluate(connections) == 1
+    live.pause()  # its connections stay open and silent: no close, no data, no keep-alive
+    try:
+        # 2.5 keep-alive intervals (1 s here) later the page gives the connection up and connects again,
+        # long before TCP would say anything.
+        page.wait_for_function(f"{connections} >= 2", timeout=15_000)
+    finally:
+        live.resume()
+    assert_shows_the_run(page, run_id)
 
 
 QUESTION = "#question-outline"

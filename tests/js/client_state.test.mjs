@@ -209,7 +209,7 @@ test("falls back to server-sent events when websockets never open", async () => 
   const result = await sub.done;
   assert.equal(result.state.output_text, "1 2 ");
   assert.equal(sub.transport, "sse");
-  assert.equal(ScriptedSource.made, "http://example.test/api/runs/r/events/?token=t");
+  assert.equal(ScriptedSource.made, "http://example.test/api/runs/r/events/?token=t&keepalive=1");
 });
 
 test("a resumed run's stream goes on after its first terminal event: the subscription follows it", async () => {
@@ -217,8 +217,8 @@ test("a resumed run's stream goes on after its first terminal event: the subscri
   const failed = { ...first[2], id: "1-2", type: "run.failed", data: { error: { message: "no" } } };
   const resumed = [
     failed,
-    { id: "1-3", type: "run.started", run: "r", step: null, attempt: null, epoch: 2, ts: "", data: {} },
-    { id: "1-4", type: "run.completed", run: "r", step: null, attempt: null, epoch: 2, ts: "", data: {} },
+    { id: "1-3", type: "run.resumed", run: "r", step: null, attempt: null, epoch: 3, ts: "", data: { void_steps: [] } },
+    { id: "1-4", type: "run.completed", run: "r", step: null, attempt: null, epoch: 3, ts: "", data: {} },
   ];
   serve((socket) => {
     socket.open();
@@ -258,4 +258,67 @@ test("going offline drops the connection; coming back online reconnects at once 
     globalThis.addEventListener = saved.add;
     globalThis.removeEventListener = saved.remove;
   }
+});
+
+// -- keep-alives --------------------------------------------------------------------------------------------
+
+const keepalive = (seconds) => ({ type: "keepalive", interval_seconds: seconds });
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+test("a connection silent for 2.5 keep-alive intervals is dropped, and followed again from the last id", async () => {
+  const stream = events(5);
+  serve(async (socket) => {
+    socket.open();
+    if (ScriptedSocket.sockets.length === 1) {
+      socket.send(keepalive(0.05));
+      stream.slice(0, 3).forEach((e) => socket.send(e));
+      return; // then nothing, and no close: a half-open connection
+    }
+    const after = new URL(socket.url).searchParams.get("after");
+    socket.send(keepalive(0.05));
+    stream.slice(stream.findIndex((e) => e.id === after) + 1).forEach((e) => socket.send(e));
+    socket.drop(1000);
+  });
+  const seen = [];
+  const sub = subscribe("r", {
+    WebSocket: ScriptedSocket,
+    backoff: { initialMs: 1 },
+    onConnection: (info) => info.connection === "reconnecting" && seen.push(info),
+  });
+  const result = await sub.done;
+  assert.equal(result.code, 1000);
+  assert.equal(result.state.output_text, "1 2 3 4 ");
+  assert.equal(ScriptedSocket.sockets.length, 2);
+  assert.ok(ScriptedSocket.sockets[0].closedByClient);
+  const urls = ScriptedSocket.sockets.map((socket) => new URL(socket.url).searchParams);
+  assert.deepStrictEqual(urls.map((q) => [q.get("after"), q.get("keepalive")]), [[null, "1"], ["1-2", "1"]]);
+  assert.equal(seen[0].code, 1006);
+  assert.match(seen[0].reason, /no message for/);
+  // Keep-alives are not events: the reducer never saw them.
+  assert.equal(result.state.events, stream.length);
+  assert.equal(sub.stats.events, stream.length);
+});
+
+test("keep-alives keep a quiet connection; a server that sends none is never timed out", async () => {
+  const stream = events(2);
+  for (const beat of [true, false]) {
+    serve(async (socket) => {
+      socket.open();
+      for (let i = 0; i < 10; i++) {
+        if (beat) socket.send(keepalive(0.05));
+        await sleep(30); // 300 ms of no event: six keep-alive intervals
+      }
+      stream.forEach((e) => socket.send(e));
+      socket.drop(1000);
+    });
+    const result = await subscribe("r", { WebSocket: ScriptedSocket }).done;
+    assert.equal(result.code, 1000);
+    assert.equal(ScriptedSocket.sockets.length, 1, beat ? "with keep-alives" : "without");
+  }
+});
+
+test("keepalive: false asks for none", async () => {
+  serve((socket) => { socket.open(); events(1).forEach((e) => socket.send(e)); socket.drop(1000); });
+  await subscribe("r", { WebSocket: ScriptedSocket, keepalive: false }).done;
+  assert.equal(new URL(ScriptedSocket.sockets[0].url).searchParams.get("keepalive"), null);
 });

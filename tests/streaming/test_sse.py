@@ -88,6 +88,23 @@ def test_keep_alive_comments_while_idle(asgi_server):
     assert comments == 3
 
 
+def test_keepalive_events_for_a_client_that_asks(asgi_server):
+    """With ?keepalive=1 the keep-alives are named events (an EventSource shows those, not comments), one at
+    once, without an id (Last-Event-ID stays the last event's)."""
+    run = WorkflowRun.objects.create(workflow="slow")
+    params = {"token": make_stream_token(run.pk), "keepalive": "1"}
+    frames = []
+    with httpx.stream("GET", url(asgi_server, run.pk), params=params, timeout=TIMEOUT) as response:
+        for frame in sse_frames(response):
+            frames.append(frame)
+            if len(frames) == 4:
+                break
+    assert frames[0].retry == 500
+    for frame in frames[1:]:
+        assert (frame.event, frame.id, frame.comments) == ("keepalive", None, [])
+        assert json.loads(frame.data) == {"type": "keepalive", "interval_seconds": 0.3}
+
+
 def test_after_query_parameter_and_the_archive(asgi_server):
     """``?after=`` works like Last-Event-ID, and a finished run without a stream is served from the archive."""
     run = WorkflowRun.objects.create(workflow="slow", status=RunStatus.RUNNING)

@@ -5,13 +5,16 @@ connection serves every socket of the server."""
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
 from datetime import timedelta
+from urllib.parse import urlencode
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
+from websockets.exceptions import ConnectionClosedOK
 
 import agentflow
 from agentflow import streams
@@ -171,6 +174,44 @@ def test_a_run_with_no_stream_yet_goes_live_when_its_first_event_is_appended(asg
         event_id = announce_queued(run.pk)
         got = receive(ws, limit=1, timeout_seconds=5)
     assert [e["id"] for e in got.events] == [event_id]
+
+
+# -- keep-alives ----------------------------------------------------------------------------------------------
+
+KEEPALIVE = {"type": "keepalive", "interval_seconds": 0.3}  # WEBSOCKET_KEEPALIVE_SECONDS of the test server
+
+
+def test_a_client_that_asks_gets_keepalives_at_once_and_on_an_idle_connection(asgi_server):
+    run = WorkflowRun.objects.create(workflow="slow")  # queued: an idle stream after its first event
+    queued = announce_queued(run.pk)
+    query = urlencode({"token": make_stream_token(run.pk), "keepalive": "1"})
+    with asgi_server.websocket(run.pk, raw_query=query) as ws:
+        messages = [json.loads(ws.recv(timeout=5)) for _ in range(4)]
+    # The event, and keep-alives (no id: not events) that go on while nothing else comes.
+    assert [m["id"] for m in messages if "id" in m] == [queued]
+    assert [m for m in messages if "id" not in m] == [KEEPALIVE] * 3
+
+
+def test_keepalives_do_not_disturb_the_events_and_stop_at_the_close(asgi_server, shared_worker):
+    run = agentflow.start("slow", {"tag": tag(), "steps": 4, "delay_seconds": 0.4})
+    query = urlencode({"token": make_stream_token(run.pk), "keepalive": "1"})
+    messages = []
+    with asgi_server.websocket(run.pk, raw_query=query) as ws, contextlib.suppress(ConnectionClosedOK):
+        while True:
+            messages.append(json.loads(ws.recv(timeout=10)))
+    assert ws.close_code == 1000
+    assert [m for m in messages if "id" in m] == streams.read_events(str(run.pk))
+    assert messages[-1]["type"] == ev.RUN_COMPLETED  # the terminal event, then the close: nothing after it
+    assert KEEPALIVE in messages[1:-1]  # also while events flow
+
+
+def test_a_client_that_does_not_ask_gets_only_events(asgi_server):
+    run = WorkflowRun.objects.create(workflow="slow")
+    queued = announce_queued(run.pk)
+    with asgi_server.websocket(run.pk, token=make_stream_token(run.pk)) as ws:
+        assert json.loads(ws.recv(timeout=5))["id"] == queued
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=1.0)  # more than three keep-alive intervals of silence
 
 
 # -- refusals --------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ async def run_events(request: HttpRequest, run_id: uuid.UUID) -> HttpResponse:
         return JsonResponse({"code": "forbidden"}, status=403)
     if stream_is_over(run, after):
         return HttpResponse(status=204)
-    return event_stream_response(str(run_id), after)
+    return event_stream_response(str(run_id), after, keepalive_events=request.GET.get("keepalive") == "1")
 
 
 urlpatterns = [

@@ -140,6 +140,8 @@ export const FINAL_CLOSE_CODES: readonly number[];
 export const SUBPROTOCOL: string;
 export const TOKEN_SUBPROTOCOL_PREFIX: string;
 export const RECONNECT_CLOSE_CODES: readonly number[];
+/** Keep-alive intervals without any message after which a connection is dropped as dead (2.5). */
+export const KEEPALIVE_MISSED_INTERVALS: number;
 
 export function newState(): RunState;
 /** Applies one event to `state` in place and returns it. */
@@ -196,6 +198,8 @@ export interface SubscribeOptions {
   /** A fresh stream token after a 4401 (default: GET the run's detail URL, same-origin credentials). */
   fetchToken?: (runId: string) => Promise<string>;
   backoff?: { initialMs?: number; maxMs?: number };
+  /** Ask for keep-alives (?keepalive=1) and reconnect after KEEPALIVE_MISSED_INTERVALS of silence (default true). */
+  keepalive?: boolean;
   onEvent?: (event: RunEvent, state: RunState) => void;
   onState?: (state: RunState, event: RunEvent) => void;
   onConnection?: (info: ConnectionInfo) => void;

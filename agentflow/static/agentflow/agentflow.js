@@ -386,6 +386,8 @@ export const FINAL_CLOSE_CODES = Object.freeze([1000, 4400, 4403, 4404]);
 /** Close codes after which it reconnects with `after`, with jittered backoff. */
 export const RECONNECT_CLOSE_CODES = Object.freeze([1001, 1005, 1006, 1011, 1012, 1013, 4500, 4503]);
 const UNAUTHENTICATED = 4401;
+/** How many keep-alive intervals without any message make a connection dead (docs/topics/streaming.md). */
+export const KEEPALIVE_MISSED_INTERVALS = 2.5;
 /** The websocket subprotocols: the token offered as `agentflow.token.<token>`, next to `agentflow.v1`. */
 export const SUBPROTOCOL = "agentflow.v1";
 export const TOKEN_SUBPROTOCOL_PREFIX = "agentflow.token.";
@@ -424,6 +426,11 @@ class Subscription {
     this.EventSource = options.EventSource || env.EventSource;
     this.fetch = options.fetch || (env.fetch && env.fetch.bind(env));
     this.backoff = { initialMs: 300, maxMs: 5000, ...(options.backoff || {}) };
+    // Ask the server for keep-alives: a connection that died without a close (a laptop that slept, a NAT that
+    // forgot it) is noticed after KEEPALIVE_MISSED_INTERVALS of silence, not when TCP gives up minutes later.
+    this.keepalive = options.keepalive !== false;
+    this.watchdog = null;
+    this.lastMessageAt = 0;
     this.stats = { connections: 0, reconnects: 0, tokenRefreshes: 0, events: 0, duplicates: 0, fallbacks: 0 };
     this.closed = false;
     this.failures = 0; // connection attempts in a row that delivered no event
@@ -478,6 +485,7 @@ class Subscription {
     const params = new URLSearchParams();
     if (this.lastId) params.set("after", this.lastId);
     if (withToken && this.token) params.set("token", this.token);
+    if (this.keepalive) params.set("keepalive", "1");
     const text = params.toString();
     return text ? `?${text}` : "";
   }
@@ -502,6 +510,7 @@ class Subscription {
       this.notify("open");
     };
     socket.onmessage = (message) => {
+      this.lastMessageAt = Date.now();
       let event;
       try {
         event = JSON.parse(message.data);
@@ -509,11 +518,13 @@ class Subscription {
         this.report(error);
         return;
       }
-      this.receive(event);
+      if (isKeepalive(event)) this.keptAlive(event);
+      else this.receive(event);
     };
     socket.onclose = (close) => {
       if (this.socket !== socket) return;
       this.socket = null;
+      this.stopWatchdog();
       this.closedWith({ code: close.code, reason: close.reason }, opened);
     };
   }
@@ -526,6 +537,7 @@ class Subscription {
     const source = new this.EventSource(this.urls.events.split("?")[0] + this.query(true), { withCredentials: true });
     this.socket = source;
     const onEvent = (message) => {
+      this.lastMessageAt = Date.now();
       if (!message.data) return;
       let event;
       try {
@@ -538,6 +550,14 @@ class Subscription {
       else if (event && event.code) this.sseError = event; // the API's JSON error, as `event: error`
     };
     for (const type of EVENT_TYPES) source.addEventListener(type, onEvent);
+    source.addEventListener("keepalive", (message) => {
+      this.lastMessageAt = Date.now();
+      try {
+        this.keptAlive(JSON.parse(message.data));
+      } catch (error) {
+        this.report(error);
+      }
+    });
     source.addEventListener("message", onEvent);
     source.addEventListener("open", () => this.notify("open"));
     source.addEventListener("error", (message) => {
@@ -550,6 +570,7 @@ class Subscription {
       if (this.socket !== source) return;
       source.close();
       this.socket = null;
+      this.stopWatchdog();
       const error = this.sseError;
       this.sseError = null;
       if (this.closed) return;
@@ -617,9 +638,40 @@ class Subscription {
     this.schedule(delay);
   }
 
+  // A keep-alive (not an event): the server says how often they come; silence for longer means a dead
+  // connection. The watchdog is one timer per subscription, armed by the first keep-alive (a server that sends
+  // none never arms it), so nothing is done per event but noting the time.
+  keptAlive(message) {
+    const seconds = Number(message && message.interval_seconds);
+    if (!(seconds > 0) || !this.socket) return;
+    const intervalMs = seconds * 1000;
+    if (this.watchdog && this.watchdog.intervalMs === intervalMs) return;
+    this.stopWatchdog();
+    const socket = this.socket;
+    const limitMs = intervalMs * KEEPALIVE_MISSED_INTERVALS;
+    const timer = setInterval(() => {
+      if (this.socket !== socket) {
+        this.stopWatchdog();
+        return;
+      }
+      const silentMs = Date.now() - this.lastMessageAt;
+      if (silentMs > limitMs) {
+        this.stopWatchdog();
+        this.drop({ code: 1006, reason: `no message for ${Math.round(silentMs / 1000)} s: the connection is dead` });
+      }
+    }, Math.max(50, intervalMs / 2));
+    this.watchdog = { timer, intervalMs };
+  }
+
+  stopWatchdog() {
+    if (this.watchdog) clearInterval(this.watchdog.timer);
+    this.watchdog = null;
+  }
+
   drop(close) {
     const socket = this.socket;
     this.socket = null;
+    this.stopWatchdog();
     try {
       socket.close();
     } catch (error) {
@@ -683,6 +735,7 @@ class Subscription {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.timer);
+    this.stopWatchdog();
     const env = globalThis;
     if (env.removeEventListener) {
       env.removeEventListener("online", this.onOnline);
@@ -702,6 +755,11 @@ class Subscription {
     if (this.options.onClose) this.options.onClose(result);
     this.resolveDone(result);
   }
+}
+
+function isKeepalive(message) {
+  // Not an event: events have an id.
+  return Boolean(message) && message.type === "keepalive" && message.id == null;
 }
 
 function wsUrl(origin, path) {
