@@ -15,7 +15,7 @@ and 3000-4999, so the server's own errors are 4500 and 4503, never 1011 and 1013
 
 ====  ==========================================================================================
 1000  the run ended: its terminal event was the last message
-4400  malformed ``after``
+4400  malformed ``after`` (or ``keepalive``)
 4401  not authenticated: no session, and no valid stream token for this run (fetch a fresh one)
 4403  authenticated, but the run belongs to another user
 4404  no run has this id (or the id is not a run id at all)
@@ -95,6 +95,11 @@ class RunEventsConsumer(AsyncWebsocketConsumer):
             except ValueError:
                 await self._refuse(CLOSE_BAD_REQUEST)
                 return
+        try:
+            keepalive = wanted((query.get("keepalive") or [None])[-1])
+        except ValueError as exc:
+            await self._close(CLOSE_BAD_REQUEST, str(exc))
+            return
         user = self.scope.get("user") if _origin_allowed(self.scope) else None
         try:
             code = await in_db(_authorize, run_id, user, token)
@@ -107,7 +112,7 @@ class RunEventsConsumer(AsyncWebsocketConsumer):
         if code:
             await self._refuse(code)
             return
-        if wanted(query):
+        if keepalive:
             interval = agentflow_settings.websocket_keepalive_seconds
             self._keepalive = WebsocketKeepAlive(self.base_send, interval).start()
         self._pump = asyncio.create_task(self._forward(run_id, after))

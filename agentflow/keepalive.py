@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .hub import cancel_and_wait
@@ -33,12 +33,14 @@ logger = logging.getLogger("agentflow.keepalive")
 KEEPALIVE = "keepalive"
 
 
-def wanted(query: Mapping[str, Sequence[str]] | Mapping[str, str]) -> bool:
-    """Whether a client's query (``parse_qs``'s lists, or a ``QueryDict``) asks for keep-alives."""
-    value = query.get(KEEPALIVE)
-    if isinstance(value, list | tuple):
-        value = value[-1] if value else None
-    return value == "1"
+def wanted(value: str | None) -> bool:
+    """Whether the ``keepalive`` query parameter asks for keep-alives: ``"1"`` yes, ``"0"`` or none no;
+    anything else is a ``ValueError`` (the client meant something; 400 or close code 4400)."""
+    if value is None or value == "0":
+        return False
+    if value == "1":
+        return True
+    raise ValueError(f"keepalive must be 1 or 0, not {value[:20]!r}")
 
 
 def message(interval_seconds: float) -> str:

@@ -219,7 +219,7 @@ class RunEventsSchema(AutoSchema):  # type: ignore[misc]
             ),
             OpenApiParameter(
                 "keepalive",
-                {"type": "string", "enum": ["1"]},
+                {"type": "string", "enum": ["0", "1"]},
                 description="Event stream only: `1` sends the keep-alives as `event: keepalive` frames "
                 '(`{"type": "keepalive", "interval_seconds": s}`, no id), one at once, instead of comments, so '
                 "a browser's EventSource sees them.",

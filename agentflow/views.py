@@ -566,6 +566,10 @@ class RunEventsView(AgentflowAPIView):
         limit = int_param(
             request, "limit", agentflow_settings.events_page_size, agentflow_settings.events_max_page_size
         )
+        try:
+            keepalive = wanted_keepalive(request.query_params.get("keepalive"))
+        except ValueError:
+            raise InvalidParameter("keepalive", "must be 1 or 0", kind="enum") from None
         if self.wants_event_stream(request):
             # An EventSource reconnects with the URL it started with and Last-Event-ID: the header is newer.
             after = resume_after or event_id_param(request.query_params.get("after"), "after")
@@ -573,7 +577,6 @@ class RunEventsView(AgentflowAPIView):
                 # Ends an EventSource's reconnecting; a plain response, so no renderer writes a body.
                 return HttpResponse(status=status.HTTP_204_NO_CONTENT)
             sse.require_asgi(request)
-            keepalive = wanted_keepalive(request.query_params)
             return sse.event_stream_response(str(run.pk), after, keepalive_events=keepalive)
 
         after = event_id_param(request.query_params.get("after"), "after")

@@ -49,7 +49,15 @@ def test_e005_api_sizes_whole_numbers(key, value):
     assert ids(**{key: value}) == ["agentflow.E005"]
 
 
-@pytest.mark.parametrize("key", ["SSE_KEEPALIVE_SECONDS", "SSE_RETRY_SECONDS", "STREAM_IDLE_CHECK_SECONDS"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "SSE_KEEPALIVE_SECONDS",
+        "SSE_RETRY_SECONDS",
+        "WEBSOCKET_KEEPALIVE_SECONDS",
+        "STREAM_IDLE_CHECK_SECONDS",
+    ],
+)
 @pytest.mark.parametrize("value", [0, -0.5, "15", None])
 def test_e004_streaming_durations(key, value):
     assert ids(**{key: value}) == ["agentflow.E004"]

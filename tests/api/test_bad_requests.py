@@ -242,6 +242,14 @@ def test_an_empty_limit_is_400(api, alice, make_run):
     assert api.get(url("run-events", run.pk), {"limit": "0", "format": "sse"}).status_code == 400
 
 
+@pytest.mark.parametrize("value", ["yes", "", "2", "true"])
+def test_a_keepalive_other_than_1_or_0_is_400(api, alice, make_run, value):
+    run = make_run(alice)
+    body = assert_error(api.get(url("run-events", run.pk), {"keepalive": value}), 400, "invalid_parameter")
+    assert body["details"][0]["field"] == "keepalive"
+    assert api.get(url("run-events", run.pk), {"keepalive": "1"}).status_code == 200  # ignored for JSON pages
+
+
 def test_a_malformed_last_event_id_is_400_for_json_too(api, alice, make_run):
     run = make_run(alice)
     response = api.get(url("run-events", run.pk), HTTP_LAST_EVENT_ID="nope")

@@ -273,6 +273,13 @@ def test_malformed_after(asgi_server, after):
     assert code == 4400 and "malformed after" in reason
 
 
+def test_a_keepalive_other_than_1_or_0_is_refused(asgi_server):
+    run = WorkflowRun.objects.create(workflow="slow")
+    query = urlencode({"token": make_stream_token(run.pk), "keepalive": "yes"})
+    code, reason = refused(asgi_server, run.pk, raw_query=query)
+    assert code == 4400 and "keepalive must be 1 or 0" in reason
+
+
 # -- one reader for the whole server ---------------------------------------------------------------------------
 
 

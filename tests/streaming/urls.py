@@ -10,6 +10,7 @@ from django.urls import path
 
 from agentflow import streams
 from agentflow.access import can_view, check_stream_token
+from agentflow.keepalive import wanted
 from agentflow.models import WorkflowRun
 from agentflow.sse import event_stream_response, stream_is_over
 
@@ -39,7 +40,7 @@ async def run_events(request: HttpRequest, run_id: uuid.UUID) -> HttpResponse:
         return JsonResponse({"code": "forbidden"}, status=403)
     if stream_is_over(run, after):
         return HttpResponse(status=204)
-    return event_stream_response(str(run_id), after, keepalive_events=request.GET.get("keepalive") == "1")
+    return event_stream_response(str(run_id), after, keepalive_events=wanted(request.GET.get("keepalive")))
 
 
 urlpatterns = [

@@ -88,12 +88,20 @@ function syncQuestions(container, config, questions, currentState) {
 
 async function loadQuestion(slot, config, key, currentState) {
   // The form is generated on the server from the request's JSON Schema (example_project/web/forms.py).
-  const response = await fetch(config.questionUrl.replace("__key__", encodeURIComponent(key)), {
-    credentials: "same-origin",
-  });
-  if (!response.ok || !slot.isConnected) return;
+  let html;
+  try {
+    const response = await fetch(config.questionUrl.replace("__key__", encodeURIComponent(key)), {
+      credentials: "same-origin",
+    });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    html = await response.text();
+  } catch (error) {
+    slot.textContent = `The form for ${key} could not be loaded (${error.message}): reload the page, or answer below.`;
+    return;
+  }
+  if (!slot.isConnected) return;
   const template = document.createElement("template");
-  template.innerHTML = await response.text();
+  template.innerHTML = html;
   const form = template.content.querySelector("form");
   if (!form) return;
   const wait = currentState().waits[`input:${key}`];
