@@ -107,7 +107,7 @@ __all__ = [
 ]
 
 _LAZY = {name: "agentflow.runs" for name in ("start", "get_run", "wait", "cancel")} | {
-    "resume": "agentflow.resume",
+    "resume": "agentflow.resuming",
     "send_input": "agentflow.inputs",
 }
 

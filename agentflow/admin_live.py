@@ -196,7 +196,7 @@ def cancel_run(request: HttpRequest, model_admin: WorkflowRunAdmin, object_id: s
 @require_POST
 def resume_run(request: HttpRequest, model_admin: WorkflowRunAdmin, object_id: str) -> HttpResponse:
     from .core.errors import RunNotResumable
-    from .resume import resume
+    from .resuming import resume
 
     if not model_admin.has_cancel_permission(request):
         raise PermissionDenied

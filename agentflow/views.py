@@ -58,7 +58,7 @@ from .openapi import (
     WorkflowRunSchema,
 )
 from .parsers import JSONParser, frame_body
-from .resume import resume
+from .resuming import resume
 from .serializers import (
     ErrorSerializer,
     EventPageSerializer,

@@ -29,7 +29,7 @@ from agentflow import archive, client_state
 from agentflow.conf import agentflow_settings
 from agentflow.models import StepRun, WorkflowRun
 from agentflow.monitor import check_runs
-from agentflow.resume import resume
+from agentflow.resuming import resume
 from agentflow.testing.fake_openai import FakeOpenAI, FakeOpenAIProcess
 from tests.conftest import ROOT, Worker, wait_for
 from tests.testapp.workflows import effects

@@ -84,7 +84,7 @@ def test_a_childs_end_makes_its_waiting_parent_due_in_the_same_transaction(recor
 
 
 def test_resuming_a_parent_resumes_its_failed_or_cancelled_children(recorder):
-    from agentflow.resume import resume
+    from agentflow.resuming import resume
 
     parent = WorkflowRun.objects.create(workflow="p", status=RunStatus.CANCELLED, epoch=2)
     cancelled = WorkflowRun.objects.create(workflow="c", status=RunStatus.CANCELLED, parent=parent, epoch=1)

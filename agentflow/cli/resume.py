@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def handle(options: dict[str, Any], out: Any) -> int:
     from ..core.errors import RunNotResumable
-    from ..resume import resume
+    from ..resuming import resume
     from . import tail
 
     run = get_run(options["run"])

@@ -10,7 +10,7 @@ from agentflow import streams
 from agentflow.core import events as ev
 from agentflow.core.serialization import dumps
 from agentflow.models import RunEvent, StepRun
-from agentflow.resume import RunNotResumable, reopen_stream, resume
+from agentflow.resuming import RunNotResumable, reopen_stream, resume
 from tests.api.conftest import url
 
 pytestmark = pytest.mark.django_db
@@ -194,3 +194,13 @@ def test_reopen_stream_of_a_run_without_events_does_nothing(alice, make_run):
     run_id = str(make_run(alice, status="cancelled").pk)
     reopen_stream(run_id)
     assert not streams.get_client().exists(streams.stream_key(run_id), streams.meta_key(run_id))
+
+
+def test_agentflow_resume_is_the_function_even_once_the_api_modules_are_imported() -> None:
+    # The REST views import the module that holds resume(); a submodule of that name would replace the lazy
+    # function on the package, and agentflow.resume(run) would raise "'module' object is not callable".
+    import agentflow
+    import agentflow.views
+    from agentflow import resuming
+
+    assert agentflow.resume is resuming.resume

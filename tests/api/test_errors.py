@@ -10,7 +10,7 @@ from rest_framework import exceptions
 
 from agentflow import ConfigurationError, InvalidInput, RunNotFound, WorkflowNotFound
 from agentflow.exceptions import exception_handler
-from agentflow.resume import RunNotResumable
+from agentflow.resuming import RunNotResumable
 from tests.api.conftest import url
 
 

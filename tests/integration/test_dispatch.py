@@ -30,7 +30,7 @@ from agentflow.core import events as ev
 from agentflow.core import keys
 from agentflow.executors import CeleryExecutor
 from agentflow.models import RunEvent, WorkflowRun
-from agentflow.resume import resume
+from agentflow.resuming import resume
 from tests.conftest import AsgiServer, Worker, wait_for
 from tests.redisdb import PrivateRedis
 from tests.testapp.workflows import counts
