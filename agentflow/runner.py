@@ -17,7 +17,7 @@ import traceback
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -138,7 +138,23 @@ _HISTORY_PAGE = 2000
 
 
 def _claim(run_id: str, epoch: int, worker: str) -> tuple[WorkflowRun, str] | None:
-    """Take the run over as epoch + 1, or return None when this message is stale or the run is over."""
+    """Take the run over as epoch + 1, or return None when this message is stale or the run is over.
+
+    A connection kept between tasks (``CELERY_DB_REUSE_MAX``, docs/deploy.md) may have died while idle (the
+    database restarted, a pooler dropped it): the claim then closes it and tries once more on a new one,
+    instead of failing the task and leaving the run to the monitor.
+    """
+    try:
+        return _claim_once(run_id, epoch, worker)
+    except (InterfaceError, OperationalError):
+        if connection.in_atomic_block:
+            raise
+        logger.info("run %s: the database connection was unusable; claiming on a new one", run_id)
+        connection.close()
+        return _claim_once(run_id, epoch, worker)
+
+
+def _claim_once(run_id: str, epoch: int, worker: str) -> tuple[WorkflowRun, str] | None:
     now = timezone.now()
     with transaction.atomic():
         run = WorkflowRun.objects.select_for_update().filter(id=run_id).first()

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Start latency: from ``POST /api/workflows/<name>/runs/`` to the run's ``run.started`` at a websocket client.
 
-    python bench/start_latency.py [--runs 200] [--pool prefork|solo] [--deadline 600]
+    python bench/start_latency.py [--runs 200] [--pool prefork|solo] [--connections kept|per-task]
+                                  [--deadline 600]
 
 What a user waits for before anything moves ("time to first event"). Each sample, one at a time, on a kept-alive
 HTTP connection (a browser's), authenticated with a DRF API token:
@@ -25,6 +26,11 @@ deployed) on queues agentflow and celery, one uvicorn process serving tests.asgi
 websocket routes), bench.settings (database ``agentflow_bench``, Redis db 14, both overridable: BENCH_DB_NAME,
 BENCH_REDIS_URL). The benchmark deletes only its own runs (its user's) and user. It aborts after
 ``--deadline`` seconds and always stops the worker and the server.
+
+Database connections (``--connections``): ``kept`` (the default) is what docs/deploy.md recommends: the ASGI
+server on Django's connection pool and the worker's prefork children keeping their connection between tasks
+(``CELERY_DB_REUSE_MAX``); ``per-task`` is Django's and Celery's default, a new PostgreSQL connection for
+every request and every task (about 3 ms each here, more under load: its figures show what that costs).
 """
 
 from __future__ import annotations
@@ -185,6 +191,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=200, help="measured runs (and floor samples)")
     parser.add_argument("--pool", choices=("prefork", "solo"), default="prefork")
     parser.add_argument(
+        "--connections",
+        choices=("kept", "per-task"),
+        default="kept",
+        help="kept: pooled under ASGI, reused by the worker (docs/deploy.md); per-task: a new one each time",
+    )
+    parser.add_argument(
         "--deadline", type=float, default=600.0, help="abort (and stop everything) after this"
     )
     args = parser.parse_args()
@@ -195,6 +207,9 @@ def main() -> int:
 
     arm_deadline(args.deadline)
     started = time.monotonic()
+    # Read by bench/settings.py, here and in the worker and server processes (they inherit the environment).
+    kept = "1" if args.connections == "kept" else "0"
+    os.environ["BENCH_DB_POOL"] = os.environ["BENCH_DB_REUSE"] = kept
     from bench._streaming import AsgiServer, environment, setup_django
     from bench.step_overhead import stop_worker, wait_ready
 
@@ -220,6 +235,14 @@ def main() -> int:
             f"  {'Worker':<20} celery -A bench.celery_app worker -P {args.pool} (ready after {ready_s:.2f}s)"
         )
         print(f"  {'ASGI server':<20} uvicorn tests.asgi:application (pid {server.pid})")
+        print(
+            f"  {'DB connections':<20} "
+            + (
+                "kept: Django's pool in the server, CELERY_DB_REUSE_MAX=100 in the worker"
+                if args.connections == "kept"
+                else "per-task: a new connection per request and per task (Django's and Celery's default)"
+            )
+        )
         print(f"  {'Runs':<20} {args.runs} of {WORKFLOW} {{steps: 0}}, one at a time, after 5 warm-up rounds")
         print()
         print(f"  {'ms after the POST was sent':<44}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}")
