@@ -74,7 +74,7 @@ def reset_state() -> None:
     """Empty the bench's tables and delete its Redis keys (streams, results, queued messages)."""
     from django.conf import settings
 
-    from bench import claim_redis
+    from bench import BENCH_MARKER, claim_redis
 
     claim_redis()
     from django.db import connection
@@ -87,13 +87,15 @@ def reset_state() -> None:
         cursor.execute(f"TRUNCATE {tables} CASCADE")
 
     client = streams.get_client()
+    marker = (BENCH_MARKER, BENCH_MARKER.encode())  # as the client gives keys back, str or bytes
     for pattern in (
         f"{settings.BENCH_KEY_PREFIX}*",
         "agentflow-bench-cache*",
         "celery-task-meta-*",
         "unacked*",
     ):
-        batch = list(client.scan_iter(match=pattern, count=1000))
+        # The marker shares the keys' prefix: deleting it would make the next benchmark refuse the database.
+        batch = [key for key in client.scan_iter(match=pattern, count=1000) if key not in marker]
         for i in range(0, len(batch), 500):
             client.delete(*batch[i : i + 500])
     for queue in QUEUES:  # kombu's Redis transport keeps priority sub-queues as queue + "\x06\x16" + n
