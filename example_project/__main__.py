@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     # Stopped with SIGTERM (not only Ctrl-C): still stop the worker and the embedded Redis on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     var_dir = Path(os.environ.get("AGENTFLOW_VAR_DIR", ROOT / "var"))
+    # Beat's schedule file lives there whatever the database and Redis are (with DATABASE_URL set and a
+    # Redis reachable, nothing else creates it, and beat died at start: no monitor, no schedules).
+    var_dir.mkdir(parents=True, exist_ok=True)
     # What to stop on the way out, in start order; stopped in reverse: the worker first (its warm shutdown
     # still needs Redis and the LLM server), then the fake LLM server, then Redis. The children run in
     # sessions of their own, so a Ctrl-C in the terminal reaches only this process, which stops them in

@@ -93,11 +93,12 @@ def _database(url: str | None) -> dict:
         "PASSWORD": parsed.password or "",
         "HOST": parsed.hostname or "",
         "PORT": str(parsed.port or ""),
-        # Not kept for reuse: under ASGI (daphne, uvicorn) each request runs in a thread of its own, and a
-        # connection kept by a thread that serves no other request is never reused, only left open. To reuse
-        # connections under ASGI, use Django's pool instead ("OPTIONS": {"pool": True}, psycopg[pool]).
+        # Not kept by threads: under ASGI (daphne, uvicorn) each request runs in a thread of its own, and a
+        # connection kept by a thread that serves no other request is never reused, only left open. Django's
+        # pool (psycopg[pool], in agentflow's postgres extra) reuses them and caps how many a process opens.
         # docs/deploy.md#database-connections
         "CONN_MAX_AGE": 0,
+        "OPTIONS": {"pool": {"min_size": 1, "max_size": 10, "timeout": 10}},
     }
 
 
@@ -152,6 +153,9 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker process keeps its database connection for 100 tasks instead of opening one per task (Celery's
+# default): a run's first event comes sooner (docs/deploy.md#database-connections).
+CELERY_DB_REUSE_MAX = 100
 # A broker that stops answering fails a send in seconds instead of blocking it (agentflow sends it again).
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 10, "socket_connect_timeout": 5}
 CELERY_BEAT_SCHEDULE = {

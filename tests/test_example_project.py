@@ -156,3 +156,43 @@ def test_ctrl_c_stops_worker_then_llm_server_then_redis_quietly_and_logs_the_bud
         os.kill(worker_pid, 0)
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", redis_port), timeout=1):
         pass
+
+
+def test_example_project_on_postgresql_beside_a_running_redis(tmp_path, private_redis):
+    # What compose.yaml and most users have: DATABASE_URL set and a Redis that answers. Nothing else then
+    # made the launcher's var directory, where beat keeps its schedule file: beat died at start (no
+    # monitor, no schedules) with a traceback in the output.
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    if not db["ENGINE"].endswith("postgresql"):
+        pytest.skip("the PostgreSQL deployment")
+    import psycopg
+
+    name = f"{os.environ.get('AGENTFLOW_TEST_DB_NAME', 'test_agentflow')}_example"
+    server = {"host": db["HOST"], "port": db["PORT"], "user": db["USER"]}
+    with psycopg.connect(**server, dbname="postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    var_dir = tmp_path / "var"  # not there yet, as in a fresh checkout
+    env = example_env(var_dir)
+    env.update(
+        REDIS_URL=private_redis.url, DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{name}"
+    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "example_project", "--no-serve", "--words", "3"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        with psycopg.connect(**server, dbname="postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Database: postgresql" in result.stdout and "Run completed" in result.stdout
+    assert "Traceback" not in output
+    assert any(path.name.startswith("celerybeat-schedule") for path in var_dir.iterdir())
