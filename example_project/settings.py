@@ -178,6 +178,9 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "agentflow example project",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and its pages (Swagger UI, Redoc) list every workflow and its input: for signed-in users
+    # only, as every other endpoint (drf-spectacular's default serves them to anyone).
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     # Each workflow's start operations with that workflow's input as their body.
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

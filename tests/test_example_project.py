@@ -136,6 +136,21 @@ def test_ctrl_c_stops_worker_then_llm_server_then_redis_quietly_and_logs_the_bud
                 return False
 
         wait_for(serving, 60, "the example project to serve the admin")
+        # The API's schema and its pages list every workflow and its input: signed-in users only.
+        base = f"http://127.0.0.1:{port}"
+        for path in ("/api/schema/", "/api/docs/", "/api/redoc/"):
+            assert httpx.get(base + path, timeout=10).status_code in (401, 403), path
+        with httpx.Client(base_url=base, timeout=10) as browser:
+            form = browser.get("/admin/login/")
+            csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text)
+            assert csrf is not None, form.text
+            signed_in = browser.post(
+                "/admin/login/?next=/admin/",
+                data={"username": "admin", "password": "admin", "csrfmiddlewaretoken": csrf[1]},
+            )
+            assert signed_in.status_code == 302, signed_in.text
+            assert browser.get("/api/schema/", params={"format": "json"}).json()["paths"]
+            assert browser.get("/api/docs/").status_code == 200
         # Ctrl-C reaches the terminal's foreground process group: the launcher only, not Redis, the fake LLM
         # server or the worker, which the launcher stops itself, in order (Redis last).
         children = children_of(child.pid)
