@@ -20,6 +20,20 @@ def test_unknown_subcommand_is_an_error_naming_the_choices() -> None:
         call_command("agentflow", "nope")
 
 
+def test_the_help_lists_every_subcommand_with_its_whole_summary() -> None:
+    from agentflow.cli import subcommands
+    from agentflow.management.commands.agentflow import Command
+
+    parser = Command().create_parser("manage.py", "agentflow")
+    listed = " ".join(parser.format_help().split())  # argparse wraps the summaries: compare without breaks
+    for name, module in subcommands().items():
+        summary = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())
+        assert summary.endswith("."), name
+        assert f"{name} {summary}" in listed, name
+    # A summary whose docstring wraps is whole, not cut at its first line break.
+    assert "a running one at its next step." in listed
+
+
 @pytest.mark.django_db
 def test_answer_subcommand_lists_and_answers_a_runs_input(django_capture_on_commit_callbacks) -> None:
     from agentflow.models import StepRun, WorkflowRun

@@ -2,7 +2,7 @@
 
 Each module of this package that defines ``add_arguments(parser)`` and ``handle(options, out)`` is a
 subcommand named after the module (``doctor.py`` is ``agentflow doctor``), with the module's docstring's first
-line as its help. New subcommands are new modules: nothing else needs to know about them.
+paragraph as its help. New subcommands are new modules: nothing else needs to know about them.
 
 ``handle`` returns the process's exit status (``0`` for success); ``out`` is the command's stdout wrapper.
 """

@@ -12,7 +12,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="subcommand", metavar="<subcommand>", required=True)
         for name, module in subcommands().items():
-            summary = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
+            # The docstring's first paragraph, whatever its line breaks (a summary cut at the first one
+            # ended mid-sentence).
+            summary = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())
             module.add_arguments(sub.add_parser(name, help=summary, description=module.__doc__))
 
     def handle(self, *args: Any, subcommand: str, **options: Any) -> None:
