@@ -45,11 +45,10 @@ class Post(BaseModel):
     approved: bool = True
 
 
+# A person's answer to "approve this outline?". Module-level, so the API validates answers with this very
+# model. Its docstring is the answer schema's description, which forms and the CLI show to the person.
 class OutlineReview(BaseModel):
-    """A person's answer to "approve this outline?": the JSON Schema the API validates answers against.
-
-    Module-level, so the API validates answers with this very model; ``headings`` replaces the outline's.
-    """
+    """Approve the outline as it is, or with new headings; the sections are drafted once it is approved."""
 
     approved: bool
     headings: list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]] | None = Field(
