@@ -48,7 +48,7 @@ class Post(BaseModel):
 # A person's answer to "approve this outline?". Module-level, so the API validates answers with this very
 # model. Its docstring is the answer schema's description, which forms and the CLI show to the person.
 class OutlineReview(BaseModel):
-    """Approve the outline as it is, or with new headings; the sections are drafted once it is approved."""
+    """Approve the outline, as it is or with new headings, to have its sections drafted; else the post ends."""
 
     approved: bool
     headings: list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]] | None = Field(
