@@ -76,6 +76,7 @@ def test_example_project_runs_the_blog_post_workflow_on_the_embedded_default(tmp
     assert len(re.findall(r"\[step\.completed\] draft#\d/openai\.chat#0 \(", out)) == 5
     assert all(f"[section {n}] " in out for n in range(1, 6))
     assert "Run completed" in out and "15 words" in out  # the fake server answers 3 words a call
+    assert "Output: 'Durable AI Agents'" in out  # the topic's words capitalised, its acronym kept
     usage = re.search(r"LLM usage: (\d+) calls, (\d+) prompt \+ (\d+) completion tokens, \$([0-9.]+)", out)
     assert usage is not None, out
     calls, completion_tokens, cost = int(usage[1]), int(usage[3]), float(usage[4])

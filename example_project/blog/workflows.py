@@ -57,6 +57,11 @@ class OutlineReview(BaseModel):
     notes: str = ""
 
 
+def _title(topic: str) -> str:
+    """Each word capitalised, the rest left as written: "durable AI agents" -> "Durable AI Agents"."""
+    return " ".join(word[:1].upper() + word[1:] for word in topic.split())
+
+
 @component
 async def research(topic: str, angle: str) -> str:
     await asyncio.sleep(0.3)  # stands in for a search API call
@@ -149,7 +154,7 @@ async def blog_post(
             decision = OutlineReview(approved=False, notes="no answer in time")
         if not decision.approved:
             agentflow.status("Outline rejected: nothing drafted", progress=1.0)
-            return Post(title=topic.title(), model=model, sections=[], words=0, approved=False)
+            return Post(title=_title(topic), model=model, sections=[], words=0, approved=False)
         if decision.headings and decision.headings != headings:
             headings = decision.headings
             agentflow.publish("outline", {"headings": headings})  # the pages head the sections with these
@@ -162,4 +167,4 @@ async def blog_post(
     texts = await agentflow.map(draft, jobs, concurrency=8)
     agentflow.status("Done", progress=1.0)
     parts = [Section(heading=h, text=t) for h, t in zip(headings, texts, strict=True)]
-    return Post(title=topic.title(), model=model, sections=parts, words=sum(len(t.split()) for t in texts))
+    return Post(title=_title(topic), model=model, sections=parts, words=sum(len(t.split()) for t in texts))
