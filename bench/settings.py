@@ -49,8 +49,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": "WARNING"},
 }
 
-# bench/start_latency.py --db-pool / --reuse-worker-connections: the deployment docs/deploy.md recommends (the
-# ASGI server on Django's connection pool; Celery's prefork children keeping their connection between tasks).
+# bench/start_latency.py --connections kept (its default) sets both: the deployment docs/deploy.md recommends
+# (the ASGI server on Django's connection pool; Celery's prefork children keeping their connection between
+# tasks). The other benchmarks run with neither, as Django and Celery do by default.
 if os.environ.get("BENCH_DB_POOL", "") not in ("", "0"):
     DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 2, "max_size": 20, "timeout": 10}}
 if os.environ.get("BENCH_DB_REUSE", "") not in ("", "0"):
