@@ -175,7 +175,7 @@ def test_ctrl_c_stops_worker_then_llm_server_then_redis_quietly_and_logs_the_bud
 
 
 def test_example_project_on_postgresql_beside_a_running_redis(tmp_path, private_redis):
-    # What compose.yaml and most users have: DATABASE_URL set and a Redis that answers. Nothing else then
+    # What a user with a database and a Redis of their own has: DATABASE_URL set, a Redis that answers. Nothing then
     # made the launcher's var directory, where beat keeps its schedule file: beat died at start (no
     # monitor, no schedules) with a traceback in the output.
     from django.conf import settings
