@@ -49,9 +49,9 @@ def example_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def test_example_project_runs_the_blog_post_workflow_on_the_embedded_default(tmp_path):
-    env = example_env(tmp_path)
-    result = subprocess.run(
+def run_once(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m example_project --no-serve --words 3``: one blog post, then stop."""
+    return subprocess.run(
         [sys.executable, "-m", "example_project", "--no-serve", "--words", "3"],
         cwd=ROOT,
         env=env,
@@ -59,6 +59,11 @@ def test_example_project_runs_the_blog_post_workflow_on_the_embedded_default(tmp
         text=True,
         timeout=120,
     )
+
+
+def test_example_project_runs_the_blog_post_workflow_on_the_embedded_default(tmp_path):
+    env = example_env(tmp_path)
+    result = run_once(env)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "started an embedded one" in out
@@ -196,14 +201,7 @@ def test_example_project_on_postgresql_beside_a_running_redis(tmp_path, private_
         REDIS_URL=private_redis.url, DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{name}"
     )
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "example_project", "--no-serve", "--words", "3"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = run_once(env)
     finally:
         with psycopg.connect(**server, dbname="postgres", autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
