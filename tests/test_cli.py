@@ -61,3 +61,33 @@ def test_answer_subcommand_lists_and_answers_a_runs_input(django_capture_on_comm
         call_command("agentflow", "answer", str(run.pk), "go", "true", stdout=(out := io.StringIO()))
     assert out.getvalue().strip() == "answered 'go': true; the run continues"
     assert StepRun.objects.get(run=run, step_id="input:go").output["answer"] is True
+
+
+def test_line_mode_says_what_a_wait_and_a_resume_are_in_words() -> None:
+    from rich.console import Console
+
+    from agentflow.cli._render import Follower
+    from agentflow.client_state import apply, new_state
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=200)
+    events = [
+        {"id": "1-0", "type": "run.waiting", "step": None, "attempt": None, "epoch": 1,
+         "data": {"reason": "input", "wake_at": None}},
+        {"id": "2-0", "type": "run.waiting", "step": None, "attempt": None, "epoch": 1,
+         "data": {"reason": "retry", "wake_at": "2026-12-06T10:00:00Z"}},
+        {"id": "3-0", "type": "run.resumed", "step": None, "attempt": None, "epoch": 3,
+         "data": {"void_steps": ["outline#0"]}},
+        {"id": "4-0", "type": "run.recovered", "step": None, "attempt": None, "epoch": 4,
+         "data": {"void_steps": ["a#0", "b#0"]}},
+    ]  # fmt: skip
+    state = new_state()
+    with Follower(console, "run-1", "blog-post") as follow:
+        for event in events:
+            state = apply(state, event)
+            follow(event, state)
+    lines = out.getvalue().splitlines()
+    assert "run waiting (input)" in lines  # no time-out: no "until None"
+    assert "run waiting (retry) until 2026-12-06T10:00:00Z" in lines
+    assert "run resumed (epoch 3): 1 step run again" in lines
+    assert "run recovered (epoch 4): 2 steps run again" in lines

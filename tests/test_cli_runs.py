@@ -165,7 +165,7 @@ def test_resume_follow_shows_only_the_new_incarnation() -> None:
     assert status == 1  # it fails again: the step always does
     assert f"Resumed run {run.pk} (epoch 2)." in out
     # The failed step runs again: what it emitted before is void (it emitted nothing: nothing dropped).
-    assert "run resumed (epoch 3): 1 steps run again" in out and "run.started" not in out
+    assert "run resumed (epoch 3): 1 step run again" in out and "run.started" not in out
     assert out.count("run.failed") == 1
     events = archive.history(str(run.pk))
     assert [e["type"] for e in events].count("run.failed") == 2

@@ -177,16 +177,16 @@ class Follower:
             self.say(f"  ✓ {event['step']} completed" + (" (cached)" if event["data"].get("cached") else ""))
         elif kind == "step.failed":
             self.say(f"  ✗ {event['step']} failed: {error_line(event['data'].get('error'))}")
-        elif kind == "run.recovered":
+        elif kind in ("run.recovered", "run.resumed"):
+            again = len(event["data"].get("void_steps") or [])
             self.say(
-                f"run recovered (epoch {event['epoch']}): {len(event['data'].get('void_steps') or [])} steps run again"
-            )
-        elif kind == "run.resumed":
-            self.say(
-                f"run resumed (epoch {event['epoch']}): {len(event['data'].get('void_steps') or [])} steps run again"
+                f"run {kind.split('.')[1]} (epoch {event['epoch']}): "
+                f"{again} step{'' if again == 1 else 's'} run again"
             )
         elif kind == "run.waiting":
-            self.say(f"run waiting ({event['data'].get('reason')}) until {event['data'].get('wake_at')}")
+            wake_at = event["data"].get("wake_at")
+            until = f" until {wake_at}" if wake_at else ""  # no time-out: until whatever it waits for comes
+            self.say(f"run waiting ({event['data'].get('reason')}){until}")
         elif kind == "input.requested":
             data = event["data"]
             self.say(
