@@ -88,31 +88,18 @@ def reset_state() -> None:
 def start_worker(
     log_path: Path, base_url: str, profile_dir: str | None, patches: str, probe_dir: str
 ) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["DJANGO_SETTINGS_MODULE"] = "bench.settings"
+    from bench.step_overhead import start_worker as start
+
     # bench.settings has no LLM_PROVIDERS: the wrapped client and the plain SDK both use these.
-    env["OPENAI_BASE_URL"] = base_url
-    env["OPENAI_API_KEY"] = AGENTFLOW_KEY
-    env.pop("OPENAI_ORG_ID", None)
-    for name in ("BENCH_LLM_PROFILE", "BENCH_LLM_PATCH", "BENCH_LLM_PROBE_DIR"):
-        env.pop(name, None)
-    if profile_dir:
-        env["BENCH_LLM_PROFILE"] = profile_dir
-    if patches:
-        env["BENCH_LLM_PATCH"] = patches
-        env["BENCH_LLM_PROBE_DIR"] = probe_dir
-    cmd = [
-        sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker",
-        "-P", "prefork", "-c", str(PROCESSES), "-Q", ",".join(QUEUES),
-        "--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "warning",
-        "-n", f"bench-llm-{os.getpid()}@%h",
-    ]  # fmt: skip
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group, killed as a whole at the end
-        )  # fmt: skip
+    env: dict[str, str | None] = {
+        "OPENAI_BASE_URL": base_url,
+        "OPENAI_API_KEY": AGENTFLOW_KEY,
+        "OPENAI_ORG_ID": None,
+        "BENCH_LLM_PROFILE": profile_dir or None,
+        "BENCH_LLM_PATCH": patches or None,
+        "BENCH_LLM_PROBE_DIR": probe_dir if patches else None,
+    }
+    return start(log_path, pool="prefork", processes=PROCESSES, name="bench-llm", env=env)
 
 
 # -- measurements --------------------------------------------------------------------------------------------

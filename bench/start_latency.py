@@ -39,7 +39,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,26 +53,8 @@ os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
 
 WORKFLOW = "bench-noop-steps"
 USERNAME = "bench-start-latency"
-QUEUES = ("agentflow", "celery")
 TARGET_RATIO = 2.0  # p50 of received <= 2 x the floor's p50
 MARKS = ("response", "open", "claimed", "appended", "received")
-
-
-def start_worker(log_path: Path, pool: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["DJANGO_SETTINGS_MODULE"] = "bench.settings"
-    cmd = [
-        sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker",
-        "-P", pool, "-c", "1" if pool == "solo" else "2", "-Q", ",".join(QUEUES),
-        "--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "warning",
-        "-n", f"bench-start-{os.getpid()}@%h",
-    ]  # fmt: skip
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group, killed as a whole at the end
-        )  # fmt: skip
 
 
 def make_user() -> str:
@@ -211,7 +192,7 @@ def main() -> int:
     kept = "1" if args.connections == "kept" else "0"
     os.environ["BENCH_DB_POOL"] = os.environ["BENCH_DB_REUSE"] = kept
     from bench._streaming import AsgiServer, environment, setup_django
-    from bench.step_overhead import stop_worker, wait_ready
+    from bench.step_overhead import start_worker, stop_worker, wait_ready
 
     setup_django()
     token = make_user()
@@ -220,7 +201,9 @@ def main() -> int:
     server = None
     failed = True
     try:
-        worker = start_worker(log_path, args.pool)
+        worker = start_worker(
+            log_path, pool=args.pool, processes=1 if args.pool == "solo" else 2, name="bench-start"
+        )
         server = AsgiServer()
         server.wait_ready()
         ready_s = wait_ready(worker, 60)

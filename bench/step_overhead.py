@@ -102,19 +102,35 @@ def reset_state() -> None:
         client.delete(queue, *(f"{queue}\x06\x16{n}" for n in (3, 6, 9)))
 
 
-def start_worker(log_path: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["DJANGO_SETTINGS_MODULE"] = "bench.settings"
+def start_worker(
+    log_path: Path,
+    *,
+    pool: str = "solo",
+    processes: int = 1,
+    name: str = "bench",
+    env: dict[str, str | None] | None = None,
+) -> subprocess.Popen[bytes]:
+    """A Celery worker of bench.celery_app on :data:`QUEUES`, in its own process group, logging to ``log_path``.
+    ``env``: variables to set for it (None: to remove from this process's environment)."""
+    worker_env = dict(os.environ)
+    worker_env["PYTHONPATH"] = str(ROOT) + (
+        os.pathsep + worker_env["PYTHONPATH"] if worker_env.get("PYTHONPATH") else ""
+    )
+    worker_env["DJANGO_SETTINGS_MODULE"] = "bench.settings"
+    for key, value in (env or {}).items():
+        if value is None:
+            worker_env.pop(key, None)
+        else:
+            worker_env[key] = value
     cmd = [
         sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker",
-        "-P", "solo", "-c", "1", "-Q", ",".join(QUEUES),
+        "-P", pool, "-c", str(processes), "-Q", ",".join(QUEUES),
         "--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "warning",
-        "-n", f"bench-{os.getpid()}@%h",
+        "-n", f"{name}-{os.getpid()}@%h",
     ]  # fmt: skip
     with open(log_path, "wb") as log:
         return subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cmd, cwd=ROOT, env=worker_env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group, killed as a whole at the end
         )  # fmt: skip
 
