@@ -275,12 +275,9 @@ class Subscription:
         finished without one) and :class:`SubscriptionDropped` if the hub dropped this subscription.
         """
         while True:
-            while self._ready:
-                event = self._ready.popleft()
-                if event.key > self._last:
-                    self._last, self.last_id = event.key, event.id
-                    self._after_terminal = event.terminal
-                    return event
+            event = self._take_ready()
+            if event is not None:
+                return event
             if self._dropped:
                 self.end_reason = self._dropped
                 self.close()
@@ -330,12 +327,8 @@ class Subscription:
         """
         taken: list[Event] = []
         while True:
-            while self._ready:
-                event = self._ready.popleft()
-                if event.key > self._last:
-                    self._last, self.last_id = event.key, event.id
-                    self._after_terminal = event.terminal
-                    taken.append(event)
+            while (event := self._take_ready()) is not None:
+                taken.append(event)
             # Live events queued while the subscriber was busy, up to anything get() must look at first.
             if self._phase != _LIVE or self._dropped or self._after_terminal or not self._live:
                 return taken
@@ -343,6 +336,17 @@ class Subscription:
             if isinstance(item, _Finished):
                 return taken
             self._ready.append(self._live.popleft())  # type: ignore[arg-type]
+
+    def _take_ready(self) -> Event | None:
+        """The next ready event not delivered yet (older ones, seen twice across a page and a read, are
+        skipped), counted as delivered; None when none is ready."""
+        while self._ready:
+            event = self._ready.popleft()
+            if event.key > self._last:
+                self._last, self.last_id = event.key, event.id
+                self._after_terminal = event.terminal
+                return event
+        return None
 
     # -- history ---------------------------------------------------------------------------------------------
 
