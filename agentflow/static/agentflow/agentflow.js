@@ -511,13 +511,8 @@ class Subscription {
     };
     socket.onmessage = (message) => {
       this.lastMessageAt = Date.now();
-      let event;
-      try {
-        event = JSON.parse(message.data);
-      } catch (error) {
-        this.report(error);
-        return;
-      }
+      const event = this.parse(message.data);
+      if (event === undefined) return;
       if (isKeepalive(event)) this.keptAlive(event);
       else this.receive(event);
     };
@@ -539,24 +534,16 @@ class Subscription {
     const onEvent = (message) => {
       this.lastMessageAt = Date.now();
       if (!message.data) return;
-      let event;
-      try {
-        event = JSON.parse(message.data);
-      } catch (error) {
-        this.report(error);
-        return;
-      }
+      const event = this.parse(message.data);
+      if (event === undefined) return;
       if (event && typeof event.type === "string" && event.id) this.receive(event);
       else if (event && event.code) this.sseError = event; // the API's JSON error, as `event: error`
     };
     for (const type of EVENT_TYPES) source.addEventListener(type, onEvent);
     source.addEventListener("keepalive", (message) => {
       this.lastMessageAt = Date.now();
-      try {
-        this.keptAlive(JSON.parse(message.data));
-      } catch (error) {
-        this.report(error);
-      }
+      const body = this.parse(message.data);
+      if (body !== undefined) this.keptAlive(body);
     });
     source.addEventListener("message", onEvent);
     source.addEventListener("open", () => this.notify("open"));
@@ -725,6 +712,16 @@ class Subscription {
     const body = await response.json();
     if (!body.stream_token) throw new Error("the run's representation has no stream_token");
     return body.stream_token;
+  }
+
+  parse(data) {
+    // A message's JSON; undefined (and the error reported) when it is not JSON.
+    try {
+      return JSON.parse(data);
+    } catch (error) {
+      this.report(error);
+      return undefined;
+    }
   }
 
   report(error) {
