@@ -281,6 +281,29 @@ def worker_factory(redis_client: redis.Redis, django_db_blocker: object) -> Iter
         worker.stop()
 
 
+@contextlib.contextmanager
+def running_workers(
+    queue: str, overrides: dict[str, Any], *, count: int = 1, pool: str = "solo", name: str = "w"
+) -> Iterator[list[Worker]]:
+    """``count`` workers on ``queue`` whose agentflow settings are the suite's with ``overrides``
+    (``AGENTFLOW_TEST_OVERRIDES``), started together and ready; stopped on the way out. For a module's workers."""
+    import json
+
+    from django.db import connection
+
+    env = {"AGENTFLOW_TEST_OVERRIDES": json.dumps(overrides)}
+    db_name = connection.settings_dict["NAME"]
+    names = [name] if count == 1 else [f"{name}{index}" for index in range(count)]
+    workers = [Worker(queue, db_name, pool=pool, name=each, env=env) for each in names]
+    try:
+        for worker in workers:  # started together: they boot while we wait for the first
+            worker.wait_ready()
+        yield workers
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
 @pytest.fixture
 def worker(worker_factory: Callable[..., Worker], transactional_db: None) -> Worker:
     """A fresh worker on the default queue for one test."""

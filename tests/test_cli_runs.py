@@ -14,7 +14,6 @@ import pytest
 import redis
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
 from django.test import override_settings
 
 import agentflow
@@ -22,7 +21,7 @@ from agentflow import archive, client_state
 from agentflow.conf import agentflow_settings
 from agentflow.models import StepRun, WorkflowRun
 from agentflow.testing.fake_openai import FakeOpenAI, FakeOpenAIProcess
-from tests.conftest import Worker, wait_for
+from tests.conftest import Worker, running_workers, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -49,12 +48,8 @@ def cli_settings(fake_llm: FakeOpenAIProcess) -> dict[str, Any]:
 def cli_worker(
     django_db_setup: None, redis_client: redis.Redis, cli_settings: dict[str, Any]
 ) -> Iterator[Worker]:
-    env = {"AGENTFLOW_TEST_OVERRIDES": json.dumps(cli_settings)}
-    worker = Worker(QUEUE, connection.settings_dict["NAME"], pool="prefork", name="cli", env=env)
-    try:
-        yield worker.wait_ready()
-    finally:
-        worker.stop()
+    with running_workers(QUEUE, cli_settings, pool="prefork", name="cli") as (worker,):
+        yield worker
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 import redis
-from django.db import connection
 from django.test import override_settings
 
 import agentflow
@@ -31,7 +30,7 @@ from agentflow.models import StepRun, WorkflowRun
 from agentflow.monitor import check_runs
 from agentflow.resuming import resume
 from agentflow.testing.fake_openai import FakeOpenAI, FakeOpenAIProcess
-from tests.conftest import ROOT, Worker, wait_for
+from tests.conftest import ROOT, Worker, running_workers, wait_for
 from tests.testapp.workflows import effects
 from tests.testapp.workflows_chaos import piece_text, resume_gate_key
 
@@ -72,12 +71,8 @@ def recording_settings(fake_llm: FakeOpenAIProcess, backup_llm: FakeOpenAIProces
 def recording_worker(
     django_db_setup: None, redis_client: redis.Redis, recording_settings: dict[str, Any]
 ) -> Iterator[Worker]:
-    env = {"AGENTFLOW_TEST_OVERRIDES": json.dumps(recording_settings)}
-    worker = Worker(QUEUE, connection.settings_dict["NAME"], pool="solo", name="rec", env=env)
-    try:
-        yield worker.wait_ready()
-    finally:
-        worker.stop()
+    with running_workers(QUEUE, recording_settings, name="rec") as (worker,):
+        yield worker
 
 
 @pytest.fixture(autouse=True)

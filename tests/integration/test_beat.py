@@ -95,16 +95,10 @@ def beats(tmp_path):
 @pytest.fixture(scope="module")
 def scheduler_worker(django_db_setup, redis_client):
     """One worker for the module, executing the scheduler's passes."""
-    from django.db import connection
+    from tests.conftest import running_workers
 
-    from tests.conftest import Worker
-
-    env = {"AGENTFLOW_TEST_OVERRIDES": json.dumps(OVERRIDES)}
-    worker = Worker(MONITOR_QUEUE, connection.settings_dict["NAME"], name="scheduler", env=env)
-    try:
-        yield worker.wait_ready()
-    finally:
-        worker.stop()
+    with running_workers(MONITOR_QUEUE, OVERRIDES, name="scheduler") as (worker,):
+        yield worker
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from typing import Any
 import openai
 import pytest
 import redis
-from django.db import connection
 from django.test import override_settings
 
 import agentflow
@@ -32,7 +31,7 @@ from agentflow.llm.providers import configured_providers
 from agentflow.models import StepRun, WorkflowRun
 from agentflow.ratelimit import limiter
 from agentflow.testing.fake_openai import FakeOpenAI, FakeOpenAIProcess
-from tests.conftest import Worker, apply_voiding, wait_for
+from tests.conftest import Worker, apply_voiding, running_workers, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -82,16 +81,8 @@ def llm_workers(
     django_db_setup: None, redis_client: redis.Redis, llm_settings: dict[str, Any]
 ) -> Iterator[list[Worker]]:
     """Two solo workers (two processes sharing the limits through Redis) with this module's settings."""
-    env = {"AGENTFLOW_TEST_OVERRIDES": json.dumps(llm_settings)}
-    db_name = connection.settings_dict["NAME"]
-    workers = [Worker(QUEUE, db_name, pool="solo", name=f"llm{index}", env=env) for index in range(2)]
-    try:
-        for worker in workers:  # started together: both boot while we wait for the first
-            worker.wait_ready()
+    with running_workers(QUEUE, llm_settings, count=2, name="llm") as workers:
         yield workers
-    finally:
-        for worker in workers:
-            worker.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -33,7 +33,6 @@ import httpx
 import pytest
 import redis
 from django.contrib.auth.models import User
-from django.db import connection
 from django.test import Client, override_settings
 from django.urls import reverse
 from rest_framework.test import APIClient
@@ -45,7 +44,7 @@ from agentflow.core import events as ev
 from agentflow.llm.calls import CHAT, estimate_parts
 from agentflow.models import RunEvent, StepRun, WorkflowRun
 from agentflow.testing.fake_openai import FakeOpenAI, FakeOpenAIProcess
-from tests.conftest import ROOT, Worker, apply_voiding
+from tests.conftest import ROOT, Worker, apply_voiding, running_workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -181,16 +180,8 @@ def edge_settings(upstreams: dict[str, Any]) -> dict[str, Any]:
 def edge_workers(
     django_db_setup: None, redis_client: redis.Redis, edge_settings: dict[str, Any]
 ) -> Iterator[list[Worker]]:
-    env = {"AGENTFLOW_TEST_OVERRIDES": json.dumps(edge_settings)}
-    db_name = connection.settings_dict["NAME"]
-    workers = [Worker(QUEUE, db_name, pool="solo", name=f"edge{index}", env=env) for index in range(2)]
-    try:
-        for worker in workers:
-            worker.wait_ready()
+    with running_workers(QUEUE, edge_settings, count=2, name="edge") as workers:
         yield workers
-    finally:
-        for worker in workers:
-            worker.stop()
 
 
 @pytest.fixture(autouse=True)
