@@ -4,6 +4,8 @@ set-up is in bench/_streaming.py."""
 from __future__ import annotations
 
 import signal
+import time
+from datetime import datetime
 from typing import Any
 
 
@@ -23,6 +25,23 @@ def arm_deadline(seconds: float) -> None:
 
 def disarm_deadline() -> None:
     signal.alarm(0)
+
+
+def event_time(ts: str) -> float:
+    """An event's ``ts`` (ISO 8601, ``Z``) as a Unix time."""
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def wait_until(predicate: Any, timeout_s: float, what: str, poll_s: float = 0.005) -> Any:
+    """``predicate()``'s first true value, polled every ``poll_s``; RuntimeError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(poll_s)
 
 
 BENCH_MARKER = "agentflow-bench:this-database-belongs-to-the-bench"

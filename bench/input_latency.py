@@ -26,7 +26,6 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
 
-
-def _ts(event: dict[str, Any]) -> float:
-    return datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp()
-
-
-def _wait(predicate: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.005)
+from bench import event_time, wait_until  # noqa: E402
 
 
 def one(reps: int) -> list[dict[str, float]]:
@@ -59,7 +45,7 @@ def one(reps: int) -> list[dict[str, float]]:
     samples = []
     for rep in range(reps):
         run = agentflow.start("bench-asks", {})
-        _wait(
+        wait_until(
             lambda run=run: WorkflowRun.objects.filter(
                 pk=run.pk, status="waiting", wait_reason="input"
             ).exists(),
@@ -74,14 +60,14 @@ def one(reps: int) -> list[dict[str, float]]:
             events = streams.read_events(run_id)
             return events if any(e["type"] == "run.completed" for e in events) else None
 
-        events = _wait(ended, 30, "the run to complete")
+        events = wait_until(ended, 30, "the run to complete")
         by_type = {e["type"]: e for e in events}
         assert WorkflowRun.objects.get(pk=run.pk).output == rep
         samples.append(
             {
                 "answer": answered - started,
-                "continued": _ts(by_type["run.continued"]) - started,
-                "completed": _ts(by_type["run.completed"]) - started,
+                "continued": event_time(by_type["run.continued"]["ts"]) - started,
+                "completed": event_time(by_type["run.completed"]["ts"]) - started,
             }
         )
     return samples

@@ -42,7 +42,6 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +66,7 @@ def _configure() -> None:
 _configure()
 
 from agentflow import component, workflow  # noqa: E402
+from bench import event_time, wait_until  # noqa: E402
 from bench.celery_app import app  # noqa: E402, F401  (`celery -A bench.recovery worker` uses this app)
 
 WORKFLOW = "bench-recovery-steps"
@@ -173,21 +173,6 @@ class MonitorLoop(threading.Thread):
         self.join(timeout=10)
 
 
-def _ts(event: dict[str, Any]) -> float:
-    return datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp()
-
-
-def _wait(predicate: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(0.01)
-
-
 def one_repetition(
     workers: list[Worker], monitor: MonitorLoop, args: argparse.Namespace, rng: random.Random
 ) -> dict[str, float]:
@@ -201,7 +186,9 @@ def one_repetition(
     def events() -> list[dict[str, Any]]:
         return streams.read_events(run_id)
 
-    _wait(lambda: sum(e["type"] == "step.completed" for e in events()) >= 2, 30, "two completed steps")
+    wait_until(
+        lambda: sum(e["type"] == "step.completed" for e in events()) >= 2, 30, "two completed steps", 0.01
+    )
     time.sleep(rng.uniform(0, args.heartbeat))  # kill at a random phase of the heartbeat
     holder = WorkflowRun.objects.get(pk=run_id)
     if holder.status != "running":
@@ -220,15 +207,19 @@ def one_repetition(
     ).heartbeat_at.timestamp()  # the dead worker's last heartbeat
 
     timeout = args.lease + 3 * args.monitor_interval + 15
-    recovered = _wait(
-        lambda: next((e for e in events() if e["type"] == "run.recovered"), None), timeout, "run.recovered"
+    recovered = wait_until(
+        lambda: next((e for e in events() if e["type"] == "run.recovered"), None),
+        timeout,
+        "run.recovered",
+        0.01,
     )
-    moving = _wait(
+    moving = wait_until(
         lambda: next(
             (e for e in events() if e["type"] == "step.started" and e["epoch"] == recovered["epoch"]), None
         ),
         15,
         "the next step to start",
+        0.01,
     )
     new_holder = int(WorkflowRun.objects.get(pk=run_id).worker.rsplit(":", 1)[1])
     if new_holder == holder_pid or new_holder not in {w.pid for w in workers}:
@@ -243,8 +234,8 @@ def one_repetition(
     return {
         "since_beat": killed_at - last_beat,
         "monitor": detected - killed_at,
-        "recovered": _ts(recovered) - killed_at,
-        "moving": _ts(moving) - killed_at,
+        "recovered": event_time(recovered["ts"]) - killed_at,
+        "moving": event_time(moving["ts"]) - killed_at,
     }
 
 

@@ -42,7 +42,6 @@ import os
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
+
+from bench import event_time  # noqa: E402
 
 WORKFLOW = "bench-noop-steps"
 USERNAME = "bench-start-latency"
@@ -82,10 +83,6 @@ def cleanup() -> None:
         chunk = ids[i : i + 500]
         client.delete(*(streams.stream_key(r) for r in chunk), *(streams.meta_key(r) for r in chunk))
     get_user_model().objects.filter(username=USERNAME).delete()
-
-
-def _ts(value: str) -> float:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def measure_floor() -> float:
@@ -121,7 +118,7 @@ async def measure_agentflow(http: Any, base: str, token: str) -> tuple[str, dict
             event = json.loads(await asyncio.wait_for(ws.recv(), 30))
             if event["type"] == "run.started":
                 marks["received"] = time.time() - t0
-                marks["appended"] = _ts(event["ts"]) - t0
+                marks["appended"] = event_time(event["ts"]) - t0
             terminal = event["type"] in ("run.completed", "run.failed", "run.cancelled")
     if "received" not in marks:
         raise RuntimeError(f"run {run['id']}: no run.started before its end")
