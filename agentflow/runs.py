@@ -27,6 +27,60 @@ from .models import FINISHED_STATUSES, RunStatus, WorkflowRun
 logger = logging.getLogger("agentflow.runs")
 
 
+def start_or_replay(
+    workflow: str | Workflow[Any, Any],
+    input: dict[str, Any] | None = None,
+    *,
+    owner: Any = None,
+    idempotency_key: str | None = None,
+    budget: Budget | dict[str, Any] | None = None,
+    parent: WorkflowRun | None = None,
+    parent_step: str = "",
+) -> tuple[WorkflowRun, bool]:
+    """:func:`start`, telling whether ``idempotency_key`` named a run recorded before this call (``True``:
+    that run, nothing recorded now). A concurrent call that recorded the run first makes it ``False``: both
+    calls were first (the REST API answers both 202)."""
+    wf = registry.get(workflow) if isinstance(workflow, str) else workflow
+    if not isinstance(wf, Workflow):
+        raise TypeError(f"start() needs a workflow or its name, not {workflow!r}")
+    data = wf.validate_input(input)
+    limit = Budget.parse(budget) if budget is not None else wf.budget
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str)
+        or not 0 < len(idempotency_key) <= 255
+        or unstorable(idempotency_key) is not None
+    ):
+        raise TypeError(
+            "idempotency_key must be a string of 1 to 255 characters, without U+0000 or lone surrogates"
+        )
+    owner_id = getattr(owner, "pk", owner)
+    if idempotency_key:
+        existing = _existing(wf.name, owner_id, idempotency_key, data)
+        if existing is not None:
+            return existing, True
+    try:
+        with transaction.atomic():
+            run = WorkflowRun.objects.create(
+                workflow=wf.name,
+                input=data,
+                owner_id=owner_id,
+                idempotency_key=idempotency_key,
+                budget=limit.as_dict() if limit is not None else None,
+                parent=parent,
+                parent_step=parent_step,
+                queue=agentflow_settings.task_queue,
+                **dispatch.owed(),
+            )
+    except IntegrityError:
+        # A concurrent call with the same key committed first: its run is the answer, if its input is ours.
+        existing = _existing(wf.name, owner_id, idempotency_key, data) if idempotency_key else None
+        if existing is None:
+            raise
+        return existing, False  # as the winner's own answer: both requests were first
+    dispatch.send_on_commit(str(run.id), run.epoch, queue=run.queue, new_run=True)
+    return run, False
+
+
 def start(
     workflow: str | Workflow[Any, Any],
     input: dict[str, Any] | None = None,
@@ -49,45 +103,15 @@ def start(
     ``parent`` and ``parent_step`` link a child run to the run and step that started it
     (``agentflow.run_workflow``).
     """
-    wf = registry.get(workflow) if isinstance(workflow, str) else workflow
-    if not isinstance(wf, Workflow):
-        raise TypeError(f"start() needs a workflow or its name, not {workflow!r}")
-    data = wf.validate_input(input)
-    limit = Budget.parse(budget) if budget is not None else wf.budget
-    if idempotency_key is not None and (
-        not isinstance(idempotency_key, str)
-        or not 0 < len(idempotency_key) <= 255
-        or unstorable(idempotency_key) is not None
-    ):
-        raise TypeError(
-            "idempotency_key must be a string of 1 to 255 characters, without U+0000 or lone surrogates"
-        )
-    owner_id = getattr(owner, "pk", owner)
-    if idempotency_key:
-        existing = _existing(wf.name, owner_id, idempotency_key, data)
-        if existing is not None:
-            return existing
-    try:
-        with transaction.atomic():
-            run = WorkflowRun.objects.create(
-                workflow=wf.name,
-                input=data,
-                owner_id=owner_id,
-                idempotency_key=idempotency_key,
-                budget=limit.as_dict() if limit is not None else None,
-                parent=parent,
-                parent_step=parent_step,
-                queue=agentflow_settings.task_queue,
-                **dispatch.owed(),
-            )
-    except IntegrityError:
-        # A concurrent call with the same key committed first: its run is the answer, if its input is ours.
-        existing = _existing(wf.name, owner_id, idempotency_key, data) if idempotency_key else None
-        if existing is None:
-            raise
-        return existing
-    dispatch.send_on_commit(str(run.id), run.epoch, queue=run.queue, new_run=True)
-    return run
+    return start_or_replay(
+        workflow,
+        input,
+        owner=owner,
+        idempotency_key=idempotency_key,
+        budget=budget,
+        parent=parent,
+        parent_step=parent_step,
+    )[0]
 
 
 def _existing(workflow: str, owner_id: Any, key: str, data: dict[str, Any]) -> WorkflowRun | None:

@@ -34,11 +34,10 @@ from . import archive, health, runs, sse, streams
 from .access import visible_runs
 from .authentication import IsAuthenticatedOrStreamGrant, StreamGrant, StreamTokenAuthentication
 from .conf import agentflow_settings
-from .core.errors import IdempotencyKeyReused, InvalidInput, RunNotFound, RunTimeout
-from .core.serialization import same_json
+from .core.errors import InvalidInput, RunNotFound, RunTimeout
 from .core.usage import Budget
 from .core.waits import WAIT_REASONS
-from .core.workflow import Workflow, registry
+from .core.workflow import registry
 from .exceptions import (
     InvalidEventId,
     InvalidIdempotencyKey,
@@ -278,15 +277,12 @@ class StartRunMixin:
                 details=[{"field": "", "code": "object_type", "message": "Input should be an object"}],
             )
         key = self.idempotency_key(request)
-        earlier = self.earlier_run(request, wf, data, key) if key else None
-        if earlier is not None:
-            return earlier, True
-        # A concurrent first request with the same key may still win the race: runs.start() then gives back
-        # its run (answered 202 here too) or raises IdempotencyKeyReused if its input is not this one.
-        run = runs.start(wf, data, owner=request.user, idempotency_key=key)
+        # The key's earlier run if there is one (also when a concurrent request with it won the race), or
+        # IdempotencyKeyReused if that run's input is not this one.
+        run, replayed = runs.start_or_replay(wf, data, owner=request.user, idempotency_key=key)
         if run.owner_id is not None and run.owner_id == request.user.pk:
             run.owner = request.user  # the response names its owner: no query for the user at hand
-        return run, False
+        return run, replayed
 
     @staticmethod
     def idempotency_key(request: Request) -> str | None:
@@ -296,24 +292,6 @@ class StartRunMixin:
         if not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
             raise InvalidIdempotencyKey()
         return key
-
-    @staticmethod
-    def earlier_run(
-        request: Request, wf: Workflow[Any, Any], data: dict[str, Any], key: str
-    ) -> WorkflowRun | None:
-        earlier = (
-            WorkflowRun.objects.filter(workflow=wf.name, owner_id=request.user.pk, idempotency_key=key)
-            .select_related("owner")
-            .first()
-        )
-        if earlier is None:
-            return None
-        if not same_json(earlier.input, wf.validate_input(data)):
-            raise IdempotencyKeyReused(
-                f"Idempotency-Key {key!r} started run {earlier.pk} with a different input.",
-                details={"run": str(earlier.pk)},
-            )
-        return earlier
 
 
 def _json_type(value: Any) -> str:
