@@ -6,7 +6,7 @@
 // Each part of the page is one function of (state, config): add a part by adding an element with an id and a
 // function to RENDERERS (or call `mountRunPage(...).onRender(fn)` from another module).
 
-import { answerInput, compareIds, subscribe } from "./agentflow.js";
+import { answerInput, compareIds, stepTree, subscribe } from "./agentflow.js";
 
 const ACTIVE = new Set(["queued", "running", "waiting"]);
 
@@ -146,17 +146,8 @@ function tableRows(page) {
   const top = [...state.roots, ...Object.keys(state.waits)].sort((a, b) => order(a) - order(b));
   const rows = [];
   for (const id of top) {
-    if (state.waits[id]) {
-      rows.push([0, id, state.waits[id]]);
-      continue;
-    }
-    const stack = [[0, id]];
-    while (stack.length) {
-      const [depth, stepId] = stack.pop();
-      const step = state.steps[stepId];
-      rows.push([depth, step]);
-      for (let i = step.children.length - 1; i >= 0; i--) stack.push([depth + 1, step.children[i]]);
-    }
+    if (state.waits[id]) rows.push([0, id, state.waits[id]]);
+    else rows.push(...stepTree(state, [id]));
   }
   return rows;
 }
@@ -167,6 +158,16 @@ const WAIT_CHECKPOINT = {
   started: "waiting", completed: "completed", failed: "failed",
 };
 
+// A cell of `row` holding `content` (a node, or text; null and undefined are empty).
+function appendCell(row, content, className) {
+  const td = document.createElement("td");
+  if (className) td.className = className;
+  if (content instanceof Node) td.append(content);
+  else td.textContent = content == null ? "" : String(content);
+  row.append(td);
+  return td;
+}
+
 function waitRow(config, id, wait) {
   const extra = config.stepExtras[id] || {};
   const status = WAIT_CHECKPOINT[wait.status] || "waiting";
@@ -175,16 +176,7 @@ function waitRow(config, id, wait) {
   row.dataset.depth = "0";
   row.dataset.step = id;
   row.dataset.status = status;
-  const cells = [];
-  const cell = (content, className) => {
-    const td = document.createElement("td");
-    if (className) td.className = className;
-    if (content instanceof Node) td.append(content);
-    else td.textContent = content == null ? "" : String(content);
-    row.append(td);
-    cells.push(td);
-    return td;
-  };
+  const cell = (content, className) => appendCell(row, content, className);
   const code = document.createElement("code");
   code.textContent = id;
   cell(code);
@@ -211,14 +203,7 @@ function stepRow(config, depth, step) {
   row.dataset.depth = String(depth);
   row.dataset.step = step.id;
   row.dataset.status = step.status;
-  const cell = (text, className) => {
-    const td = document.createElement("td");
-    if (className) td.className = className;
-    if (text instanceof Node) td.append(text);
-    else td.textContent = text == null ? "" : String(text);
-    row.append(td);
-    return td;
-  };
+  const cell = (content, className) => appendCell(row, content, className);
   const code = document.createElement("code");
   code.textContent = step.id;
   cell(code).style.paddingLeft = `${(1.5 * depth).toFixed(1)}em`;

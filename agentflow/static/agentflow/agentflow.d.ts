@@ -148,7 +148,7 @@ export function newState(): RunState;
 export function apply(state: RunState, event: RunEvent): RunState;
 export function reduce(events: Iterable<RunEvent>, state?: RunState): RunState;
 export function snapshot(state: RunState): Omit<RunState, "content">;
-export function stepTree(state: RunState): [number, Step][];
+export function stepTree(state: RunState, roots?: string[]): [number, Step][];
 export function compareIds(a: string, b: string): number;
 
 /** A run as the REST API returns it, or enough of it. */

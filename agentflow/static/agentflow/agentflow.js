@@ -93,10 +93,11 @@ export function snapshot(state) {
   return copy;
 }
 
-/** [depth, step] pairs, depth first, children in the order they first appeared. */
-export function stepTree(state) {
+/** [depth, step] pairs, depth first, children in the order they first appeared; of `roots` (default: the
+ * run's top-level steps) and their descendants. */
+export function stepTree(state, roots = state.roots) {
   const rows = [];
-  const stack = state.roots.slice().reverse().map((id) => [0, id]);
+  const stack = roots.slice().reverse().map((id) => [0, id]);
   while (stack.length) {
     const [depth, id] = stack.pop();
     const step = state.steps[id];
